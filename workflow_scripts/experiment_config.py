@@ -1,0 +1,191 @@
+"""Validate the workflow config and expand it into one fully resolved dict per experiment.
+
+Imported while Snakemake builds the DAG, so it must stay light: no torch, no transformers.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema" / "config.schema.yaml"
+
+# Short names for sweep keys, used to name the experiments a grid expands to.
+SWEEP_ABBREVIATIONS = {
+    "lora.r": "r",
+    "lora.alpha": "alpha",
+    "lora.dropout": "drop",
+    "training.learning_rate": "lr",
+    "training.epochs": "ep",
+    "training.batch_size": "bs",
+    "training.grad_accum": "ga",
+    "training.max_length": "len",
+    "method": "",
+}
+
+
+class ConfigError(ValueError):
+    """A config that is refused before any job starts; the message names the key."""
+
+
+def load_schema() -> dict:
+    with open(SCHEMA_PATH, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """One line that names the offending key, preferring the most specific sub-error."""
+    if error.validator == "additionalProperties":
+        allowed = set(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - allowed)
+        where = _key_path(error)
+        keys = ", ".join(f"{where}.{k}" if where != "<top level>" else k for k in extra)
+        return f"unknown key {keys} (allowed here: {', '.join(sorted(allowed))})"
+    if error.validator == "oneOf" and error.context:
+        # Explain the branch the user meant: the one whose discriminating `const` matched.
+        mismatched = {e.relative_schema_path[0] for e in error.context if e.validator == "const"}
+        meant = [e for e in error.context if e.relative_schema_path[0] not in mismatched]
+        best = max(meant or error.context, key=lambda e: len(e.absolute_path))
+        return _describe(best)
+    return f"{_key_path(error)}: {error.message}"
+
+
+def _with_defaults(validator_class):
+    """A validator class that also fills in schema defaults (outside oneOf branches)."""
+    validate_properties = validator_class.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
+
+
+def validate(config: dict, source: str = "config") -> dict:
+    """Return a validated deep copy with defaults filled; raise ConfigError naming the key."""
+    schema = load_schema()
+    raw = copy.deepcopy(config)
+    checker = jsonschema.Draft202012Validator(schema)
+    errors = sorted(checker.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = "\n  ".join(_describe(e) for e in errors)
+        raise ConfigError(f"invalid config in {source}:\n  {lines}")
+    filled = copy.deepcopy(config)
+    # Experiments and sweeps override `defaults`, so only fill the top level and `defaults`.
+    overrides = {k: filled.pop(k) for k in ("experiments", "sweeps") if k in filled}
+    _with_defaults(jsonschema.Draft202012Validator)(schema).validate(filled)
+    filled.update(overrides)
+    filled.setdefault("experiments", {})
+    filled.setdefault("sweeps", {})
+    _check_references(filled, source)
+    return filled
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _set_dotted(target: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        target = target.setdefault(part, {})
+    target[leaf] = value
+
+
+def _format_value(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def sweep_experiment_name(sweep: str, point: dict[str, Any]) -> str:
+    parts = [sweep]
+    for key, value in point.items():
+        prefix = SWEEP_ABBREVIATIONS.get(key, key.rsplit(".", 1)[-1])
+        parts.append(f"{prefix}{_format_value(value)}")
+    return "-".join(parts)
+
+
+def raw_experiments(config: dict) -> dict[str, dict]:
+    """Experiments as written plus every sweep grid point, before defaults are applied."""
+    experiments = dict(config.get("experiments", {}))
+    for sweep, spec in config.get("sweeps", {}).items():
+        start = {}
+        if "from" in spec:
+            if spec["from"] not in config.get("experiments", {}):
+                raise ConfigError(f"sweeps.{sweep}.from: no experiment named {spec['from']!r}")
+            start = config["experiments"][spec["from"]]
+        start = deep_merge(start, spec.get("base", {}))
+        keys = list(spec["grid"])
+        for values in itertools.product(*(spec["grid"][k] for k in keys)):
+            point = dict(zip(keys, values))
+            experiment = copy.deepcopy(start)
+            for key, value in point.items():
+                _set_dotted(experiment, key, value)
+            name = sweep_experiment_name(sweep, point)
+            if name in experiments:
+                raise ConfigError(f"sweeps.{sweep}: experiment name {name!r} is already taken")
+            experiments[name] = experiment
+    return experiments
+
+
+def resolve_experiments(config: dict, source: str = "config") -> dict[str, dict]:
+    """Every experiment with defaults applied and validated against the experiment schema."""
+    schema = load_schema()
+    exp_schema = {"$defs": schema["$defs"], **schema["$defs"]["experiment"]}
+    filler = _with_defaults(jsonschema.Draft202012Validator)(exp_schema)
+    resolved = {}
+    for name, spec in raw_experiments(config).items():
+        merged = deep_merge(config.get("defaults", {}), spec)
+        merged.setdefault("method", "lora")
+        for section in ("lora", "training", "evaluation", "resources"):
+            merged.setdefault(section, {})
+        try:
+            filler.validate(merged)
+        except jsonschema.ValidationError as err:
+            raise ConfigError(f"invalid config in {source}: experiment {name}: {_describe(err)}")
+        for key in ("base_model", "dataset"):
+            if key not in merged:
+                raise ConfigError(f"invalid config in {source}: experiments.{name}.{key} is missing")
+        resolved[name] = merged
+    _check_experiment_references(config, resolved, source)
+    return resolved
+
+
+def _check_references(config: dict, source: str) -> None:
+    datasets = set(config["datasets"])
+    for name, model in config["base_models"].items():
+        for ds in model.get("pretrain", {}).get("datasets", []):
+            if ds not in datasets:
+                raise ConfigError(
+                    f"invalid config in {source}: base_models.{name}.pretrain.datasets: "
+                    f"unknown dataset {ds!r} (known: {', '.join(sorted(datasets))})"
+                )
+
+
+def _check_experiment_references(config: dict, experiments: dict, source: str) -> None:
+    for name, exp in experiments.items():
+        for key, known in (("base_model", config["base_models"]), ("dataset", config["datasets"])):
+            if exp[key] not in known:
+                raise ConfigError(
+                    f"invalid config in {source}: experiments.{name}.{key}: unknown {key} "
+                    f"{exp[key]!r} (known: {', '.join(sorted(known))})"
+                )
+    for name in config.get("merge", []):
+        if name not in experiments:
+            raise ConfigError(f"invalid config in {source}: merge: unknown experiment {name!r}")
