@@ -1,0 +1,24 @@
+rule prepare_dataset:
+    input:
+        raw=lambda w: dataset_files(w.dataset),
+        code=code("prepare_dataset", "data_formats", "data_cleaning", "data_split"),
+    output:
+        train="results/data/{dataset}/train.jsonl",
+        valid="results/data/{dataset}/valid.jsonl",
+        test="results/data/{dataset}/test.jsonl",
+        rejects="results/data/{dataset}/rejects.jsonl",
+        stats="results/data/{dataset}/stats.json",
+    params:
+        cfg=lambda w: canonical_json({
+            "dataset": CFG["datasets"][w.dataset],
+            "cleaning": CFG["cleaning"],
+            "split": CFG["split"],
+            "seed": CFG["seed"],
+        }),
+    log:
+        "logs/prepare_dataset/{dataset}.log",
+    benchmark:
+        "results/benchmarks/prepare_dataset/{dataset}.tsv"
+    shell:
+        "{PYTHON} -m workflow_scripts.prepare_dataset --name {wildcards.dataset} "
+        "--config {params.cfg:q} --out-dir results/data/{wildcards.dataset} > {log} 2>&1"

@@ -1,0 +1,47 @@
+SCRATCH_MODELS = [m for m, s in CFG["base_models"].items() if s["source"] == "scratch"]
+HUB_MODELS = [m for m, s in CFG["base_models"].items() if s["source"] == "hub"]
+
+
+rule build_base_model:
+    input:
+        data=lambda w: expand(
+            "results/data/{dataset}/train.jsonl",
+            dataset=model_spec(w.model)["pretrain"]["datasets"],
+        ),
+        code=code("build_base_model", "model_loading"),
+    output:
+        directory("results/models/{model}"),
+    wildcard_constraints:
+        model="|".join(SCRATCH_MODELS) or "__none__",
+    params:
+        cfg=lambda w: canonical_json({"model": model_spec(w.model), "seed": CFG["seed"]}),
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    log:
+        "logs/build_base_model/{model}.log",
+    benchmark:
+        "results/benchmarks/build_base_model/{model}.tsv"
+    shell:
+        "{PYTHON} -m workflow_scripts.build_base_model --name {wildcards.model} "
+        "--config {params.cfg:q} --data {input.data} --out-dir {output} "
+        "--threads {threads} > {log} 2>&1"
+
+
+# Compute nodes often have no internet: hub models are fetched on the submitting node.
+rule fetch_base_model:
+    input:
+        code=code("model_loading"),
+    output:
+        directory("results/models/{model}"),
+    wildcard_constraints:
+        model="|".join(HUB_MODELS) or "__none__",
+    params:
+        cfg=lambda w: canonical_json(model_spec(w.model)),
+    localrule: True
+    log:
+        "logs/fetch_base_model/{model}.log",
+    shell:
+        "{PYTHON} -m workflow_scripts.model_loading fetch --config {params.cfg:q} "
+        "--out-dir {output} > {log} 2>&1"
