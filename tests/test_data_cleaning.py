@@ -1,0 +1,101 @@
+"""Cleaning rules: each failure names its reason; dedupe sees width and whitespace."""
+from __future__ import annotations
+
+import pytest
+
+from workflow_scripts.data_cleaning import (REASONS, CleaningRules, Deduplicator,
+                                            check_record, cjk_share, content_digests,
+                                            is_repeated_char, normalize_text)
+
+RULES = CleaningRules(min_prompt_chars=2, min_response_chars=3, max_chars=40)
+
+
+def chat(*contents: str, system: str | None = None) -> list[dict]:
+    roles = ["user", "assistant"] * len(contents)
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + [{"role": r, "content": c} for r, c in zip(roles, contents)]
+
+
+def test_a_good_record_passes():
+    assert check_record(chat("今天天气如何", "晴，二十度"), RULES) is None
+
+
+@pytest.mark.parametrize("messages, reason", [
+    (chat("", "回答是这样"), "empty_prompt"),
+    (chat("问题问题", ""), "empty_response"),
+    (chat("", "回答", "问题", "回答是这样"), "empty_prompt"),  # an empty earlier turn
+    (chat("问", "回答是这样"), "too_short_prompt"),
+    (chat("问题问题", "是的"), "too_short_response"),
+    (chat("问" * 30, "答" * 11), "too_long"),
+    (chat("问题问题", "哈哈哈哈哈"), "repeated_char"),
+    (chat("问题问题", "。 。 。"), "repeated_char"),
+])
+def test_each_rule_names_its_reason(messages, reason):
+    rejection = check_record(messages, RULES)
+    assert rejection is not None and rejection[0] == reason
+    assert reason in REASONS
+
+
+def test_max_chars_counts_system_and_history():
+    messages = chat("问题一", "回答一", "问题二", "回答二", system="系" * 29)
+    assert check_record(messages, RULES)[0] == "too_long"
+    assert check_record(messages[1:], RULES) is None
+
+
+def test_details_say_what_failed():
+    assert check_record(chat("问", "回答是这样"), RULES)[1] == "prompt has 1 < 2 chars"
+    assert check_record(chat("问题", ""), RULES)[1] == "message 1 (assistant) is empty"
+
+
+def test_reduplicated_words_are_not_degenerate():
+    assert not is_repeated_char("谢谢") and not is_repeated_char("嗯嗯")
+    assert is_repeated_char("嗯嗯嗯") and is_repeated_char("! ! !")
+    assert not is_repeated_char("哈哈哈呀") and not is_repeated_char("")
+
+
+def test_cjk_share_rule_applies_to_chinese_datasets_only():
+    messages = chat("What is it?", "It is a cat.")
+    zh = CleaningRules(min_cjk_share=0.3)
+    assert check_record(messages, zh)[0] == "low_cjk_share"
+    assert check_record(messages, CleaningRules(min_cjk_share=0.3, language="other")) is None
+    assert check_record(chat("这是什么？", "这是一只猫。"), zh) is None
+
+
+def test_cjk_share_ignores_whitespace():
+    assert cjk_share("中文 ab") == 0.5
+    assert cjk_share("   ") == 0.0
+
+
+def test_unknown_cleaning_key_is_refused():
+    with pytest.raises(ValueError, match="unknown keys max_len"):
+        CleaningRules.from_config({"max_len": 5})
+
+
+def test_config_defaults_match_the_schema():
+    rules = CleaningRules.from_config({}, "zh")
+    assert (rules.min_prompt_chars, rules.min_response_chars, rules.max_chars) == (1, 2, 4096)
+    assert rules.dedupe and rules.min_cjk_share == 0.0
+
+
+def test_normalize_text_folds_width_and_whitespace():
+    assert normalize_text("ＡＢＣ　１２３！ ") == "ABC 123!"
+    assert normalize_text(" 你好\n\t世界 ") == "你好 世界"
+
+
+def test_dedupe_tells_exact_from_normalized_duplicates():
+    dedupe = Deduplicator()
+    first = content_digests(chat("ＧＰＴ是什么", "一种模型"))
+    exact = content_digests(chat("ＧＰＴ是什么", "一种模型"))
+    folded = content_digests(chat(" GPT是什么", "一种模型\n"))
+    other = content_digests(chat("GPT是什么", "一种 模型"))
+    assert dedupe.check(*first, "a.json", 0) is None
+    assert dedupe.check(*exact, "a.json", 1) == ("duplicate_exact",
+                                                  "same content as a.json record 0")
+    assert dedupe.check(*folded, "b.json", 5)[0] == "duplicate_normalized"
+    assert dedupe.check(*other, "b.json", 6) is None  # inner spaces are kept, only collapsed
+
+
+def test_roles_are_part_of_the_content():
+    as_system = [{"role": "system", "content": "你好"}] + chat("问", "答")
+    as_user = chat("你好", "答")
+    assert content_digests(as_system)[1] != content_digests(as_user)[1]

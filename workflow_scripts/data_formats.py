@@ -1,0 +1,333 @@
+"""Read raw dataset files and turn each record into chat messages.
+
+Two layers:
+
+- `load_records` reads a whole file (a JSON array, or JSON Lines) and raises `DataError`
+  naming the file and the exact place (line, column, byte offset) when it cannot.
+- One normalizer per format turns a raw record into `Conversation` (a list of
+  `{"role", "content"}` messages: an optional system message, then user/assistant turns
+  that alternate and end with an assistant turn) or raises `RecordError(reason, detail)`;
+  such records are rejected one by one, never the whole file.
+
+Field names can be remapped per dataset with the config's `columns` (our name -> the
+file's key), as LLaMA-Factory's dataset_info does.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+FORMATS = ("alpaca", "sharegpt", "openai", "lccc")
+
+# Our field names per format, with the file key each one reads by default.
+DEFAULT_COLUMNS: dict[str, dict[str, str]] = {
+    "alpaca": {"instruction": "instruction", "input": "input", "output": "output",
+               "system": "system", "history": "history"},
+    "sharegpt": {"conversations": "conversations", "system": "system",
+                 "role_tag": "from", "content_tag": "value"},
+    "openai": {"messages": "messages", "role_tag": "role", "content_tag": "content"},
+    "lccc": {"conversations": "dialog"},
+}
+DISPLAY_NAMES = {"alpaca": "Alpaca", "sharegpt": "ShareGPT", "openai": "OpenAI messages",
+                 "lccc": "LCCC"}
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant",
+                  "assistant": "assistant", "system": "system"}
+OPENAI_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
+
+
+class DataError(ValueError):
+    """A file that cannot be used at all; the message names the file and the place."""
+
+
+class RecordError(ValueError):
+    """One record that is rejected; `reason` is the code counted in stats.json."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class Conversation(NamedTuple):
+    messages: list[dict[str, str]]
+    has_input: bool = False  # alpaca: a non-empty `input` field
+    trimmed: int = 0  # unanswered trailing user turns that were dropped
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def load_records(path: str | Path) -> list[Any]:
+    """All records of a JSON array or JSON Lines file, in file order."""
+    data = Path(path).read_bytes()
+    return parse_records(data, str(path))
+
+
+def parse_records(data: bytes, name: str) -> list[Any]:
+    """Parse file bytes; `name` is used in error messages only."""
+    text = decode_utf8(data, name)
+    first = text.lstrip()[:1]
+    if not first:
+        raise DataError(f"{name}: file is empty")
+    if first == "[":
+        records = _parse_array(text, name)
+    elif first == "{":
+        records = _parse_json_lines(text, name)
+    else:
+        raise DataError(f"{name}: expected a JSON array of records or JSON Lines objects, "
+                        f"but the file starts with {first!r}")
+    if not records:
+        raise DataError(f"{name}: contains no records")
+    return records
+
+
+def decode_utf8(data: bytes, name: str) -> str:
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"{name}: not valid UTF-8 at byte offset {err.start} (line {line}): "
+                        f"byte 0x{data[err.start]:02x} ({err.reason})") from None
+
+
+def _byte_offset(text: str, pos: int) -> int:
+    return len(text[:pos].encode("utf-8"))
+
+
+def _parse_array(text: str, name: str) -> list[Any]:
+    try:
+        records = json.loads(text)
+    except json.JSONDecodeError as err:
+        error = DataError(f"{name}: invalid JSON at line {err.lineno}, column {err.colno} "
+                          f"(byte offset {_byte_offset(text, err.pos)}): {err.msg}")
+        if err.msg == "Extra data" and text[err.pos - 1:err.pos] == "\n":
+            try:  # JSON Lines whose records are arrays (LCCC dialogues)
+                return _parse_json_lines(text, name)
+            except DataError:
+                pass
+        raise error from None
+    if not isinstance(records, list):
+        raise DataError(f"{name}: top level is {_type_name(records)}, expected an array")
+    return records
+
+
+def _parse_json_lines(text: str, name: str) -> list[Any]:
+    records = []
+    decode = json.JSONDecoder().decode
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(decode(line))
+        except json.JSONDecodeError as err:
+            if number == 1:
+                _refuse_single_object(text, name)
+            start = _byte_offset(text, sum(len(x) + 1 for x in text.split("\n")[:number - 1]))
+            raise DataError(f"{name}: invalid JSON Lines at line {number}, column {err.colno} "
+                            f"(byte offset {start + _byte_offset(line, err.pos)}): "
+                            f"{err.msg}") from None
+    return records
+
+
+def _refuse_single_object(text: str, name: str) -> None:
+    """A pretty-printed object spanning lines is not JSON Lines: say so plainly."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        return
+    keys = ", ".join(map(str, list(obj)[:8])) if isinstance(obj, dict) else ""
+    raise DataError(f"{name}: top level is one JSON object (keys: {keys}); expected an array "
+                    "of records or JSON Lines with one record per line")
+
+
+def _type_name(value: Any) -> str:
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+             int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def resolve_columns(fmt: str, columns: dict[str, str] | None) -> dict[str, str]:
+    """Default keys of `fmt` overridden by the config's `columns`; unknown names are refused."""
+    if fmt not in DEFAULT_COLUMNS:
+        raise DataError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+    keys = dict(DEFAULT_COLUMNS[fmt])
+    unknown = sorted(set(columns or {}) - set(keys))
+    if unknown:
+        raise DataError(f"columns: {', '.join(unknown)} not used by format {fmt!r}; "
+                        f"known: {', '.join(keys)}")
+    keys.update(columns or {})
+    return keys
+
+
+def _require_object(record: Any) -> dict:
+    if not isinstance(record, dict):
+        raise RecordError("wrong_type", f"record: expected an object, got {_type_name(record)}")
+    return record
+
+
+def _field(record: dict, key: str, kind: type, required: bool) -> Any:
+    """record[key] checked against `kind`; None or absent gives None when not required."""
+    value = record.get(key)
+    if value.__class__ is kind:  # the common case, checked first for speed
+        return value
+    if value is None:
+        if required:
+            state = "missing" if key not in record else "null"
+            raise RecordError("missing_field", f"{key}: {state}")
+        return None
+    if not isinstance(value, kind):
+        raise RecordError("wrong_type", f"{key}: expected {_type_name(kind())}, "
+                          f"got {_type_name(value)}")
+    return value
+
+
+def build_conversation(turns: list[tuple[str, str]], system: str | None = None) -> Conversation:
+    """Check role order and build messages; one unanswered trailing user turn is dropped."""
+    messages = [{"role": "system", "content": system}] if system else []
+    trimmed = 0
+    if turns and turns[-1][0] == "user":
+        turns, trimmed = turns[:-1], 1
+    expected = "user"
+    for number, (role, content) in enumerate(turns):
+        if role != expected:
+            raise RecordError("bad_turns", f"turn {number}: expected {expected}, got {role}")
+        messages.append({"role": role, "content": content})
+        expected = "assistant" if role == "user" else "user"
+    if not turns:
+        raise RecordError("bad_turns", "no user turn followed by an assistant turn")
+    return Conversation(messages, trimmed=trimmed)
+
+
+def _tagged_turns(items: Any, key: str, keys: dict[str, str],
+                  roles: dict[str, str]) -> tuple[list[tuple[str, str]], str | None]:
+    """(role, content) pairs of a ShareGPT/OpenAI list; a leading system turn is split off."""
+    if not isinstance(items, list):
+        raise RecordError("wrong_type", f"{key}: expected an array, got {_type_name(items)}")
+    role_tag, content_tag = keys["role_tag"], keys["content_tag"]
+    turns = []
+    for number, item in enumerate(items):
+        where = f"{key}[{number}]"
+        if not isinstance(item, dict):
+            raise RecordError("wrong_type", f"{where}: expected an object, got {_type_name(item)}")
+        tag = _field(item, role_tag, str, required=True)
+        content = _field(item, content_tag, str, required=True)
+        if tag not in roles:
+            raise RecordError("bad_turns", f"{where}.{role_tag}: unknown role {tag!r}; "
+                              f"known: {', '.join(roles)}")
+        turns.append((roles[tag], content.strip()))
+    system = None
+    if turns and turns[0][0] == "system":
+        system, turns = turns[0][1], turns[1:]
+    return turns, system
+
+
+# ---------------------------------------------------------------- normalizers
+
+
+def normalize_alpaca(record: Any, keys: dict[str, str]) -> Conversation:
+    """instruction (+ "\\n" + input) -> user, output -> assistant; history pairs come first."""
+    record = _require_object(record)
+    instruction = _field(record, keys["instruction"], str, required=True).strip()
+    output = _field(record, keys["output"], str, required=True).strip()
+    extra = (_field(record, keys["input"], str, required=False) or "").strip()
+    system = (_field(record, keys["system"], str, required=False) or "").strip()
+    history = _field(record, keys["history"], list, required=False)
+    prompt = f"{instruction}\n{extra}" if instruction and extra else instruction or extra
+    messages = [{"role": "system", "content": system}] if system else []
+    for number, pair in enumerate(history or ()):
+        if not (isinstance(pair, list) and len(pair) == 2
+                and all(isinstance(x, str) for x in pair)):
+            raise RecordError("wrong_type", f"{keys['history']}[{number}]: expected "
+                              "[user, assistant] strings")
+        messages += [{"role": "user", "content": pair[0].strip()},
+                     {"role": "assistant", "content": pair[1].strip()}]
+    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+    return Conversation(messages, bool(extra))
+
+
+def normalize_sharegpt(record: Any, keys: dict[str, str]) -> Conversation:
+    """conversations of {from, value}: human/user, gpt/assistant, an optional first system."""
+    record = _require_object(record)
+    key = keys["conversations"]
+    turns, system = _tagged_turns(_field(record, key, list, True), key, keys, SHAREGPT_ROLES)
+    top_system = (_field(record, keys["system"], str, required=False) or "").strip()
+    return build_conversation(turns, top_system or system)
+
+
+def normalize_openai(record: Any, keys: dict[str, str]) -> Conversation:
+    """messages of {role, content} with roles system/user/assistant."""
+    record = _require_object(record)
+    key = keys["messages"]
+    turns, system = _tagged_turns(_field(record, key, list, True), key, keys, OPENAI_ROLES)
+    return build_conversation(turns, system)
+
+
+def restore_lccc_text(utterance: str) -> str:
+    """Undo LCCC's tokenization: the corpus separates EVERY character by one space.
+
+    Latin letters and digits are separated too ("3 1 万" is "31万", "N a n" is "Nan",
+    "T . T" is "T.T") and the corpus holds no double spaces, so the original word spaces
+    were already lost upstream and removing every space is the faithful inverse.
+    """
+    return utterance.replace(" ", "").strip()
+
+
+def normalize_lccc(record: Any, keys: dict[str, str]) -> Conversation:
+    """A list of utterances by two alternating speakers: the first speaker is the user."""
+    where = "record"
+    if isinstance(record, dict):
+        where = keys["conversations"]
+        record = _field(record, where, list, required=True)
+    if not isinstance(record, list):
+        raise RecordError("wrong_type", f"{where}: expected an array of utterances, "
+                          f"got {_type_name(record)}")
+    turns = []
+    for number, utterance in enumerate(record):
+        if not isinstance(utterance, str):
+            raise RecordError("wrong_type", f"{where}[{number}]: expected a string, "
+                              f"got {_type_name(utterance)}")
+        turns.append(("assistant" if number % 2 else "user", restore_lccc_text(utterance)))
+    return build_conversation(turns)
+
+
+NORMALIZERS: dict[str, Callable[[Any, dict[str, str]], Conversation]] = {
+    "alpaca": normalize_alpaca,
+    "sharegpt": normalize_sharegpt,
+    "openai": normalize_openai,
+    "lccc": normalize_lccc,
+}
+
+
+def get_normalizer(fmt: str, columns: dict[str, str] | None = None
+                   ) -> Callable[[Any], Conversation]:
+    """The normalizer of `fmt` with its column mapping bound."""
+    keys = resolve_columns(fmt, columns)
+    normalize = NORMALIZERS[fmt]
+    return lambda record: normalize(record, keys)
+
+
+def guess_format(record: Any) -> str | None:
+    """The format a raw record looks like, by its default keys; None when none fits."""
+    if isinstance(record, list):
+        return "lccc" if all(isinstance(x, str) for x in record) else None
+    if not isinstance(record, dict):
+        return None
+    if "instruction" in record and "output" in record:
+        return "alpaca"
+    items = record.get("conversations", record.get("messages"))
+    if isinstance(items, list) and items and isinstance(items[0], dict):
+        return "sharegpt" if "from" in items[0] else "openai" if "role" in items[0] else None
+    return "lccc" if isinstance(record.get("dialog"), list) else None
+
+
+def describe_keys(record: Any) -> str:
+    """The keys (or the type) of a raw record, for error messages."""
+    if isinstance(record, dict):
+        return "keys found: " + (", ".join(map(str, list(record)[:12])) or "none")
+    return f"record is {_type_name(record)}"
