@@ -1,0 +1,148 @@
+"""Find, fetch and load base models and their tokenizers.
+
+Imported while Snakemake builds the DAG, so torch and transformers are imported inside the
+functions that need them. Weights are read as safetensors only, and remote code runs only
+where the config turns `trust_remote_code` on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+# ChatML exactly as Qwen2-Instruct renders it, without its default system prompt.
+CHATML_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+# What a hub snapshot needs: safetensors weights (never *.bin or *.pt pickles), the JSON
+# configs and index, and tokenizer files (vocab/merges, sentencepiece, chat template).
+HUB_ALLOW_PATTERNS = ["*.safetensors", "*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja"]
+
+
+def resolve_model_dir(name: str, spec: dict, models_root: str = "results/models") -> str:
+    """The local directory a base model is loaded from.
+
+    `scratch` models are built into `{models_root}/{name}` and `hub` models are fetched
+    there; `path` models are used where they are.
+    """
+    source = spec["source"]
+    if source == "path":
+        return spec["path"]
+    if source in ("scratch", "hub"):
+        return str(Path(models_root) / name)
+    raise ValueError(f"base model {name}: unknown source {source!r}")
+
+
+def fetch_hub_model(spec: dict, out_dir: str) -> str:
+    """Download the pinned revision of a hub model into `out_dir` (safetensors only)."""
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(
+        repo_id=spec["id"],
+        revision=spec["revision"],
+        local_dir=out_dir,
+        allow_patterns=HUB_ALLOW_PATTERNS,
+    )
+
+
+def pick_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(model_dir: str, trust_remote_code: bool = False):
+    """The model's tokenizer, with a pad token and a chat template guaranteed."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ValueError(f"{model_dir}: the tokenizer has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    if not tokenizer.chat_template:
+        logger.warning("%s: the tokenizer has no chat template; using ChatML", model_dir)
+        tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def compute_dtype():
+    """bf16 on a CUDA GPU that supports it, else fp32."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def quantization_config(quantization: str | None):
+    """The BitsAndBytesConfig for `quantization` ("4bit": QLoRA's NF4), or None."""
+    if quantization is None:
+        return None
+    if quantization != "4bit":
+        raise ValueError(f"unsupported quantization {quantization!r} (supported: 4bit)")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype(),
+    )
+
+
+def load_model(
+    model_dir: str,
+    *,
+    trust_remote_code: bool = False,
+    quantization: str | None = None,
+    dtype: Any = None,
+    device: str | None = None,
+):
+    """A causal LM from `model_dir`, optionally 4-bit quantized, placed on `device`.
+
+    `dtype` None means fp32 on the CPU, the compute dtype when quantized, and the
+    checkpoint's own dtype ("auto") on an accelerator.
+    """
+    from transformers import AutoModelForCausalLM
+
+    device = device or pick_device()
+    bnb_config = quantization_config(quantization)
+    if dtype is None:
+        if bnb_config is not None:
+            dtype = bnb_config.bnb_4bit_compute_dtype
+        else:
+            dtype = "float32" if device == "cpu" else "auto"
+    return AutoModelForCausalLM.from_pretrained(
+        model_dir,
+        use_safetensors=True,
+        trust_remote_code=trust_remote_code,
+        quantization_config=bnb_config,
+        dtype=dtype,
+        device_map={"": device},
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI: `fetch --config SPEC_JSON --out-dir DIR` downloads a `source: hub` model."""
+    parser = argparse.ArgumentParser(description="Fetch a pinned hub base model.")
+    parser.add_argument("command", choices=["fetch"])
+    parser.add_argument("--config", required=True, help="the base_models entry as JSON")
+    parser.add_argument("--out-dir", required=True)
+    args = parser.parse_args(argv)
+    spec = json.loads(args.config)
+    if spec.get("source") != "hub":
+        parser.error(f"fetch needs a source: hub model, not {spec.get('source')!r}")
+    print(fetch_hub_model(spec, args.out_dir))
+
+
+if __name__ == "__main__":
+    main()
