@@ -1,27 +1,32 @@
+import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, workflow.basedir)  # the logic package, also without `pip install -e .`
+# The DAG is built with the logic package next to this Snakefile; jobs run the installed
+# one (`pip install -e .` in scripts/setup.sh) with the environment's `python`.
+sys.path.insert(0, workflow.basedir)
 
-from workflow_scripts.experiment_config import resolve_experiments, validate
+from workflow_scripts.experiment_config import alternatives_regex, resolve_experiments, validate
 from workflow_scripts.io_utils import canonical_json
 
 
 CONFIG_SOURCE = ", ".join(map(str, workflow.configfiles)) or "the config"
 CFG = validate(config, CONFIG_SOURCE)
 EXPERIMENTS = resolve_experiments(CFG, CONFIG_SOURCE)
-PYTHON = sys.executable
-CODE_DIR = Path(workflow.basedir) / "workflow_scripts"
+# Relative to the working directory, so that moving repo and results together reruns nothing.
+REPO_DIR = Path(os.path.relpath(workflow.basedir))
+CODE_DIR = REPO_DIR / "workflow_scripts"
 
 
+# Exactly the configured names; factored so that hundreds of experiments compile quickly.
 wildcard_constraints:
-    dataset="|".join(CFG["datasets"]),
-    model="|".join(CFG["base_models"]),
-    experiment="|".join(EXPERIMENTS) or "__none__",
+    dataset=alternatives_regex(CFG["datasets"]),
+    model=alternatives_regex(CFG["base_models"]),
+    experiment=alternatives_regex(EXPERIMENTS),
 
 
 def code(*modules):
-    """The package modules a rule runs: Snakemake does not track imports by itself."""
+    """The package modules a job runs (Snakemake does not track imports)."""
     return [str(CODE_DIR / f"{m}.py") for m in ("io_utils",) + modules]
 
 
@@ -64,7 +69,9 @@ def is_dialogue(dataset):
 
 
 def training_job(wildcards):
+    """What training reads; evaluation settings and cluster resources do not retrain."""
     exp = EXPERIMENTS[wildcards.experiment]
+    exp = {k: v for k, v in exp.items() if k not in ("evaluation", "resources")}
     job = {"experiment": exp, "seed": CFG["seed"], "base_model": model_spec(exp["base_model"])}
     return canonical_json(job)
 

@@ -15,10 +15,13 @@ rule prepare_dataset:
             "split": CFG["split"],
             "seed": CFG["seed"],
         }),
+    conda:
+        "../envs/workflow.yaml"
+    threads: 2
     log:
         "logs/prepare_dataset/{dataset}.log",
     benchmark:
         "results/benchmarks/prepare_dataset/{dataset}.tsv"
     shell:
-        "{PYTHON} -m workflow_scripts.prepare_dataset --name {wildcards.dataset} "
-        "--config {params.cfg:q} --out-dir results/data/{wildcards.dataset} > {log} 2>&1"
+        "python -m workflow_scripts.prepare_dataset --name {wildcards.dataset} "
+        "--config {params.cfg:q} --out-dir results/data/{wildcards.dataset} --workers {threads} > {log} 2>&1"

@@ -20,12 +20,14 @@ rule evaluate:
     resources:
         mem_mb=8000,
         runtime=60,
+    conda:
+        "../envs/workflow.yaml"
     log:
         "logs/evaluate/{experiment}.log",
     benchmark:
         "results/benchmarks/evaluate/{experiment}.tsv"
     shell:
-        "{PYTHON} -m workflow_scripts.evaluate_model --config {params.cfg:q} "
+        "python -m workflow_scripts.evaluate_model --config {params.cfg:q} "
         "--model-dir {input.model} --adapter-dir results/adapters/{wildcards.experiment} "
         "--test-file {input.test} --out-dir results/eval/{wildcards.experiment} "
         "--threads {threads} > {log} 2>&1"
@@ -45,12 +47,14 @@ rule evaluate_base:
     resources:
         mem_mb=8000,
         runtime=60,
+    conda:
+        "../envs/workflow.yaml"
     log:
         "logs/evaluate_base/{model}/{dataset}.log",
     benchmark:
         "results/benchmarks/evaluate_base/{model}/{dataset}.tsv"
     shell:
-        "{PYTHON} -m workflow_scripts.evaluate_model --config {params.cfg:q} "
+        "python -m workflow_scripts.evaluate_model --config {params.cfg:q} "
         "--model-dir {input.model} --test-file {input.test} "
         "--out-dir results/eval/base/{wildcards.model}/{wildcards.dataset} "
         "--threads {threads} > {log} 2>&1"

@@ -19,12 +19,14 @@ rule build_base_model:
     resources:
         mem_mb=4000,
         runtime=60,
+    conda:
+        "../envs/workflow.yaml"
     log:
         "logs/build_base_model/{model}.log",
     benchmark:
         "results/benchmarks/build_base_model/{model}.tsv"
     shell:
-        "{PYTHON} -m workflow_scripts.build_base_model --name {wildcards.model} "
+        "python -m workflow_scripts.build_base_model --name {wildcards.model} "
         "--config {params.cfg:q} --data {input.data} --out-dir {output} "
         "--threads {threads} > {log} 2>&1"
 
@@ -40,8 +42,10 @@ rule fetch_base_model:
     params:
         cfg=lambda w: canonical_json(model_spec(w.model)),
     localrule: True
+    conda:
+        "../envs/workflow.yaml"
     log:
         "logs/fetch_base_model/{model}.log",
     shell:
-        "{PYTHON} -m workflow_scripts.model_loading fetch --config {params.cfg:q} "
+        "python -m workflow_scripts.model_loading fetch --config {params.cfg:q} "
         "--out-dir {output} > {log} 2>&1"

@@ -10,6 +10,8 @@ rule snapshot_config:
             "seed": CFG["seed"],
         }),
     localrule: True
+    log:
+        "logs/snapshot_config.log",
     run:
         Path(output[0]).write_text(params.cfg, encoding="utf-8")
 
@@ -23,16 +25,39 @@ rule collect_metrics:
         stats=expand("results/data/{d}/stats.json", d=CFG["datasets"]),
         code=code("collect_metrics"),
     output:
-        experiments="results/metrics/experiments.tsv",
-        base="results/metrics/base_metrics.tsv",
-        comparison="results/metrics/comparison.tsv",
-        training_log="results/metrics/training_log.tsv",
-        data_stats="results/metrics/data_stats.tsv",
+        experiments=report(
+            "results/metrics/experiments.tsv",
+            caption="../reports/captions/experiments.rst",
+            category="Tables",
+        ),
+        base=report(
+            "results/metrics/base_metrics.tsv",
+            caption="../reports/captions/base_metrics.rst",
+            category="Tables",
+        ),
+        comparison=report(
+            "results/metrics/comparison.tsv",
+            caption="../reports/captions/comparison.rst",
+            category="Tables",
+        ),
+        training_log=report(
+            "results/metrics/training_log.tsv",
+            caption="../reports/captions/training_log.rst",
+            category="Tables",
+        ),
+        data_stats=report(
+            "results/metrics/data_stats.tsv",
+            caption="../reports/captions/data_stats.rst",
+            category="Tables",
+        ),
+        manifest="results/metrics/experiments.json",
     localrule: True
+    conda:
+        "../envs/workflow.yaml"
     log:
         "logs/collect_metrics.log",
     shell:
-        "{PYTHON} -m workflow_scripts.collect_metrics --config {input.config} "
+        "python -m workflow_scripts.collect_metrics --config {input.config} "
         "--results results --out-dir results/metrics > {log} 2>&1"
 
 
@@ -41,16 +66,30 @@ rule render_report:
         tables=rules.collect_metrics.output,
         config="results/metrics/config.json",
         predictions=expand("results/eval/{e}/predictions.jsonl", e=EXPERIMENTS),
-        templates=Path(workflow.basedir).joinpath("reports/templates").glob("*"),
+        templates=sorted(REPO_DIR.joinpath("reports/templates").glob("*")),
+        captions=sorted(REPO_DIR.joinpath("reports/captions").glob("*")),
         code=code("render_report", "plots"),
     output:
         md="results/report/training_report.md",
-        html="results/report/training_report.html",
-        plots=directory("results/report/plots"),
+        html=report(
+            "results/report/training_report.html",
+            caption="../reports/captions/training_report.rst",
+            category="Report",
+        ),
+        plots=report(
+            directory("results/report/plots"),
+            patterns=["{name}.png"],
+            caption="../reports/captions/plots.rst",
+            category="Plots",
+        ),
     localrule: True
+    params:
+        templates=lambda w, input: os.path.dirname(input.templates[0]),
+    conda:
+        "../envs/workflow.yaml"
     log:
         "logs/render_report.log",
     shell:
-        "{PYTHON} -m workflow_scripts.render_report --metrics-dir results/metrics "
-        "--results results --templates {workflow.basedir}/reports/templates "
+        "python -m workflow_scripts.render_report --metrics-dir results/metrics "
+        "--results results --templates {params.templates} "
         "--config {input.config} --out-dir results/report > {log} 2>&1"

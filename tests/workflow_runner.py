@@ -1,43 +1,75 @@
 """Run the real workflow in a scratch directory, as a user would from the command line."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-SNAKEFILE = REPO / "Snakefile"
 SMOKE_CONFIG = REPO / "tests" / "configs" / "smoke.yaml"
+WORKFLOW_PARTS = ("Snakefile", "rules", "workflow_scripts", "config", "reports")
 
 
-def make_workdir(path: Path, config: Path = SMOKE_CONFIG) -> Path:
-    """A working directory holding the raw data and a copy of the config as config.yaml."""
-    path.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(REPO / "data" / "raw", path / "data" / "raw", dirs_exist_ok=True)
-    shutil.copy(config, path / "config.yaml")
-    return path
+@dataclass
+class Workflow:
+    """A copy of the workflow code and a working directory with data and a config.yaml."""
+
+    code: Path
+    workdir: Path
+
+    @property
+    def config(self) -> Path:
+        return self.workdir / "config.yaml"
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(self.code / "Snakefile"),
+               "--directory", str(self.workdir), "--configfile", str(self.config), *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=self.workdir, env=self.env())
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+        return proc
+
+    def env(self) -> dict[str, str]:
+        """Jobs find this copy's package and the test interpreter's `python`, as they would
+        in an activated environment with the package installed."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.code), env.get("PYTHONPATH")]))
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        return env
+
+    def planned_jobs(self, *args: str) -> dict[str, int]:
+        """Rule -> job count a dry run would execute ({} when there is nothing to do)."""
+        proc = self.run("-n", "--quiet", "rules", *args)
+        counts: dict[str, int] = {}
+        in_table = False
+        for line in (proc.stdout + proc.stderr).splitlines():
+            parts = line.split()
+            if parts[:2] == ["job", "count"]:
+                in_table = True
+            elif in_table and len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+                counts[parts[0]] = int(parts[1])
+        return counts
+
+    def clone(self, dest: Path) -> "Workflow":
+        """An independent copy of code and results, timestamps kept."""
+        shutil.copytree(self.code, dest / "code", symlinks=True)
+        shutil.copytree(self.workdir, dest / "work", symlinks=True)
+        return Workflow(dest / "code", dest / "work")
 
 
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
-    return proc
-
-
-def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
-    """Rule name -> job count that a dry run would execute ({} when nothing is to be done)."""
-    proc = snakemake(workdir, "-n", "--quiet", "rules", *args)
-    counts: dict[str, int] = {}
-    in_table = False
-    for line in (proc.stdout + proc.stderr).splitlines():
-        parts = line.split()
-        if parts[:2] == ["job", "count"]:
-            in_table = True
-            continue
-        if in_table and len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
-            counts[parts[0]] = int(parts[1])
-    return counts
+def make_workflow(path: Path, config: Path = SMOKE_CONFIG) -> Workflow:
+    code, workdir = path / "code", path / "work"
+    code.mkdir(parents=True)
+    for part in WORKFLOW_PARTS:
+        src = REPO / part
+        if src.is_dir():
+            shutil.copytree(src, code / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, code / part)
+    shutil.copytree(REPO / "data" / "raw", workdir / "data" / "raw")
+    shutil.copy(config, workdir / "config.yaml")
+    return Workflow(code, workdir)

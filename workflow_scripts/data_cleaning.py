@@ -161,9 +161,17 @@ class Deduplicator:
 
     def check(self, exact: int, normalized: bytes, file: str, index: int) -> Rejection | None:
         """None for a new record (now remembered), else why it is a duplicate of a kept one."""
-        first = self._seen.get(normalized)
-        if first is None:
-            self._seen[normalized] = (exact, file, index)
-            return None
-        reason = "duplicate_exact" if first[0] == exact else "duplicate_normalized"
-        return reason, f"same content as {first[1]} record {first[2]}"
+        return self.check_all([exact], [normalized], file, [index]).get(0)
+
+    def check_all(self, exact: list[int], normalized: list[bytes], file: str,
+                  indexes: list[int]) -> dict[int, Rejection]:
+        """`check` for records in file order: {position in the lists: why} for duplicates."""
+        seen, found = self._seen, {}
+        for k, (digest, exact_digest, index) in enumerate(zip(normalized, exact, indexes)):
+            first = seen.get(digest)
+            if first is None:
+                seen[digest] = (exact_digest, file, index)
+                continue
+            reason = "duplicate_exact" if first[0] == exact_digest else "duplicate_normalized"
+            found[k] = reason, f"same content as {first[1]} record {first[2]}"
+        return found

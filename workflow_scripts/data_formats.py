@@ -15,6 +15,7 @@ file's key), as LLaMA-Factory's dataset_info does.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -66,20 +67,29 @@ def load_records(path: str | Path) -> list[Any]:
 
 def parse_records(data: bytes, name: str) -> list[Any]:
     """Parse file bytes; `name` is used in error messages only."""
-    text = decode_utf8(data, name)
-    first = text.lstrip()[:1]
-    if not first:
-        raise DataError(f"{name}: file is empty")
-    if first == "[":
+    return parse_text(decode_utf8(data, name), name)
+
+
+def parse_text(text: str, name: str) -> list[Any]:
+    """Parse decoded file text; raises the `DataError` that describes a broken file."""
+    if text_layout(text, name) == "array":
         records = _parse_array(text, name)
-    elif first == "{":
-        records = _parse_json_lines(text, name)
     else:
-        raise DataError(f"{name}: expected a JSON array of records or JSON Lines objects, "
-                        f"but the file starts with {first!r}")
+        records = _parse_json_lines(text, name)
     if not records:
         raise DataError(f"{name}: contains no records")
     return records
+
+
+def text_layout(text: str, name: str) -> str:
+    """"array" (a JSON array) or "lines" (JSON Lines), by the first visible character."""
+    first = text.lstrip()[:1]
+    if not first:
+        raise DataError(f"{name}: file is empty")
+    if first in "[{":
+        return "array" if first == "[" else "lines"
+    raise DataError(f"{name}: expected a JSON array of records or JSON Lines objects, "
+                    f"but the file starts with {first!r}")
 
 
 def decode_utf8(data: bytes, name: str) -> str:
@@ -147,6 +157,102 @@ def _type_name(value: Any) -> str:
     names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
              int: "a number", float: "a number", type(None): "null"}
     return names.get(type(value), type(value).__name__)
+
+
+# ---------------------------------------------------------------- reading in spans
+# Large files are parsed span by span, possibly in several processes. A span starts at a
+# record and holds the records that start before its `stop`. For JSON Lines a span starts
+# after a newline, which is exact; in an array a start is a guess (the first key of the first
+# record, after a comma) that may fall inside a record. A span's `end` is where the next
+# record really starts, so the caller keeps a span only if it starts at the previous `end`.
+
+_JSON_WS = re.compile(r"[ \t\n\r]*")
+_FIRST_KEY = re.compile(r'\{[ \t\n\r]*"(?:[^"\\]|\\.)*"[ \t\n\r]*:')
+_raw_decode = json.JSONDecoder().raw_decode
+_decode = json.JSONDecoder().decode
+
+
+class SpanError(ValueError):
+    """A span does not parse as the layout says; `parse_text` gives the exact error."""
+
+
+class Span(NamedTuple):
+    records: list[Any]
+    places: list[tuple[int, int]]  # (start, end) of each record's text
+    end: int  # where the record after the span starts; len(text) at the end of the file
+
+
+def span_starts(text: str, layout: str, size: int) -> list[int]:
+    """Starts of spans of about `size` characters; the first is 0 (the file's start)."""
+    starts = [0]
+    if layout == "array":
+        cut = _array_cut(text)
+        if cut is None:
+            return starts
+        find = lambda pos: (m := cut.search(text, pos)) and m.end()  # noqa: E731
+    else:
+        find = lambda pos: text.find("\n", pos) + 1  # noqa: E731
+    pos = find(size)
+    while pos and pos < len(text):
+        starts.append(pos)
+        pos = find(pos + size)
+    return starts
+
+
+def _array_cut(text: str) -> re.Pattern | None:
+    """A comma and blanks followed by the start of the first record up to its first key."""
+    try:
+        start = _JSON_WS.match(text, _JSON_WS.match(text).end() + 1).end()
+        _, end = _raw_decode(text, start)
+    except (json.JSONDecodeError, IndexError):
+        return None
+    key = _FIRST_KEY.match(text, start)
+    if key is None or key.end() > end:
+        return None
+    return re.compile(r",[ \t\n\r]*(?=" + re.escape(key.group()) + ")")
+
+
+def parse_span(text: str, layout: str, start: int, stop: int) -> Span:
+    """The records starting in [start, stop) of a span that starts at a record (or at 0)."""
+    try:
+        if layout == "array":
+            return _array_span(text, start, stop)
+        return _lines_span(text, start, stop)
+    except (json.JSONDecodeError, IndexError):
+        raise SpanError(f"no valid records at {start}") from None
+
+
+def _array_span(text: str, pos: int, stop: int) -> Span:
+    if pos == 0:  # past the opening bracket
+        pos = _JSON_WS.match(text).end()
+        if text[pos] != "[":
+            raise SpanError("no array")
+        pos = _JSON_WS.match(text, pos + 1).end()
+    span = Span([], [], len(text))
+    while pos < stop:
+        record, end = _raw_decode(text, pos)
+        span.records.append(record)
+        span.places.append((pos, end))
+        pos = _JSON_WS.match(text, end).end()
+        if text[pos] == "]" and _JSON_WS.match(text, pos + 1).end() == len(text):
+            return span
+        if text[pos] != ",":
+            raise SpanError(f"no comma after the record at {span.places[-1][0]}")
+        pos = _JSON_WS.match(text, pos + 1).end()
+    if pos >= len(text):
+        raise SpanError("unterminated array")
+    return span._replace(end=pos)
+
+
+def _lines_span(text: str, pos: int, stop: int) -> Span:
+    end = len(text) if stop >= len(text) else text.index("\n", stop - 1) + 1
+    span = Span([], [], end)
+    for line in text[pos:end].split("\n"):
+        if line.strip():  # as _parse_json_lines: blank lines are skipped
+            span.records.append(_decode(line))
+            span.places.append((pos, pos + len(line)))
+        pos += len(line) + 1
+    return span
 
 
 # ---------------------------------------------------------------- shared helpers

@@ -56,8 +56,9 @@ def stop_token_ids(tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-def generate(model, tokenizer, records: list[dict], settings: dict, seed: int) -> tuple[list[str], float]:
-    """Batched generation with the prompt removed; returns answers and seconds per sample."""
+def generate(model, tokenizer, prompts: list[list[dict]], settings: dict, seed: int) -> tuple[list[str], float]:
+    """Answers to chat prompts (lists of messages ending with a user turn), generated in
+    batches with the prompt removed; also returns the seconds per prompt."""
     import torch
     from transformers import set_seed
 
@@ -68,18 +69,17 @@ def generate(model, tokenizer, records: list[dict], settings: dict, seed: int) -
     if settings["do_sample"]:
         kwargs.update(temperature=settings["temperature"], top_p=settings["top_p"])
     answers, started = [], time.perf_counter()
-    for start in range(0, len(records), settings["batch_size"]):
-        chunk = records[start : start + settings["batch_size"]]
-        prompts = [tokenizer.apply_chat_template(r["messages"][:-1], tokenize=False,
-                                                 add_generation_prompt=True) for r in chunk]
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    for start in range(0, len(prompts), settings["batch_size"]):
+        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                 for p in prompts[start : start + settings["batch_size"]]]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         batch = batch.to(model.device)
         with torch.no_grad():
             out = model.generate(**batch, **kwargs)
         new_tokens = out[:, batch["input_ids"].shape[1]:]
         answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
     tokenizer.padding_side = "right"
-    return answers, (time.perf_counter() - started) / max(len(records), 1)
+    return answers, (time.perf_counter() - started) / max(len(prompts), 1)
 
 
 def load_for_eval(model_dir: str, adapter_dir: str | None, trust_remote_code: bool, quantize: bool):
@@ -108,7 +108,8 @@ def evaluate(job: dict, model_dir: str, adapter_dir: str | None, test_file: Path
         raise SystemExit(f"{test_file}: the test split is empty")
     metrics = test_loss(model, tokenizer, records, job["max_length"], settings["batch_size"])
     sample = records[: settings["samples"]]
-    answers, per_sample = generate(model, tokenizer, sample, settings, seed)
+    answers, per_sample = generate(model, tokenizer, [r["messages"][:-1] for r in sample],
+                                   settings, seed)
     references = [r["messages"][-1]["content"] for r in sample]
     metrics.update(compute_text_metrics(answers, references, dialogue=job.get("dialogue", False)))
     metrics.update(gen_time_per_sample_s=round(per_sample, 4), n_samples=len(sample))

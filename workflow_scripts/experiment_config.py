@@ -5,9 +5,11 @@ Imported while Snakemake builds the DAG, so it must stay light: no torch, no tra
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import jsonschema
 import yaml
@@ -33,8 +35,29 @@ class ConfigError(ValueError):
 
 
 def load_schema() -> dict:
+    """The config schema, parsed once per process (a private copy for each caller)."""
+    return copy.deepcopy(_parsed_schema())
+
+
+@functools.cache
+def _parsed_schema() -> dict:
     with open(SCHEMA_PATH, encoding="utf-8") as fh:
         return yaml.safe_load(fh)
+
+
+def alternatives_regex(names: Iterable[str]) -> str:
+    """A regex matching exactly these strings, each escaped, with common prefixes factored
+    out: a wildcard constraint over hundreds of experiment names then compiles quickly."""
+    words = sorted(set(names))
+    if not words:
+        return "(?!)"  # no names: matches nothing
+    groups = itertools.groupby((w for w in words if w), key=lambda w: w[0])
+    branches = [re.escape(first) + alternatives_regex(w[1:] for w in group)
+                for first, group in groups]
+    optional = words[0] == ""
+    if not branches or (len(branches) == 1 and not optional):
+        return "".join(branches)
+    return f"(?:{'|'.join(branches)})" + ("?" if optional else "")
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:
@@ -149,8 +172,12 @@ def resolve_experiments(config: dict, source: str = "config") -> dict[str, dict]
     schema = load_schema()
     exp_schema = {"$defs": schema["$defs"], **schema["$defs"]["experiment"]}
     filler = _with_defaults(jsonschema.Draft202012Validator)(exp_schema)
+    try:
+        experiments = raw_experiments(config)
+    except ConfigError as err:  # name the config file, as every other refusal does
+        raise ConfigError(f"invalid config in {source}: {err}") from None
     resolved = {}
-    for name, spec in raw_experiments(config).items():
+    for name, spec in experiments.items():
         merged = deep_merge(config.get("defaults", {}), spec)
         merged.setdefault("method", "lora")
         for section in ("lora", "training", "evaluation", "resources"):

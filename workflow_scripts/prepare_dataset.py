@@ -4,35 +4,38 @@
 
 JSON is `{"dataset": <datasets.NAME entry>, "cleaning": {...}, "split": {...}, "seed": 42}`;
 file paths in it are relative to the current directory. One pass over each file:
-normalize -> clean -> dedupe -> split -> write. The outputs are written under temporary
+normalize -> clean -> dedupe -> split -> write; large files are parsed and cleaned in
+spans by several processes, with the same outputs. The outputs are written under temporary
 names and renamed at the end, so a failed run leaves no half-written split behind.
 """
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import json.encoder
 import math
+import multiprocessing
 import os
 import sys
 from array import array
-from dataclasses import dataclass, field
+from collections import deque
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from workflow_scripts import data_formats as formats
-from workflow_scripts.data_cleaning import (REASONS, CleaningRules, Deduplicator, Rejection,
-                                            check_record, content_digests)
+from workflow_scripts.data_cleaning import (FORMAT_REASONS, REASONS, CleaningRules,
+                                            Deduplicator, check_record, content_digests)
 from workflow_scripts.data_formats import Conversation, DataError, RecordError
 from workflow_scripts.data_split import SPLITS, HashSplitter, file_plan, record_id
 from workflow_scripts.io_utils import write_json
 
 OUTPUT_FILES = {split: f"{split}.jsonl" for split in SPLITS} | {"rejects": "rejects.jsonl"}
 _encode = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
-_encode_path = functools.lru_cache(maxsize=256)(_encode)
 _encode_str = json.encoder.encode_basestring  # the C string encoder that keeps non-ASCII
+MEASURES = ("prompt_chars", "response_chars", "turns", "has_input", "trimmed")
+SPAN_CHARS = 1 << 21  # characters per span of a file: about 7,000 Alpaca records
 
 
 class OutputFiles:
@@ -47,17 +50,8 @@ class OutputFiles:
     def _tmp(self, name: str) -> Path:
         return self.out_dir / f".{name}.tmp"
 
-    def write(self, key: str, row: dict) -> None:
-        self._handles[key].write(_encode(row) + "\n")
-
-    def write_kept(self, split: str, record_id: str, messages: list[dict], source: str,
-                   index: int) -> None:
-        """What write() gives for a kept record, twice as fast: roles and ids need no
-        escaping, so only the contents go through the JSON string encoder."""
-        turns = ", ".join([f'{{"role": "{m["role"]}", "content": {_encode_str(m["content"])}}}'
-                           for m in messages])
-        self._handles[split].write(f'{{"id": "{record_id}", "messages": [{turns}], '
-                                   f'"source": {{"file": {source}, "index": {index}}}}}\n')
+    def write_lines(self, key: str, lines: list[str]) -> None:
+        self._handles[key].write("".join(lines))
 
     def commit(self, stats: dict) -> None:
         self._close()
@@ -105,15 +99,18 @@ class DatasetStats:
         self.files[path] = sha256
         self.per_file[path] = {"raw": raw, "kept": 0, "rejected": 0, "split": split or "hash"}
 
-    def keep(self, path: str, conversation: Conversation, split: str) -> None:
-        messages = conversation.messages
-        self.per_file[path]["kept"] += 1
-        self.splits[split] += 1
-        self.prompt_chars.append(sum([len(m["content"]) for m in messages[:-1]]))
-        self.response_chars.append(len(messages[-1]["content"]))
-        self.turns.append(len(messages) // 2)  # user/assistant pairs, a system or not
-        self.with_input += conversation.has_input
-        self.trimmed_turns += conversation.trimmed
+    def keep(self, path: str, measures: dict[str, array], kept: list[int] | None) -> None:
+        """Records kept from one span, by their positions in `measures` (None: all);
+        `splits` is counted by the caller."""
+        pick = (lambda values: values) if kept is None else (  # noqa: E731
+            lambda values: [values[k] for k in kept])
+        turns = pick(measures["turns"])
+        self.per_file[path]["kept"] += len(turns)
+        self.prompt_chars.extend(pick(measures["prompt_chars"]))
+        self.response_chars.extend(pick(measures["response_chars"]))
+        self.turns.extend(turns)
+        self.with_input += sum(pick(measures["has_input"]))
+        self.trimmed_turns += sum(pick(measures["trimmed"]))
 
     def reject(self, path: str, reason: str) -> None:
         self.per_file[path]["rejected"] += 1
@@ -140,51 +137,199 @@ class DatasetStats:
 
 
 @dataclass
-class Pipeline:
-    """The per-record path: normalize -> clean -> dedupe -> split -> write."""
+class FileJob:
+    """What processing one file's spans needs; forked workers inherit it."""
 
+    text: str
+    layout: str
+    path: str
+    split: str | None  # a pre-split file's split, or None to split by hash
     normalize: Callable[[Any], Conversation]
     rules: CleaningRules
     splitter: HashSplitter
+
+
+@dataclass
+class SpanResult:
+    """One span's records, minus the parts that need the whole file (dedupe, indexes).
+
+    Records that pass the per-record rules are kept column by column (cheap to send back
+    from a worker); output lines lack the index, which the parent puts in.
+    """
+
+    start: int
+    end: int = 0
+    error: bool = False  # the span does not parse from its start
+    count: int = 0
+    # i (index in the span), reason, raw record, reject line after the index
+    rejects: list[tuple[int, str, Any, str]] = field(default_factory=list)
+    passed: array = field(default_factory=lambda: array("L"))  # i of each passed record
+    exact: list[int] = field(default_factory=list)
+    digests: list[bytes] = field(default_factory=list)
+    by_split: dict[str, list[int]] = field(default_factory=lambda: {s: [] for s in SPLITS})
+    lines: list[str] = field(default_factory=list)  # output line up to the index
+    places: array = field(default_factory=lambda: array("q"))  # start, end of each text
+    measures: dict[str, array] = field(
+        default_factory=lambda: {key: array("L") for key in MEASURES})
+
+    def add(self, i: int, conversation: Conversation, digests: tuple[int, bytes], split: str,
+            line: str, place: tuple[int, int]) -> None:
+        messages, measures = conversation.messages, self.measures
+        self.by_split[split].append(len(self.passed))
+        self.passed.append(i)
+        self.exact.append(digests[0])
+        self.digests.append(digests[1])
+        self.lines.append(line)
+        self.places.extend(place)
+        measures["prompt_chars"].append(sum([len(m["content"]) for m in messages[:-1]]))
+        measures["response_chars"].append(len(messages[-1]["content"]))
+        measures["turns"].append(len(messages) // 2)  # user/assistant pairs, a system or not
+        measures["has_input"].append(conversation.has_input)
+        measures["trimmed"].append(conversation.trimmed)
+
+    def reject(self, i: int, reason: str, detail: str, raw: Any) -> None:
+        self.rejects.append((i, reason, raw, reject_tail(reason, detail, raw)))
+
+
+_job: FileJob | None = None
+
+
+def _set_job(job: FileJob | None) -> None:
+    global _job
+    _job = job
+
+
+def process_span(bounds: tuple[int, int]) -> SpanResult:
+    """Parse, normalize, check and hash the records of one span of `_job`'s text."""
+    job, (start, stop) = _job, bounds
+    try:
+        span = formats.parse_span(job.text, job.layout, start, stop)
+    except formats.SpanError:
+        return SpanResult(start, error=True)
+    result = SpanResult(start, span.end, count=len(span.records))
+    source = _encode(job.path)
+    for i, raw in enumerate(span.records):
+        try:
+            conversation = job.normalize(raw)
+        except RecordError as err:
+            result.reject(i, err.reason, err.detail, raw)
+            continue
+        rejection = check_record(conversation.messages, job.rules)
+        if rejection is not None:
+            result.reject(i, *rejection, raw)
+            continue
+        digests = content_digests(conversation.messages)
+        split = job.split or job.splitter(digests[1])
+        line = kept_line(record_id(digests[1]), conversation.messages, source)
+        result.add(i, conversation, digests, split, line, span.places[i])
+    return result
+
+
+def reject_tail(reason: str, detail: str, raw: Any) -> str:
+    """A rejects line after its file and index: the encoder writes a dict's items in
+    order, so the line is the encoded row whatever the index."""
+    return ", " + _encode({"reason": reason, "detail": detail, "record": raw})[1:] + "\n"
+
+
+def kept_line(record_id: str, messages: list[dict], source: str) -> str:
+    """A kept record's output line up to its index: what `_encode` gives, twice as fast,
+    since roles and ids need no escaping and only the contents go through the encoder."""
+    turns = ", ".join([f'{{"role": "{m["role"]}", "content": {_encode_str(m["content"])}}}'
+                       for m in messages])
+    return (f'{{"id": "{record_id}", "messages": [{turns}], '
+            f'"source": {{"file": {source}, "index": ')
+
+
+def run_spans(job: FileJob, workers: int) -> Iterator[SpanResult]:
+    """The file's span results in file order, each starting where the one before ended.
+
+    A span whose guessed start fell inside a record is redone here from the true start;
+    a span that does not parse from a true start raises `SpanError`.
+    """
+    starts = formats.span_starts(job.text, job.layout, SPAN_CHARS)
+    bounds = list(zip(starts, starts[1:] + [len(job.text)]))
+    expected = 0
+    for (_, stop), result in zip(bounds, _map_spans(job, bounds, workers)):
+        if result.start != expected:
+            if expected >= stop:
+                continue  # the span before overran this whole span
+            result = process_span((expected, stop))
+        if result.error:
+            raise formats.SpanError(f"{job.path}: no valid records at {expected}")
+        expected = result.end
+        yield result
+
+
+def _map_spans(job: FileJob, bounds: list[tuple[int, int]], workers: int
+               ) -> Iterator[SpanResult]:
+    _set_job(job)  # the parent redoes misguessed spans itself
+    try:
+        if workers < 2 or len(bounds) < 2:
+            yield from map(process_span, bounds)
+        else:
+            yield from _pool_map(job, bounds, workers)
+    finally:
+        _set_job(None)
+
+
+def _pool_map(job: FileJob, bounds: list[tuple[int, int]], workers: int
+              ) -> Iterator[SpanResult]:
+    # fork: the workers share the decoded text instead of receiving pickled records
+    with multiprocessing.get_context("fork").Pool(workers, _set_job, (job,)) as pool:
+        pending: deque = deque()
+        for span in bounds:  # a bounded window keeps results from piling up in memory
+            pending.append(pool.apply_async(process_span, (span,)))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+@dataclass
+class Pipeline:
+    """Per file: spans (normalize, clean, hash) -> dedupe in file order -> write."""
+
+    rules: CleaningRules
     dedupe: Deduplicator | None
     out: OutputFiles
     stats: DatasetStats
 
-    def process_file(self, path: str, records: list[Any], split: str | None) -> None:
-        format_errors, first_error = 0, None
-        for index, raw in enumerate(records):
-            records[index] = None  # lets a processed record be freed early
-            try:
-                conversation = self.normalize(raw)
-            except RecordError as err:
-                format_errors += 1
-                first_error = raw if first_error is None else first_error
-                self._reject(path, index, raw, (err.reason, err.detail))
-                continue
-            self._process_record(path, index, raw, conversation, split)
-        if format_errors * 2 > len(records):
-            self._refuse_format(path, first_error, format_errors, len(records))
+    def process_file(self, job: FileJob, workers: int) -> int:
+        """Process and write every record of `job`; returns the number of records."""
+        format_errors, first_error, index = 0, None, 0
+        for result in run_spans(job, workers):
+            for _, reason, raw, _ in result.rejects:
+                if reason in FORMAT_REASONS:
+                    format_errors += 1
+                    first_error = raw if first_error is None else first_error
+            self._merge(job, index, result)
+            index += result.count
+        if format_errors * 2 > index:
+            self._refuse_format(job.path, first_error, format_errors, index)
+        return index
 
-    def _process_record(self, path: str, index: int, raw: Any, conversation: Conversation,
-                        split: str | None) -> None:
-        rejection = check_record(conversation.messages, self.rules)
-        if rejection is None:
-            exact, normalized = content_digests(conversation.messages)
-            if self.dedupe is not None:
-                rejection = self.dedupe.check(exact, normalized, path, index)
-        if rejection is not None:
-            self._reject(path, index, raw, rejection)
-            return
-        split = split or self.splitter(normalized)
-        self.out.write_kept(split, record_id(normalized), conversation.messages,
-                            _encode_path(path), index)
-        self.stats.keep(path, conversation, split)
-
-    def _reject(self, path: str, index: int, raw: Any, rejection: Rejection) -> None:
-        reason, detail = rejection
-        self.out.write("rejects", {"file": path, "index": index, "reason": reason,
-                                   "detail": detail, "record": raw})
-        self.stats.reject(path, reason)
+    def _merge(self, job: FileJob, base: int, result: SpanResult) -> None:
+        """Dedupe the passed records in file order, then write and count everything."""
+        passed, lines = result.passed, result.lines
+        duplicates = {} if self.dedupe is None else self.dedupe.check_all(
+            result.exact, result.digests, job.path, [base + i for i in passed])
+        for split, positions in result.by_split.items():
+            rows = [f"{lines[k]}{base + passed[k]}}}}}\n" for k in positions
+                    if k not in duplicates]
+            self.out.write_lines(split, rows)
+            self.stats.splits[split] += len(rows)
+        kept = [k for k in range(len(passed)) if k not in duplicates]
+        self.stats.keep(job.path, result.measures, kept if duplicates else None)
+        rejects = [(i, reason, tail) for i, reason, _, tail in result.rejects]
+        for k, (reason, detail) in duplicates.items():
+            raw = json.loads(job.text[result.places[2 * k]:result.places[2 * k + 1]])
+            rejects.append((passed[k], reason, reject_tail(reason, detail, raw)))
+        rejects.sort()  # by index, unique
+        source = _encode(job.path)
+        self.out.write_lines("rejects", [f'{{"file": {source}, "index": {base + i}{tail}'
+                                         for i, _, tail in rejects])
+        for _, reason, _ in rejects:
+            self.stats.reject(job.path, reason)
 
     def _refuse_format(self, path: str, raw: Any, errors: int, total: int) -> None:
         """Most records failed to parse: when they look like another format, or none
@@ -207,23 +352,38 @@ def read_file(path: str) -> bytes:
         raise DataError(f"{path}: cannot read ({err.strerror})") from None
 
 
+def default_workers() -> int:
+    """Processes for parsing and cleaning: the CPUs this process may run on, at most 4
+    (beyond that the parent's in-order dedupe and writing is the bottleneck)."""
+    return min(len(os.sched_getaffinity(0)), 4)
+
+
 def prepare(name: str, spec: dict, cleaning: dict, split: dict, seed: int,
-            out_dir: Path) -> dict:
-    """Prepare one dataset into `out_dir`; returns the stats also written to stats.json."""
+            out_dir: Path, workers: int | None = None) -> dict:
+    """Prepare one dataset into `out_dir`; returns the stats also written to stats.json.
+
+    `workers` processes (default: `default_workers()`) share the parsing and cleaning of
+    large files; the outputs are byte-identical for any number of them.
+    """
     fmt = spec.get("format")
     rules = CleaningRules.from_config(cleaning, spec.get("language", "zh"))
     stats = DatasetStats(name, fmt)
     plan = file_plan(spec.get("files"))
-    pipeline = Pipeline(formats.get_normalizer(fmt, spec.get("columns")), rules,
-                        HashSplitter(split.get("valid", 0.05), split.get("test", 0.05), seed),
-                        Deduplicator() if rules.dedupe else None, OutputFiles(out_dir), stats)
+    normalize = formats.get_normalizer(fmt, spec.get("columns"))
+    splitter = HashSplitter(split.get("valid", 0.05), split.get("test", 0.05), seed)
+    pipeline = Pipeline(rules, Deduplicator() if rules.dedupe else None, OutputFiles(out_dir),
+                        stats)
     try:
         for path, fixed_split in plan:
             data = read_file(path)
-            records = formats.parse_records(data, path)
-            stats.add_file(path, hashlib.sha256(data).hexdigest(), len(records), fixed_split)
+            stats.add_file(path, hashlib.sha256(data).hexdigest(), 0, fixed_split)
+            text = formats.decode_utf8(data, path)
             del data
-            pipeline.process_file(path, records, fixed_split)
+            job = FileJob(text, formats.text_layout(text, path), path, fixed_split, normalize,
+                          rules, splitter)
+            stats.per_file[path]["raw"] = process_text(pipeline, job,
+                                                       workers or default_workers())
+            del text, job
         if stats.kept == 0:
             raise DataError(f"dataset {name}: no usable records ({_reasons(stats.rejected)})")
         result = stats.result(rules)
@@ -232,6 +392,26 @@ def prepare(name: str, spec: dict, cleaning: dict, split: dict, seed: int,
         pipeline.out.abort()
         raise
     return result
+
+
+def process_text(pipeline: Pipeline, job: FileJob, workers: int) -> int:
+    """Process one file's text; returns its number of records.
+
+    When the text does not parse span by span, the whole-file parser names the error; the
+    one file it accepts anyway is JSON Lines of arrays (LCCC), whose first line looks like
+    an array and fails at once.
+    """
+    try:
+        count = pipeline.process_file(job, workers)
+    except formats.SpanError:
+        formats.parse_text(job.text, job.path)
+        counts = pipeline.stats.per_file[job.path]
+        if job.layout != "array" or counts["kept"] or counts["rejected"]:
+            raise
+        return pipeline.process_file(replace(job, layout="lines"), workers)
+    if count == 0:
+        formats.parse_text(job.text, job.path)  # raises: the file holds no records
+    return count
 
 
 def _reasons(counts: dict[str, int]) -> str:
@@ -249,13 +429,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True)
     parser.add_argument("--config", required=True, help="JSON: dataset, cleaning, split, seed")
     parser.add_argument("--out-dir", required=True, type=Path)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes for large files (default: usable CPUs, at most 4)")
     args = parser.parse_args(argv)
     try:
         config = json.loads(args.config)
         if not isinstance(config, dict) or not isinstance(config.get("dataset"), dict):
             raise ValueError('--config needs a "dataset" object (the datasets.NAME entry)')
         stats = prepare(args.name, config["dataset"], config.get("cleaning", {}),
-                        config.get("split", {}), config.get("seed", 42), args.out_dir)
+                        config.get("split", {}), config.get("seed", 42), args.out_dir,
+                        args.workers)
     except json.JSONDecodeError as err:
         print(f"prepare_dataset: error: --config is not valid JSON: {err}", file=sys.stderr)
         return 2

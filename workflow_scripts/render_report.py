@@ -211,12 +211,17 @@ def best_per_metric(experiments: pd.DataFrame) -> list[str]:
         by_name = rows.set_index("experiment")
         for metric in BEST_OF:
             values = by_name.get(metric, pd.Series(dtype=float)).dropna().astype(float)
-            if values.empty:
+            if len(values) < 2:
                 continue
             lower = metric in LOWER_IS_BETTER
-            best = values.idxmin() if lower else values.idxmax()
-            found.append(f"{dataset}, {metric}: {best} has the "
-                         f"{'lowest' if lower else 'highest'} value ({fmt(values[best])}).")
+            best = values.min() if lower else values.max()
+            winners = sorted(values.index[values == best])
+            if len(winners) == len(values):
+                found.append(f"{dataset}, {metric}: all {len(values)} experiments tie at {fmt(best)}.")
+                continue
+            found.append(f"{dataset}, {metric}: {', '.join(winners)} "
+                         f"{'has' if len(winners) == 1 else 'share'} the "
+                         f"{'lowest' if lower else 'highest'} value ({fmt(best)}).")
     return found
 
 
@@ -255,9 +260,11 @@ def plots(plot_dir: Path, captions: Path) -> dict[str, dict]:
     return found
 
 
-def md_cell(text) -> str:
-    """Text safe inside a Markdown table cell: one line, pipes and tags escaped."""
+def md_cell(text, limit: int = 300) -> str:
+    """Text safe inside a Markdown table cell: one line, shortened, pipes and tags escaped."""
     text = " ".join(str(text).split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
     return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 

@@ -1,0 +1,161 @@
+"""A bad config is refused before any job starts, naming the key and the config file;
+and the unit behaviour of workflow_scripts.experiment_config."""
+from __future__ import annotations
+
+import copy
+import re
+from typing import Callable
+
+import pytest
+import yaml
+
+from workflow_runner import SMOKE_CONFIG, Workflow, make_workflow
+from workflow_scripts.experiment_config import (
+    ConfigError, alternatives_regex, resolve_experiments, validate)
+from workflow_scripts.io_utils import canonical_json
+
+Edit = Callable[[dict], None]
+
+
+def smoke_config() -> dict:
+    return yaml.safe_load(SMOKE_CONFIG.read_text(encoding="utf-8"))
+
+
+def resolved(config: dict) -> dict[str, dict]:
+    return resolve_experiments(validate(config))
+
+
+def set_in(path: str, value) -> Edit:
+    """An edit that sets a dotted key path of the smoke config."""
+    def edit(config: dict) -> None:
+        *parents, leaf = path.split(".")
+        target = config
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = value
+    return edit
+
+
+BAD_CONFIGS: dict[str, tuple[Edit, list[str]]] = {
+    "unknown top-level key": (set_in("epochs", 3), ["unknown key epochs"]),
+    "unknown lora key": (set_in("experiments.lccc-qlora.lora.rr", 8),
+                         ["unknown key experiments.lccc-qlora.lora.rr"]),
+    "learning rate of wrong type": (set_in("defaults.training.learning_rate", "fast"),
+                                    ["defaults.training.learning_rate", "not of type"]),
+    "unknown dataset": (set_in("experiments.lccc-qlora.dataset", "nope"),
+                        ["experiments.lccc-qlora.dataset", "unknown dataset 'nope'"]),
+    "unknown base model": (set_in("experiments.lccc-qlora.base_model", "nope"),
+                           ["experiments.lccc-qlora.base_model", "unknown base_model 'nope'"]),
+    "sweep from no experiment": (set_in("sweeps.rank.from", "ghost"),
+                                 ["sweeps.rank.from", "'ghost'"]),
+    "hub model without revision": (set_in("base_models.qwen", {"source": "hub", "id": "Q/Q"}),
+                                   ["base_models.qwen", "'revision' is a required property"]),
+    "duplicate sweep experiment": (set_in("experiments.rank-r2", {"base_model": "tiny"}),
+                                   ["sweeps.rank", "'rank-r2' is already taken"]),
+}
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory) -> Workflow:
+    return make_workflow(tmp_path_factory.mktemp("config_validation"))
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS)
+def test_bad_config_is_refused_before_any_job(workflow, case):
+    edit, expected = BAD_CONFIGS[case]
+    config = smoke_config()
+    edit(config)
+    workflow.config.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    proc = workflow.run("-n", check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert f"invalid config in {workflow.config}" in output, output[-2000:]
+    for text in expected:
+        assert text in output, output[-2000:]
+    assert not (workflow.workdir / "results").exists()
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS)
+def test_bad_config_raises_config_error(case):
+    """The same refusals without Snakemake, naming the given source."""
+    edit, expected = BAD_CONFIGS[case]
+    config = smoke_config()
+    edit(config)
+    with pytest.raises(ConfigError) as err:
+        resolve_experiments(validate(config, "my.yaml"), "my.yaml")
+    assert str(err.value).startswith("invalid config in my.yaml")
+    assert all(text in str(err.value) for text in expected)
+
+
+def test_defaults_are_filled():
+    config = smoke_config()
+    del config["defaults"]["lora"]["alpha"]
+    cfg = validate(config)
+    assert cfg["cleaning"]["dedupe"] is True and cfg["report"]["title"]
+    assert cfg["merge"] == ["lccc-qlora"] and "evaluation" in cfg["defaults"]
+    exp = resolved(config)["lccc-qlora"]
+    assert exp["lora"] == {"r": 4, "alpha": 16, "dropout": 0.05,
+                           "target_modules": "all-linear", "rslora": False}
+    assert exp["training"]["scheduler"] == "cosine" and exp["resources"] == {}
+
+
+def test_experiment_overrides_win_over_defaults():
+    config = smoke_config()
+    set_in("experiments.lccc-qlora.lora", {"r": 16})(config)
+    set_in("experiments.lccc-qlora.training", {"learning_rate": 5e-4})(config)
+    exp = resolved(config)["lccc-qlora"]
+    assert exp["lora"]["r"] == 16 and exp["lora"]["alpha"] == 8  # alpha from defaults
+    assert exp["training"]["learning_rate"] == 5e-4 and exp["training"]["max_steps"] == 4
+    assert exp["method"] == "qlora"
+
+
+def test_sweep_grid_points_are_named_after_their_values():
+    config = smoke_config()
+    config["sweeps"] = {
+        "rank-study": {"base": {"base_model": "tiny", "dataset": "lccc"},
+                       "grid": {"lora.r": [4, 8]}},
+        "lr-study": {"base": {"base_model": "tiny", "dataset": "alpaca_zh"},
+                     "grid": {"training.learning_rate": [1.0e-4, 2.0e-4], "lora.r": [8, 16]}},
+    }
+    experiments = resolved(config)
+    assert sorted(experiments) == sorted([
+        "lccc-qlora", "rank-study-r4", "rank-study-r8", "lr-study-lr0.0001-r8",
+        "lr-study-lr0.0001-r16", "lr-study-lr0.0002-r8", "lr-study-lr0.0002-r16"])
+    point = experiments["lr-study-lr0.0002-r16"]
+    assert point["training"]["learning_rate"] == 2.0e-4 and point["lora"]["r"] == 16
+
+
+def test_from_sweep_inherits_the_experiment():
+    config = smoke_config()
+    set_in("experiments.lccc-qlora.training", {"learning_rate": 5e-4})(config)
+    config["sweeps"] = {"qr": {"from": "lccc-qlora", "grid": {"lora.r": [2, 8]}}}
+    experiments = resolved(config)
+    for name, r in (("qr-r2", 2), ("qr-r8", 8)):
+        exp = experiments[name]
+        assert (exp["method"], exp["dataset"], exp["base_model"]) == ("qlora", "lccc", "tiny")
+        assert exp["training"]["learning_rate"] == 5e-4 and exp["lora"]["r"] == r
+    assert experiments["lccc-qlora"]["lora"]["r"] == 4  # the source experiment is unchanged
+
+
+def reordered(value):
+    """The same mapping with every dict's keys in reverse order."""
+    if isinstance(value, dict):
+        return {k: reordered(value[k]) for k in reversed(list(value))}
+    return copy.deepcopy(value)
+
+
+def test_yaml_key_order_does_not_change_canonical_json():
+    config = smoke_config()
+    flipped = yaml.safe_load(yaml.safe_dump(reordered(config), sort_keys=False))
+    assert list(flipped) != list(config)
+    assert canonical_json(resolved(flipped)) == canonical_json(resolved(config))
+    assert canonical_json(validate(flipped)) == canonical_json(validate(config))
+
+
+@pytest.mark.parametrize("names", [["a"], ["a", "ab", "abc", "b"], ["lr0.1", "lr0.2", "x"],
+                                   ["rank-r4", "rank-r8", "rank-r16", "lccc-qlora"], []])
+def test_alternatives_regex_matches_exactly_the_names(names):
+    pattern = re.compile(f"(?:{alternatives_regex(names)})")
+    assert all(pattern.fullmatch(n) for n in names)
+    others = ["", "lr0x1", "rank-r", "rank-r160", "ab/c", "a.b"]
+    assert not any(pattern.fullmatch(n) for n in others if n not in names)

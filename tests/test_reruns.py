@@ -1,0 +1,80 @@
+"""A change re-runs exactly what it touches: checked with `snakemake -n` and a real rerun."""
+import json
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+REPORT_ONLY = {"render_report": 1, "all": 1}
+
+
+def edit_config(workflow, change):
+    config = yaml.safe_load(workflow.config.read_text())
+    change(config)
+    workflow.config.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False))
+
+
+@pytest.fixture
+def clone(smoke_run, tmp_path):
+    return smoke_run.clone(tmp_path)
+
+
+def test_nothing_to_do_after_a_complete_run(smoke_run):
+    assert smoke_run.planned_jobs() == {}
+
+
+def test_reordered_yaml_keys_rerun_nothing(clone):
+    config = yaml.safe_load(clone.config.read_text())
+    reordered = dict(reversed(list(config.items())))
+    reordered["defaults"] = dict(reversed(list(config["defaults"].items())))
+    clone.config.write_text(yaml.safe_dump(reordered, sort_keys=False))
+    assert clone.planned_jobs() == {}
+
+
+def test_one_learning_rate_retrains_that_experiment_only(clone):
+    def change(config):
+        config["experiments"]["lccc-qlora"]["training"] = {"learning_rate": 5.0e-4}
+
+    edit_config(clone, change)
+    expected = {"train_adapter": 1, "evaluate": 1, "snapshot_config": 1,
+                "collect_metrics": 1, "render_report": 1, "all": 1}
+    assert clone.planned_jobs() == expected
+    clone.run("--cores", "2")
+    assert clone.planned_jobs() == {}
+
+
+def test_template_change_rerenders_the_report_only(clone):
+    template = clone.code / "reports" / "templates" / "report.md.j2"
+    template.write_text(template.read_text() + "\n<!-- edited -->\n")
+    assert clone.planned_jobs() == REPORT_ONLY
+    clone.run("--cores", "2")
+    assert "<!-- edited -->" in (clone.workdir / "results/report/training_report.md").read_text()
+
+
+def test_evaluation_setting_reruns_evaluations_not_training(clone):
+    edit_config(clone, lambda c: c["defaults"]["evaluation"].update(max_new_tokens=6))
+    planned = clone.planned_jobs()
+    assert "train_adapter" not in planned and "build_base_model" not in planned
+    assert planned["evaluate"] == 3 and planned["evaluate_base"] == 2
+
+
+def test_new_records_rerun_that_dataset_downstream_only(clone):
+    raw = clone.workdir / "data/raw/alpaca_zh_demo.json"
+    records = json.loads(raw.read_text())
+    records.append({"instruction": "新增的问题是什么？", "input": "", "output": "这是新增的回答。"})
+    raw.write_text(json.dumps(records, ensure_ascii=False))
+    planned = clone.planned_jobs()
+    # alpaca_zh feeds the two rank experiments and one base evaluation; lccc is untouched
+    assert planned["prepare_dataset"] == 1
+    assert planned["train_adapter"] == 2 and planned["evaluate"] == 2
+    assert planned["evaluate_base"] == 1
+    assert "build_base_model" not in planned
+
+
+def test_code_change_reruns_the_rules_that_use_it(clone):
+    module = clone.code / "workflow_scripts" / "text_metrics.py"
+    module.write_text(module.read_text() + "\n# edited\n")
+    planned = clone.planned_jobs()
+    assert planned == {"evaluate": 3, "evaluate_base": 2, "collect_metrics": 1,
+                       "render_report": 1, "all": 1}

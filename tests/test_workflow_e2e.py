@@ -1,0 +1,82 @@
+"""The whole DAG on tests/configs/smoke.yaml: every rule runs and the report is filled."""
+import json
+import re
+
+import pytest
+
+from workflow_scripts.io_utils import read_json, read_jsonl
+
+pytestmark = pytest.mark.slow
+
+SECTIONS = ["Overview", "Environment", "Data", "Training", "Comparison", "Samples", "Findings"]
+EXPERIMENTS = ["lccc-qlora", "rank-r2", "rank-r4"]
+
+
+def report_md(workflow) -> str:
+    return (workflow.workdir / "results/report/training_report.md").read_text(encoding="utf-8")
+
+
+def test_report_has_every_section_in_order(smoke_run):
+    headings = re.findall(r"^## \d+ (\w+)", report_md(smoke_run), flags=re.M)
+    assert headings == SECTIONS
+
+
+def test_report_numbers_come_from_this_run(smoke_run):
+    md = report_md(smoke_run)
+    results = smoke_run.workdir / "results"
+    for name in EXPERIMENTS:
+        train = read_json(results / f"adapters/{name}/train_metrics.json")
+        row = next(l for l in md.splitlines() if l.startswith(f"| {name} | {train['total_params']}"))
+        assert f"| {train['trainable_params']} |" in row
+        assert f"| {train['final_loss']:.4g} |" in row
+        evaluation = read_json(results / f"eval/{name}/metrics.json")
+        assert f"| perplexity | " in md and f"{evaluation['perplexity']:.4g}" in md
+
+
+def test_html_report_is_self_contained(smoke_run):
+    html = (smoke_run.workdir / "results/report/training_report.html").read_text(encoding="utf-8")
+    images = re.findall(r'<img[^>]+src="([^"]+)"', html)
+    assert len(images) >= 5 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert "http://" not in html and "https://" not in html
+
+
+def test_every_raw_record_is_kept_or_rejected(smoke_run):
+    for dataset in ("alpaca_zh", "lccc"):
+        folder = smoke_run.workdir / "results/data" / dataset
+        stats = read_json(folder / "stats.json")
+        kept = sum(1 for split in ("train", "valid", "test") for _ in read_jsonl(folder / f"{split}.jsonl"))
+        rejected = sum(1 for _ in read_jsonl(folder / "rejects.jsonl"))
+        assert stats["raw"] == kept + rejected == stats["kept"] + sum(stats["rejected"].values())
+
+
+def test_training_outputs_and_logs(smoke_run):
+    results = smoke_run.workdir / "results"
+    for name in EXPERIMENTS:
+        folder = results / "adapters" / name
+        config = read_json(folder / "adapter_config.json")
+        assert config["peft_type"] == "LORA" and "lm_head" not in config["target_modules"]
+        rows = list(read_jsonl(folder / "trainer_log.jsonl"))
+        assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+        assert all(r["elapsed_s"] > 0 and r["memory_mb"] > 0 for r in rows if "loss" in r)
+        assert any("eval_loss" in r for r in rows)
+        assert list((folder / "tensorboard").rglob("events.out.tfevents.*"))
+    assert read_json(results / "adapters/lccc-qlora/train_metrics.json")["method"] == "qlora"
+    assert read_json(results / "adapters/rank-r2/adapter_config.json")["r"] == 2
+
+
+def test_predictions_pair_prompt_reference_and_prediction(smoke_run):
+    for folder in ["eval/rank-r2", "eval/lccc-qlora", "eval/base/tiny/lccc"]:
+        rows = list(read_jsonl(smoke_run.workdir / "results" / folder / "predictions.jsonl"))
+        assert len(rows) == 4
+        assert all(set(r) >= {"id", "prompt", "reference", "prediction"} for r in rows)
+        assert all(r["prompt"] and r["reference"] for r in rows)
+        metrics = read_json(smoke_run.workdir / "results" / folder / "metrics.json")
+        assert metrics["n_samples"] == 4 and metrics["perplexity"] > 1
+
+
+def test_run_info_records_config_versions_and_data_hashes(smoke_run):
+    info = read_json(smoke_run.workdir / "results/adapters/rank-r4/run_info.json")
+    assert info["config"]["experiment"]["lora"]["r"] == 4 and info["seed"] == 7
+    assert info["packages"]["torch"].startswith("2.")
+    assert all(len(h) == 64 for h in info["data_files"].values())
+    assert json.dumps(info)  # plain JSON throughout

@@ -1,0 +1,118 @@
+"""Ask the base model and the fine-tuned adapter the same questions, side by side.
+
+    python -m workflow_scripts.compare --experiment rank-study-r8 --questions questions.txt --out answers.json
+    python -m workflow_scripts.compare --experiment rank-study-r8          # interactive prompt loop
+
+Questions files: plain text (one question per line), a JSON list of strings, or JSON Lines
+with a `question` (or `instruction`) field. The base answer comes from the same loaded
+model with the adapter switched off, so one copy of the weights serves both.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Iterable, TextIO
+
+from workflow_scripts.io_utils import write_json
+
+DEFAULT_SETTINGS = {"max_new_tokens": 128, "do_sample": False, "temperature": 1.0,
+                    "top_p": 1.0, "batch_size": 8}
+
+
+def read_questions(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        questions = json.loads(text)
+    elif path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        questions = [r.get("question", r.get("instruction")) for r in rows]
+    else:
+        questions = [line.strip() for line in text.splitlines() if line.strip()]
+    bad = [i for i, q in enumerate(questions) if not isinstance(q, str) or not q.strip()]
+    if bad:
+        raise SystemExit(f"{path}: entry {bad[0]} is not a non-empty question string")
+    return questions
+
+
+class SideBySide:
+    """A base model with one adapter, answering as base or as fine-tuned on demand."""
+
+    def __init__(self, model_dir: str, adapter_dir: str, settings: dict, seed: int = 42,
+                 trust_remote_code: bool = False):
+        from workflow_scripts.evaluate_model import load_for_eval
+
+        self.model, self.tokenizer = load_for_eval(model_dir, adapter_dir, trust_remote_code, False)
+        self.settings, self.seed = settings, seed
+
+    def answer(self, questions: list[str]) -> list[dict]:
+        from workflow_scripts.evaluate_model import generate
+
+        prompts = [[{"role": "user", "content": q}] for q in questions]
+        tuned, _ = generate(self.model, self.tokenizer, prompts, self.settings, self.seed)
+        with self.model.disable_adapter():
+            base, _ = generate(self.model, self.tokenizer, prompts, self.settings, self.seed)
+        return [{"question": q, "base": b, "fine_tuned": t} for q, b, t in zip(questions, base, tuned)]
+
+
+def interactive(answer: Callable[[list[str]], list[dict]], lines: Iterable[str], out: TextIO) -> None:
+    """Read questions line by line until EOF or an empty line; print both answers."""
+    out.write("question> ")
+    out.flush()
+    for line in lines:
+        question = line.strip()
+        if not question:
+            break
+        row = answer([question])[0]
+        out.write(f"base:       {row['base']}\nfine-tuned: {row['fine_tuned']}\nquestion> ")
+        out.flush()
+    out.write("\n")
+
+
+def experiment_paths(experiment: str, results: Path) -> tuple[str, str, dict]:
+    """Model dir, adapter dir and evaluation settings of a finished experiment."""
+    adapter_dir = results / "adapters" / experiment
+    info_path = adapter_dir / "run_info.json"
+    if not info_path.exists():
+        raise SystemExit(f"{info_path}: no trained adapter for experiment {experiment!r}")
+    job = json.loads(info_path.read_text(encoding="utf-8"))["config"]
+    base = job["experiment"]["base_model"]
+    spec = job["base_model"]
+    model_dir = spec["path"] if spec["source"] == "path" else str(results / "models" / base)
+    return model_dir, str(adapter_dir), spec
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", help="a trained experiment in --results")
+    parser.add_argument("--model-dir", help="base model directory (instead of --experiment)")
+    parser.add_argument("--adapter-dir", help="adapter directory (instead of --experiment)")
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--questions", type=Path, help="questions file; omit for a prompt loop")
+    parser.add_argument("--out", type=Path, help="where batch mode writes its JSON")
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_SETTINGS["max_new_tokens"])
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args(argv)
+    trust = False
+    if args.experiment:
+        model_dir, adapter_dir, spec = experiment_paths(args.experiment, args.results)
+        trust = spec.get("trust_remote_code", False)
+    elif args.model_dir and args.adapter_dir:
+        model_dir, adapter_dir = args.model_dir, args.adapter_dir
+    else:
+        parser.error("give --experiment, or both --model-dir and --adapter-dir")
+    settings = {**DEFAULT_SETTINGS, "max_new_tokens": args.max_new_tokens}
+    pair = SideBySide(model_dir, adapter_dir, settings, args.seed, trust)
+    if args.questions is None:
+        interactive(pair.answer, sys.stdin, sys.stdout)
+        return
+    rows = pair.answer(read_questions(args.questions))
+    if args.out:
+        write_json(args.out, {"model_dir": model_dir, "adapter_dir": adapter_dir, "answers": rows})
+    else:
+        print(json.dumps(rows, ensure_ascii=False, indent=2))
+
+
+if __name__ == "__main__":
+    main()
