@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE_CONFIG = REPO / "tests" / "configs" / "smoke.yaml"
-WORKFLOW_PARTS = ("Snakefile", "rules", "workflow_scripts", "config", "reports")
+WORKFLOW_PARTS = ("Snakefile", "rules", "workflow_scripts", "config", "reports", "envs")
 
 
 @dataclass

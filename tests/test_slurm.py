@@ -1,0 +1,227 @@
+"""The smoke workflow through the Slurm profile, on a real one-node Slurm on localhost.
+
+The cluster comes from tests/slurm/start_slurm.sh. Without one the test is skipped, except
+where the environment variable CI is set: there the test starts the cluster itself and a
+cluster that does not come up is a failure.
+
+What it runs is profiles/slurm/config.yaml with only the cluster's names and sizes changed
+(tests/slurm/make_test_profile.py): the test partition instead of the placeholders, no
+account, resources capped to the node, no GPU (the node has none). What it checks:
+
+* every output of the workflow exists, and a second dry run has nothing left to do;
+* every job of a non-local rule ran as a Slurm job (its log under logs/slurm, its job
+  COMPLETED in `scontrol`), and no local rule did;
+* each job's sbatch request (partition, --mem, -t, --cpus-per-task) is the resources that
+  Snakemake resolved from the profile and the config, and Slurm granted exactly that;
+* with the profile's GPU request left in, the training jobs' sbatch lines carry `--gpus=N`
+  (this CPU node then refuses them: Slurm's answer is checked too).
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests" / "slurm"))
+from make_test_profile import REAL_PROFILE, write_test_profile  # noqa: E402
+
+SNAKEFILE = REPO / "Snakefile"
+SMOKE_CONFIG = REPO / "tests" / "configs" / "smoke.yaml"
+START_SLURM = REPO / "tests" / "slurm" / "start_slurm.sh"
+SLURM_RULES = {"prepare_dataset", "build_base_model", "train_adapter", "evaluate", "evaluate_base"}
+
+pytestmark = pytest.mark.slurm
+
+SUBMITTED = re.compile(r"Job (\d+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
+SBATCH_CALL = re.compile(r"sbatch call: (sbatch .*?) --wrap=")
+
+
+def _node_state() -> str:
+    proc = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster() -> str:
+    if os.environ.get("CI"):
+        cmd = ["bash", str(START_SLURM)]
+        if os.geteuid() != 0:
+            cmd = ["sudo", "-n", *cmd]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, f"{START_SLURM} failed:\n{proc.stdout}\n{proc.stderr}"
+    elif shutil.which("sinfo") is None:
+        pytest.skip("no Slurm here (sinfo not found): `bash scripts/setup.sh --test`, then "
+                    "`sudo bash tests/slurm/start_slurm.sh`")
+    state = _node_state()
+    if not re.match(r"(idle|mix|alloc|completing)", state):
+        pytest.skip(f"Slurm is not up (node state: {state or 'no answer'}): "
+                    "`sudo bash tests/slurm/start_slurm.sh` starts a one-node cluster")
+    return state
+
+
+def _snakemake(workdir: Path, profile: Path, *args: str, check: bool = True, timeout=600):
+    env = dict(os.environ)
+    # Jobs get this environment (sbatch --export=ALL): the venv's python and snakemake first.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("SLURM_JOB_ID", None)
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir),
+           "--configfile", str(SMOKE_CONFIG), "--profile", str(profile), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, env=env,
+                          timeout=timeout)
+    out = proc.stdout + proc.stderr
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-10000:]}")
+    return proc.returncode, out
+
+
+def _sbatch_flags(call: str) -> dict[str, str]:
+    flags = {}
+    for key, pattern in {"partition": r" -p (\S+)", "mem_mb": r" --mem (\d+)",
+                         "runtime": r" -t (\d+)", "cpus": r" --cpus-per-task=(\d+)",
+                         "gpus": r" --gpus=(\S+)", "comment": r" --comment (\S+)",
+                         "output": r" --output (\S+)"}.items():
+        m = re.search(pattern, call)
+        if m:
+            flags[key] = m.group(1).strip("'")
+    return flags
+
+
+def _scontrol(jobid: str) -> dict[str, str]:
+    out = subprocess.run(["scontrol", "-o", "show", "job", jobid], capture_output=True,
+                         text=True).stdout
+    return dict(f.split("=", 1) for f in out.split() if "=" in f)
+
+
+def _minutes(limit: str) -> int:
+    """Slurm's TimeLimit ([D-]HH:MM:SS or MM:SS) in minutes."""
+    days, _, hms = limit.rpartition("-")
+    parts = [int(p) for p in hms.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    return int(days or 0) * 1440 + parts[0] * 60 + parts[1] + (parts[2] > 0)
+
+
+@pytest.mark.slow
+def test_smoke_workflow_runs_through_slurm(slurm_cluster, tmp_path):
+    if not SNAKEFILE.exists() or not SMOKE_CONFIG.exists():
+        pytest.skip("the workflow (Snakefile, tests/configs/smoke.yaml) is not there yet")
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "data").symlink_to(REPO / "data")  # the smoke config's paths are relative
+    profile = tmp_path / "profile"
+    derived = write_test_profile(profile)
+
+    # Every output of the DAG, listed before anything runs.
+    _, summary = _snakemake(workdir, profile, "--summary")
+    outputs = [line.split("\t")[0] for line in summary.splitlines()[1:] if "\t" in line]
+    assert outputs, summary[-3000:]
+
+    started = time.monotonic()
+    _, log = _snakemake(workdir, profile, "--verbose")
+    (tmp_path / "snakemake.log").write_text(log)
+    print(f"\nsmoke workflow through Slurm: {time.monotonic() - started:.0f} s")
+
+    # The same outputs as a local run, and nothing left to do.
+    missing = [out for out in outputs if not (workdir / out).exists()]
+    assert not missing, f"missing after the Slurm run: {missing}"
+    for out in ["results/report/training_report.md", "results/report/training_report.html"]:
+        assert (workdir / out).is_file(), out
+    assert list((workdir / "results" / "metrics").glob("*.tsv"))
+    _, again = _snakemake(workdir, profile, "--dry-run")
+    assert "Nothing to be done" in again, again[-3000:]
+
+    # The jobs as Snakemake announced them, with the resources it resolved for each.
+    jobs = _announced_jobs(log)
+    cluster_jobs = [j for j in jobs if not j["local"]]
+    assert {j["rule"] for j in cluster_jobs} >= SLURM_RULES, jobs
+    trains = [j for j in cluster_jobs if j["rule"] == "train_adapter"]
+    adapters = list((workdir / "results" / "adapters").glob("*/adapter_model.safetensors"))
+    assert len(adapters) == len(trains) > 0
+    slurm_logdir = workdir / derived["slurm-logdir"]
+    for rule in {j["rule"] for j in jobs if j["local"]}:
+        assert not (slurm_logdir / f"rule_{rule}").exists(), f"local rule {rule} went to Slurm"
+    _check_slurm_jobs(log, cluster_jobs, slurm_logdir)
+
+    # What the profile names is what the jobs got.
+    for rule, resources in derived["set-resources"].items():
+        for job in (j for j in cluster_jobs if j["rule"] == rule):
+            for key, value in resources.items():
+                assert job["resources"][key] == str(value), (rule, key, job["resources"])
+    for job in trains:
+        assert job["resources"]["cpus_per_task"] == str(derived["set-threads"]["train_adapter"])
+        assert "gpu" not in job["resources"] or job["resources"]["gpu"] == "0"
+
+    # With the profile's GPU request left in, the training jobs' sbatch asks for it.
+    gpus = yaml.safe_load(REAL_PROFILE.read_text())["set-resources"]["train_adapter"].get("gpu")
+    if gpus:
+        gpu_profile = tmp_path / "profile-gpu"
+        write_test_profile(gpu_profile, keep_gpu=True)
+        _, gpu_log = _snakemake(workdir, gpu_profile, "--verbose", "--forcerun", "train_adapter",
+                                "--until", "train_adapter", check=False)
+        gpu_calls = [c for c in SBATCH_CALL.findall(gpu_log) if "rule_train_adapter" in c]
+        assert len(gpu_calls) == len(trains), gpu_log[-5000:]
+        for call in gpu_calls:
+            assert _sbatch_flags(call).get("gpus") == str(gpus), call
+        # This node has no GPU, so Slurm refuses the request: proof that it reached Slurm.
+        # (On a test cluster with GPUs the jobs are accepted and Slurm records the GPU.)
+        ids = [i for _, i, logfile in SUBMITTED.findall(gpu_log) if "rule_train_adapter" in logfile]
+        assert "Invalid generic resource" in gpu_log or (ids and all(
+            "gpu" in _scontrol(i).get("TresPerNode", "") + _scontrol(i).get("TresPerJob", "")
+            for i in ids)), gpu_log[-5000:]
+
+
+def _announced_jobs(log: str) -> list[dict]:
+    """Rule, wildcards and resolved resources of each job a run's log announces."""
+    jobs, job = [], None
+    for line in log.splitlines():
+        m = re.match(r"(local)?rule (\w+):$", line.strip())
+        if m:
+            job = {"rule": m.group(2), "local": bool(m.group(1)), "wildcards": "", "resources": {}}
+            jobs.append(job)
+        elif job is not None and line.startswith("    wildcards: "):
+            job["wildcards"] = line.split(": ", 1)[1]
+        elif job is not None and line.startswith("    resources: "):
+            for item in line.split(": ", 1)[1].split(", "):
+                key, _, value = item.partition("=")
+                job["resources"][key] = value
+    return jobs
+
+
+def _wildcards_slug(wildcards: str) -> str:
+    """The plugin's --comment suffix for a job's wildcards: the values joined by '_'."""
+    return "_".join(item.split("=", 1)[1] for item in wildcards.split(", ") if "=" in item)
+
+
+def _check_slurm_jobs(log: str, cluster_jobs: list[dict], slurm_logdir: Path) -> None:
+    """Each cluster job was one Slurm job that asked for, and got, what Snakemake resolved."""
+    submitted = SUBMITTED.findall(log)
+    # sbatch runs in two threads: pair each call with its job id through its log path
+    calls = {_sbatch_flags(c)["output"]: c for c in SBATCH_CALL.findall(log)}
+    assert len(submitted) == len(calls) == len(cluster_jobs), (len(submitted), len(cluster_jobs))
+    for _, slurm_id, logfile in submitted:
+        assert Path(logfile).is_file() and Path(logfile).is_relative_to(slurm_logdir), logfile
+        call = calls[logfile.replace(f"/{slurm_id}.log", "/%j.log")]
+        flags = _sbatch_flags(call)
+        rule = re.match(r"rule_(\w+?)(_wildcards_.*)?$", flags["comment"]).group(1)
+        wildcards = (flags["comment"].split("_wildcards_", 1) + [""])[1]
+        want = next(j for j in cluster_jobs if j["rule"] == rule
+                    and _wildcards_slug(j["wildcards"]) == wildcards)["resources"]
+        assert flags["partition"] == want["slurm_partition"], call
+        assert flags["mem_mb"] == want["mem_mb"] and flags["runtime"] == want["runtime"], call
+        assert flags["cpus"] == want["cpus_per_task"], call
+        assert "gpus" not in flags, call  # the test profile asks for no GPU
+        granted = _scontrol(slurm_id)
+        if granted:  # finished jobs stay in slurmctld for MinJobAge (an hour on the test cluster)
+            assert granted["JobState"] == "COMPLETED", granted
+            assert granted["Partition"] == flags["partition"], granted
+            assert granted["MinMemoryNode"] == f"{flags['mem_mb']}M", granted
+            assert _minutes(granted["TimeLimit"]) == int(flags["runtime"]), granted
+            assert granted["CPUs/Task"] == flags["cpus"], granted
