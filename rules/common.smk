@@ -77,12 +77,17 @@ def training_job(wildcards):
 
 
 def eval_job(experiment, model, dataset):
-    """Evaluation settings; the base model is evaluated with the defaults of its dataset."""
-    exp = EXPERIMENTS[experiment] if experiment else CFG["defaults"]
+    """Evaluation settings. A base model is evaluated with those of the first experiment
+    that fine-tunes it on this dataset, so that base and adapters answer alike."""
+    method = EXPERIMENTS[experiment]["method"] if experiment else "base"  # base: unquantized
+    if experiment is None:
+        experiment = min(n for n, e in EXPERIMENTS.items()
+                         if (e["base_model"], e["dataset"]) == (model, dataset))
+    exp = EXPERIMENTS[experiment]
     return canonical_json({
         "evaluation": exp["evaluation"],
         "max_length": exp["training"]["max_length"],
-        "method": exp.get("method", "lora") if experiment else "base",
+        "method": method,
         "seed": CFG["seed"],
         "base_model": model_spec(model),
         "dialogue": is_dialogue(dataset),

@@ -1,13 +1,14 @@
 rule prepare_dataset:
     input:
         raw=lambda w: dataset_files(w.dataset),
-        code=code("prepare_dataset", "data_formats", "data_cleaning", "data_split"),
+        code=code("prepare_dataset", "data_formats", "data_cleaning", "data_split", "run_info"),
     output:
         train="results/data/{dataset}/train.jsonl",
         valid="results/data/{dataset}/valid.jsonl",
         test="results/data/{dataset}/test.jsonl",
         rejects="results/data/{dataset}/rejects.jsonl",
         stats="results/data/{dataset}/stats.json",
+        run_info="results/data/{dataset}/run_info.json",
     params:
         cfg=lambda w: canonical_json({
             "dataset": CFG["datasets"][w.dataset],

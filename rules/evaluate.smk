@@ -1,4 +1,4 @@
-EVAL_CODE = ("evaluate_model", "chat_tokenize", "model_loading", "text_metrics")
+EVAL_CODE = ("evaluate_model", "chat_tokenize", "model_loading", "text_metrics", "run_info")
 
 
 rule evaluate:
@@ -10,6 +10,7 @@ rule evaluate:
     output:
         metrics="results/eval/{experiment}/metrics.json",
         predictions="results/eval/{experiment}/predictions.jsonl",
+        run_info="results/eval/{experiment}/run_info.json",
     params:
         cfg=lambda w: eval_job(
             w.experiment,
@@ -41,6 +42,7 @@ rule evaluate_base:
     output:
         metrics="results/eval/base/{model}/{dataset}/metrics.json",
         predictions="results/eval/base/{model}/{dataset}/predictions.jsonl",
+        run_info="results/eval/base/{model}/{dataset}/run_info.json",
     params:
         cfg=lambda w: eval_job(None, w.model, w.dataset),
     threads: 2

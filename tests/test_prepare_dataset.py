@@ -306,7 +306,7 @@ def test_a_failed_run_keeps_no_partial_outputs(tmp_path):
     assert list((tmp_path / "out").iterdir()) == []
 
 
-def test_command_line_module_writes_five_files(tmp_path):
+def test_command_line_module_writes_its_files(tmp_path):
     config = {"dataset": {"format": "alpaca", "files": ["data/raw/alpaca_zh_demo.json"]},
               "cleaning": CLEANING, "split": SPLIT, "seed": 42}
     done = subprocess.run([sys.executable, "-m", "workflow_scripts.prepare_dataset", "--name",
@@ -315,4 +315,5 @@ def test_command_line_module_writes_five_files(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "alpaca_zh: raw 1000, kept" in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "rejects.jsonl", "stats.json", "test.jsonl", "train.jsonl", "valid.jsonl"]
+        "rejects.jsonl", "run_info.json", "stats.json", "test.jsonl", "train.jsonl",
+        "valid.jsonl"]

@@ -79,3 +79,20 @@ def test_code_change_reruns_the_rules_that_use_it(clone):
     planned = clone.planned_jobs()
     assert planned == {"evaluate": 3, "evaluate_base": 2, "collect_metrics": 1,
                        "render_report": 1, "all": 1}
+
+
+TIMING_KEYS = {"gen_time_per_sample_s"}
+
+
+def test_the_same_config_run_again_gives_identical_weights_and_metrics(clone):
+    results = clone.workdir / "results"
+    target = "results/eval/rank-r2/metrics.json"
+    before = json.loads((results / "eval/rank-r2/metrics.json").read_text())
+    weights = {p: (results / p).read_bytes() for p in
+               ("models/tiny/model.safetensors", "adapters/rank-r2/adapter_model.safetensors")}
+    clone.run("--cores", "2", "--forcerun", "build_base_model", "--", target)
+    after = json.loads((results / "eval/rank-r2/metrics.json").read_text())
+    assert {k: v for k, v in after.items() if k not in TIMING_KEYS} == {
+        k: v for k, v in before.items() if k not in TIMING_KEYS}
+    for path, content in weights.items():
+        assert (results / path).read_bytes() == content, path

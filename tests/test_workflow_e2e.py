@@ -80,3 +80,13 @@ def test_run_info_records_config_versions_and_data_hashes(smoke_run):
     assert info["packages"]["torch"].startswith("2.")
     assert all(len(h) == 64 for h in info["data_files"].values())
     assert json.dumps(info)  # plain JSON throughout
+
+
+def test_snakemake_report_bundles_captioned_tables_and_plots(smoke_run, tmp_path):
+    import zipfile
+
+    archive = tmp_path / "report.zip"
+    smoke_run.run("--report", str(archive))
+    names = zipfile.ZipFile(archive).namelist()
+    for expected in ("training_report.html", "experiments.tsv", "training_loss.png"):
+        assert any(n.endswith(expected) for n in names), expected

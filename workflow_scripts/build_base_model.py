@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from workflow_scripts.run_info import write_run_info
 from workflow_scripts.io_utils import read_jsonl, write_json, write_jsonl
 from workflow_scripts.model_loading import CHATML_TEMPLATE
 
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     config = json.loads(args.config)
     info = build(args.name, config["model"], config["seed"], args.data, args.out_dir, args.threads)
+    write_run_info(args.out_dir, config, config["seed"], args.data)
     print(json.dumps({k: info[k] for k in ("parameters", "initial_loss", "final_loss", "wall_time_s")}))
 
 

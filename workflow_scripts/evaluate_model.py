@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from workflow_scripts.io_utils import read_jsonl, write_json, write_jsonl
+from workflow_scripts.run_info import write_run_info
 
 
 def test_loss(model, tokenizer, records: list[dict], max_length: int, batch_size: int) -> dict:
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     job = json.loads(args.config)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     metrics = evaluate(job, args.model_dir, args.adapter_dir, args.test_file, args.out_dir)
+    write_run_info(args.out_dir, job, job["seed"], [args.test_file])
     print(json.dumps({k: metrics.get(k) for k in ("loss", "perplexity", "bleu4", "rougeL")}))
 
 

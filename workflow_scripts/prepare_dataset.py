@@ -30,6 +30,7 @@ from workflow_scripts.data_cleaning import (FORMAT_REASONS, REASONS, CleaningRul
 from workflow_scripts.data_formats import Conversation, DataError, RecordError
 from workflow_scripts.data_split import SPLITS, HashSplitter, file_plan, record_id
 from workflow_scripts.io_utils import write_json
+from workflow_scripts.run_info import write_run_info
 
 OUTPUT_FILES = {split: f"{split}.jsonl" for split in SPLITS} | {"rejects": "rejects.jsonl"}
 _encode = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
@@ -439,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
         stats = prepare(args.name, config["dataset"], config.get("cleaning", {}),
                         config.get("split", {}), config.get("seed", 42), args.out_dir,
                         args.workers)
+        write_run_info(args.out_dir, config, config.get("seed", 42), sorted(stats["files"]))
     except json.JSONDecodeError as err:
         print(f"prepare_dataset: error: --config is not valid JSON: {err}", file=sys.stderr)
         return 2

@@ -89,3 +89,12 @@ def collect_run_info(config_slice: dict, seed: int, data_files: list[str]) -> di
         "python": sys.version.split()[0],
         "platform": platform.platform(),
     }
+
+
+def write_run_info(out_dir: str | Path, config_slice: dict, seed: int, data_files: list) -> dict:
+    """Record the run next to the artifacts it made, as `out_dir/run_info.json`."""
+    from workflow_scripts.io_utils import write_json
+
+    info = collect_run_info(config_slice, seed, [str(f) for f in data_files])
+    write_json(Path(out_dir) / "run_info.json", info)
+    return info
