@@ -1,10 +1,16 @@
 import os
+import shlex
 import sys
 from pathlib import Path
 
+from snakemake.settings.types import DeploymentMethod
+
 # The DAG is built with the logic package next to this Snakefile; jobs run the installed
-# one (`pip install -e .` in scripts/setup.sh) with the environment's `python`.
+# one (`pip install -e .` in scripts/setup.sh) with the environment's `python`: the one
+# running Snakemake, unless jobs run in conda environments.
 sys.path.insert(0, workflow.basedir)
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    shell.prefix(f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; ")
 
 from workflow_scripts.experiment_config import alternatives_regex, resolve_experiments, validate
 from workflow_scripts.io_utils import canonical_json

@@ -3,7 +3,7 @@ rule train_adapter:
         model=get_experiment_model_dir,
         train=lambda w: f"{experiment_data_dir(w)}/train.jsonl",
         valid=lambda w: f"{experiment_data_dir(w)}/valid.jsonl",
-        code=code("train_adapter", "chat_tokenize", "model_loading", "resource_usage", "run_info"),
+        code=code("train_adapter", "chat_tokenize", "packing", "model_loading", "resource_usage", "run_info"),
     output:
         adapter="results/adapters/{experiment}/adapter_model.safetensors",
         adapter_config="results/adapters/{experiment}/adapter_config.json",

@@ -25,9 +25,11 @@ class TokenizeStats:
     tokens: int = 0
     target_tokens: int = 0
     lengths: list[int] = field(default_factory=list)
+    packed_rows: int | None = None  # rows after packing, when `training.packing` is on
 
     def as_dict(self) -> dict[str, int]:
-        return {
+        packed = {} if self.packed_rows is None else {"packed_rows": self.packed_rows}
+        return packed | {
             "kept": self.kept,
             "truncated": self.truncated,
             "dropped_too_long": self.dropped_too_long,

@@ -2,7 +2,8 @@
 
 Checkpoints go to a directory outside the rule's outputs, keyed by a hash of the job's
 config, so a killed job resumes where it stopped and a changed config never resumes from a
-stale checkpoint.
+stale checkpoint. Batches are length-grouped with dynamic padding, or packed
+(`training.packing`, see workflow_scripts/packing.py). See docs/training.md.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import argparse
 import hashlib
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,9 @@ from workflow_scripts.io_utils import canonical_json, read_jsonl, write_json, wr
 from workflow_scripts.resource_usage import peak_memory_mb
 
 LOG_KEYS = ("loss", "learning_rate", "grad_norm", "eval_loss")
+# Non-reentrant checkpointing back-propagates into the adapters although the frozen
+# embeddings' outputs need no gradient.
+CHECKPOINTING_KWARGS = {"use_reentrant": False}
 
 
 def config_hash(job_config: dict) -> str:
@@ -47,8 +52,11 @@ def build_peft_model(model_dir: str, experiment: dict, trust_remote_code: bool):
     quantization = "4bit" if experiment["method"] == "qlora" else None
     model = load_model(model_dir, trust_remote_code=trust_remote_code, quantization=quantization)
     if quantization:
-        gc = experiment["training"]["gradient_checkpointing"]
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gc)
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=experiment["training"]["gradient_checkpointing"],
+            gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS,
+        )
     return get_peft_model(model, lora_config(experiment["method"], experiment["lora"]))
 
 
@@ -56,6 +64,7 @@ def load_split(tokenizer, path: Path, training: dict):
     from datasets import Dataset
 
     from workflow_scripts.chat_tokenize import tokenize_records
+    from workflow_scripts.packing import pack_features
 
     records = list(read_jsonl(path))
     features, stats = tokenize_records(
@@ -63,6 +72,9 @@ def load_split(tokenizer, path: Path, training: dict):
     )
     if not features:
         raise SystemExit(f"{path}: no record left to train on after tokenization ({stats.as_dict()})")
+    if training.get("packing", False):
+        features = pack_features(features, training["max_length"])
+        stats.packed_rows = len(features)
     for feature in features:
         feature["length"] = len(feature["input_ids"])
     return Dataset.from_list(features), stats
@@ -77,6 +89,7 @@ def training_arguments(experiment: dict, seed: int, checkpoint_dir: Path, tensor
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(tensorboard_dir)
 
     t = experiment["training"]
+    packing = t.get("packing", False)
     bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
@@ -87,18 +100,20 @@ def training_arguments(experiment: dict, seed: int, checkpoint_dir: Path, tensor
         num_train_epochs=t["epochs"],
         max_steps=t["max_steps"],
         lr_scheduler_type=t["scheduler"],
-        warmup_steps=t["warmup_ratio"],
+        warmup_steps=t["warmup_ratio"],  # below 1: a share of the total steps
         weight_decay=t["weight_decay"],
         max_grad_norm=t["max_grad_norm"],
-        gradient_checkpointing=t["gradient_checkpointing"],
+        activation_checkpointing=t["gradient_checkpointing"],
+        activation_checkpointing_kwargs=CHECKPOINTING_KWARGS,
         logging_steps=t["logging_steps"],
         eval_strategy="steps" if t["eval_steps"] else "no",
         eval_steps=t["eval_steps"] or None,
         save_strategy="steps",
         save_steps=t["save_steps"],
         save_total_limit=2,
-        train_sampling_strategy="group_by_length",
-        include_num_input_tokens_seen="non_padding",
+        # Packed rows are all about max_length long: nothing to group.
+        train_sampling_strategy="random" if packing else "group_by_length",
+        include_num_input_tokens_seen="no" if packing else "non_padding",
         bf16=bf16,
         use_cpu=not torch.cuda.is_available(),
         seed=seed,
@@ -142,6 +157,63 @@ class StepTimer:
         self.callback = _Callback()
 
 
+def quiet_progress():
+    """The Trainer's progress bar, without a printed dict per log step.
+
+    The bar shows the last loss; the rows go to trainer_log.jsonl. When stderr is a file (the
+    rule's log), the bar is redrawn once a minute and evaluation gets no bar of its own.
+    """
+    from tqdm.auto import tqdm
+    from transformers.trainer_callback import ProgressCallback
+
+    interactive = sys.stderr.isatty()
+
+    class QuietProgress(ProgressCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.current_step = state.global_step
+            self.training_bar = tqdm(total=state.max_steps, initial=state.global_step,
+                                     dynamic_ncols=True, mininterval=0.1 if interactive else 60)
+
+        def on_prediction_step(self, args, state, control, **kwargs):
+            if interactive:
+                super().on_prediction_step(args, state, control, **kwargs)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            shown = {k: f"{v:.4g}" for k, v in (logs or {}).items() if k in ("loss", "eval_loss")}
+            if self.training_bar is not None and shown:
+                self.training_bar.set_postfix(shown, refresh=False)
+
+    return QuietProgress()
+
+
+def token_counting_trainer():
+    """A Trainer that counts packed batches' real tokens from the collator's count.
+
+    With a 4D mask the Trainer's own non-padding count (the 2D mask's sum) does not apply.
+    """
+    from transformers import Trainer
+
+    from workflow_scripts.packing import NUM_TOKENS_KEY
+
+    class TokenCountingTrainer(Trainer):
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            n_tokens = inputs.pop(NUM_TOKENS_KEY, None)
+            if n_tokens is not None and model.training:
+                self.state.num_input_tokens_seen += int(n_tokens)
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    return TokenCountingTrainer
+
+
+def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
+    """The newest checkpoint-N that was written to the end (trainer_state.json comes last).
+
+    A job killed while saving leaves a partial checkpoint, which is skipped.
+    """
+    done = [p for p in checkpoint_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
 def log_rows(log_history: list[dict], timings: dict[int, dict]) -> list[dict]:
     """trainer_log.jsonl rows: the Trainer's own log history plus wall time and memory."""
     rows = []
@@ -182,8 +254,40 @@ def train_metrics(model, trainer, rows, wall_time, stats, method) -> dict[str, A
     }
 
 
+def data_collator(tokenizer, training: dict, model):
+    """Dynamic padding to the batch's longest sample, or packed rows with their 4D mask."""
+    from transformers import DataCollatorForSeq2Seq
+
+    from workflow_scripts.packing import PackedCollator
+
+    if training.get("packing", False):
+        return PackedCollator(tokenizer.pad_token_id, model.config._attn_implementation)
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+
+
+def build_trainer(job: dict, model, tokenizer, data_dir: Path, out_dir: Path, checkpoint_dir: Path):
+    """The configured Trainer and the tokenization stats of the train split."""
+    from transformers.trainer_callback import ProgressCallback
+
+    experiment = job["experiment"]
+    training = experiment["training"]
+    train_set, stats = load_split(tokenizer, data_dir / "train.jsonl", training)
+    valid_set, _ = load_split(tokenizer, data_dir / "valid.jsonl", training)
+    trainer = token_counting_trainer()(
+        model=model,
+        args=training_arguments(experiment, job["seed"], checkpoint_dir, out_dir / "tensorboard"),
+        train_dataset=train_set,
+        eval_dataset=valid_set,
+        data_collator=data_collator(tokenizer, training, model),
+        processing_class=tokenizer,
+    )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(quiet_progress())
+    return trainer, stats
+
+
 def train(job: dict, model_dir: str, data_dir: Path, out_dir: Path, checkpoint_root: Path) -> dict:
-    from transformers import DataCollatorForSeq2Seq, Trainer, set_seed
+    from transformers import set_seed
 
     from workflow_scripts.model_loading import load_tokenizer
 
@@ -191,26 +295,17 @@ def train(job: dict, model_dir: str, data_dir: Path, out_dir: Path, checkpoint_r
     trust = job["base_model"].get("trust_remote_code", False)
     set_seed(seed)
     tokenizer = load_tokenizer(model_dir, trust_remote_code=trust)
-    train_set, stats = load_split(tokenizer, data_dir / "train.jsonl", experiment["training"])
-    valid_set, _ = load_split(tokenizer, data_dir / "valid.jsonl", experiment["training"])
     model = build_peft_model(model_dir, experiment, trust)
 
     checkpoint_dir = checkpoint_root / config_hash(job)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    trainer, stats = build_trainer(job, model, tokenizer, data_dir, out_dir, checkpoint_dir)
     timer = StepTimer(checkpoint_dir / "timings.jsonl")
-    args = training_arguments(experiment, seed, checkpoint_dir, out_dir / "tensorboard")
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=train_set,
-        eval_dataset=valid_set,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
-        processing_class=tokenizer,
-        callbacks=[timer.callback],
-    )
-    resume = any(checkpoint_dir.glob("checkpoint-*"))
+    trainer.add_callback(timer.callback)
+    checkpoint = last_complete_checkpoint(checkpoint_dir)
+    resume = checkpoint is not None
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=True if resume else None)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if resume else None)
     trainer.evaluate()
     wall_time = timer.offset + time.perf_counter() - started
 
