@@ -84,3 +84,11 @@ def test_a_record_truncated_before_any_reply_is_dropped(tokenizer):
         CONVERSATION[:2], add_generation_prompt=True, tokenize=True, return_dict=False))
     kept, stats = tokenize_records(tokenizer, [{"messages": CONVERSATION}], prompt_len - 2)
     assert kept == [] and stats.dropped_no_target == 1
+
+
+def test_token_length_summary_covers_every_record_before_truncation(tokenizer):
+    records = [{"messages": CONVERSATION}, {"messages": CONVERSATION[1:3]}]
+    full = [len(encode_conversation(tokenizer, r["messages"])["input_ids"]) for r in records]
+    _, stats = tokenize_records(tokenizer, records, min(full))
+    summary = stats.as_dict()["record_tokens"]
+    assert summary["max"] == max(full) and summary["mean"] == sum(full) / 2

@@ -140,3 +140,16 @@ def test_cli_runs_as_a_module(built, tmp_path):
                     "--config", str(results.parent / "run.json"), "--out-dir", str(out)],
                    check=True, cwd=REPO)
     assert (out / "training_report.html").read_text(encoding="utf-8") == built["html"]
+
+
+def test_data_stats_add_token_lengths_per_base_model(tmp_path):
+    from workflow_scripts.collect_metrics import data_stats
+    from workflow_scripts.io_utils import write_json
+
+    write_json(tmp_path / "data/ds/stats.json", {"dataset": "ds", "raw": 3, "kept": 3})
+    summary = {"mean": 12.5, "p50": 12, "p90": 20, "p99": 20, "max": 21}
+    write_json(tmp_path / "adapters/exp/train_metrics.json",
+               {"tokenization": {"record_tokens": summary}})
+    experiments = {"exp": {"base_model": "tiny", "dataset": "ds"}}
+    row = data_stats({"ds": {}}, tmp_path, experiments).iloc[0]
+    assert row["lengths_tokens_tiny_mean"] == 12.5 and row["lengths_tokens_tiny_max"] == 21

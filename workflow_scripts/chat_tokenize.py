@@ -25,6 +25,7 @@ class TokenizeStats:
     tokens: int = 0
     target_tokens: int = 0
     lengths: list[int] = field(default_factory=list)
+    full_lengths: list[int] = field(default_factory=list)  # before truncation, every record
     packed_rows: int | None = None  # rows after packing, when `training.packing` is on
 
     def as_dict(self) -> dict[str, int]:
@@ -36,7 +37,21 @@ class TokenizeStats:
             "dropped_no_target": self.dropped_no_target,
             "tokens": self.tokens,
             "target_tokens": self.target_tokens,
+            "record_tokens": length_summary(self.full_lengths),
         }
+
+
+def length_summary(lengths: list[int]) -> dict[str, float]:
+    """Mean, median, 90th/99th percentile and maximum of record lengths in tokens."""
+    if not lengths:
+        return {}
+    ordered = sorted(lengths)
+
+    def pct(q: float) -> int:
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+    return {"mean": round(sum(ordered) / len(ordered), 2), "p50": pct(0.5), "p90": pct(0.9),
+            "p99": pct(0.99), "max": ordered[-1]}
 
 
 def render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
@@ -85,6 +100,7 @@ def tokenize_records(
     features = []
     for record in records:
         feature = encode_conversation(tokenizer, record["messages"])
+        stats.full_lengths.append(len(feature["input_ids"]))
         if len(feature["input_ids"]) > max_length:
             if overflow == "drop":
                 stats.dropped_too_long += 1

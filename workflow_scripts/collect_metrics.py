@@ -142,11 +142,28 @@ def data_column_rank(column: str) -> tuple[int, int]:
     return next(groups, len(DATA_COLUMN_ORDER)), within
 
 
-def data_stats(datasets: dict, results: Path) -> pd.DataFrame:
+def token_lengths(dataset: str, experiments: dict[str, dict], results: Path) -> dict:
+    """Training-record lengths in tokens, per base model, from the first experiment that
+    tokenized this dataset with that model's tokenizer."""
+    found = {}
+    for name, config in sorted(experiments.items()):
+        key = f"lengths_tokens_{config['base_model']}"
+        if config["dataset"] != dataset or key in found:
+            continue
+        metrics = read_optional(results / "adapters" / name / "train_metrics.json")
+        summary = metrics.get("tokenization", {}).get("record_tokens")
+        if summary:
+            found[key] = summary
+    return found
+
+
+def data_stats(datasets: dict, results: Path, experiments: dict | None = None) -> pd.DataFrame:
     rows = []
     for name in datasets:
         stats = read_optional(results / "data" / name / "stats.json")
         stats.pop("files", None)
+        if stats:
+            stats.update(token_lengths(name, experiments or {}, results))
         rows.append({"dataset": name, **pd.json_normalize(stats, sep="_").iloc[0].to_dict()}
                     if stats else {"dataset": name})
     table = pd.DataFrame(rows)
@@ -170,7 +187,7 @@ def collect(run: dict, results: Path, out_dir: Path) -> None:
     write_tsv(pd.DataFrame(comparison_rows(experiments, results), columns=COMPARISON_COLUMNS),
               out_dir / "comparison.tsv")
     write_tsv(training_log(experiments, results), out_dir / "training_log.tsv")
-    write_tsv(data_stats(run.get("datasets", {}), results), out_dir / "data_stats.tsv")
+    write_tsv(data_stats(run.get("datasets", {}), results, experiments), out_dir / "data_stats.tsv")
     write_json(out_dir / "experiments.json", experiments)
 
 
