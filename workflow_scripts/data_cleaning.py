@@ -119,6 +119,10 @@ def _compat_chars() -> tuple[re.Pattern, dict[str, str]]:
     return re.compile("[" + "".join(map(re.escape, sorted(table))) + "]"), table
 
 
+# The full-width punctuation that most Chinese text holds, with its NFKC images.
+_COMMON_COMPAT = tuple((char, unicodedata.normalize("NFKC", char)) for char in "，！？：；（）　")
+
+
 def nfkc(text: str) -> str:
     """unicodedata's NFKC, several times faster on Chinese text with full-width punctuation.
 
@@ -126,6 +130,11 @@ def nfkc(text: str) -> str:
     ones one by one first keeps the text compatibility-equivalent, so the final NFKC (run
     only when something is still not normalized) gives exactly the same result.
     """
+    if unicodedata.is_normalized("NFKC", text):
+        return text
+    for char, image in _COMMON_COMPAT:  # str.replace is far cheaper than a regex callback
+        if char in text:
+            text = text.replace(char, image)
     if unicodedata.is_normalized("NFKC", text):
         return text
     pattern, table = _compat_chars()
@@ -136,6 +145,9 @@ def nfkc(text: str) -> str:
 def normalize_text(text: str) -> str:
     """NFKC (full-width to half-width and other compatibility forms), whitespace collapsed."""
     return " ".join(nfkc(text).split())
+
+
+_NORMALIZED_HASHER = hashlib.blake2b(digest_size=16)
 
 
 def content_digests(messages: list[dict[str, str]]) -> tuple[int, bytes]:
@@ -150,7 +162,9 @@ def content_digests(messages: list[dict[str, str]]) -> tuple[int, bytes]:
     # leaves at their edges are dropped.
     exact = "\x00".join([m["role"] + "\x01" + m["content"] for m in messages])
     normalized = normalize_text(exact).replace("\x01 ", "\x01").replace(" \x00", "\x00")
-    return hash(exact), hashlib.blake2b(normalized.encode(), digest_size=16).digest()
+    hasher = _NORMALIZED_HASHER.copy()  # cheaper than a new hasher with its parameters
+    hasher.update(normalized.encode())
+    return hash(exact), hasher.digest()
 
 
 class Deduplicator:

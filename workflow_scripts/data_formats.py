@@ -338,6 +338,9 @@ def _tagged_turns(items: Any, key: str, keys: dict[str, str],
 
 def normalize_alpaca(record: Any, keys: dict[str, str]) -> Conversation:
     """instruction (+ "\\n" + input) -> user, output -> assistant; history pairs come first."""
+    fast = _plain_alpaca(record, keys)
+    if fast is not None:
+        return fast
     record = _require_object(record)
     instruction = _field(record, keys["instruction"], str, required=True).strip()
     output = _field(record, keys["output"], str, required=True).strip()
@@ -354,6 +357,28 @@ def normalize_alpaca(record: Any, keys: dict[str, str]) -> Conversation:
         messages += [{"role": "user", "content": pair[0].strip()},
                      {"role": "assistant", "content": pair[1].strip()}]
     messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+    return Conversation(messages, bool(extra))
+
+
+def _plain_alpaca(record: Any, keys: dict[str, str]) -> Conversation | None:
+    """`normalize_alpaca` for the common record (strings, no history), without the per-field
+    checks; None for anything else, which the general path handles."""
+    if record.__class__ is not dict:
+        return None
+    get = record.get
+    instruction, output = get(keys["instruction"]), get(keys["output"])
+    extra, system = get(keys["input"]), get(keys["system"])
+    if (instruction.__class__ is not str or output.__class__ is not str
+            or get(keys["history"]) is not None
+            or (extra is not None and extra.__class__ is not str)
+            or (system is not None and system.__class__ is not str)):
+        return None
+    instruction, output = instruction.strip(), output.strip()
+    extra = extra.strip() if extra else ""
+    prompt = f"{instruction}\n{extra}" if instruction and extra else instruction or extra
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+    if system and (system := system.strip()):
+        messages.insert(0, {"role": "system", "content": system})
     return Conversation(messages, bool(extra))
 
 

@@ -18,7 +18,7 @@ PRESPLIT_ORDER = ("test", "valid", "train")
 
 def record_id(normalized_digest: bytes) -> str:
     """The record id written to the splits: 16 hex digits of the normalized-content hash."""
-    return normalized_digest.hex()[:16]
+    return normalized_digest[:8].hex()
 
 
 class HashSplitter:
@@ -28,13 +28,17 @@ class HashSplitter:
         if min(valid, test) < 0 or valid + test >= 1:
             raise ValueError(f"split: valid ({valid}) and test ({test}) must be >= 0 "
                              "and leave a share for train")
-        self._salt = seed.to_bytes(8, "big", signed=True)
-        self._test = int(test * 2**64)
-        self._valid = int((test + valid) * 2**64)
+        # The seed is hashed as a prefix of the digest; copying the hasher that has
+        # absorbed it is cheaper than a new one. Big-endian bytes of equal length order
+        # as the numbers they spell, so the thresholds are compared as bytes.
+        self._seeded = hashlib.blake2b(seed.to_bytes(8, "big", signed=True), digest_size=8)
+        self._test = int(test * 2**64).to_bytes(8, "big")
+        self._valid = int((test + valid) * 2**64).to_bytes(8, "big")
 
     def __call__(self, normalized_digest: bytes) -> str:
-        point = int.from_bytes(
-            hashlib.blake2b(self._salt + normalized_digest, digest_size=8).digest(), "big")
+        hasher = self._seeded.copy()
+        hasher.update(normalized_digest)
+        point = hasher.digest()
         return "test" if point < self._test else "valid" if point < self._valid else "train"
 
 

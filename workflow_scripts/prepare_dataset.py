@@ -173,20 +173,31 @@ class SpanResult:
     measures: dict[str, array] = field(
         default_factory=lambda: {key: array("L") for key in MEASURES})
 
-    def add(self, i: int, conversation: Conversation, digests: tuple[int, bytes], split: str,
-            line: str, place: tuple[int, int]) -> None:
-        messages, measures = conversation.messages, self.measures
-        self.by_split[split].append(len(self.passed))
-        self.passed.append(i)
-        self.exact.append(digests[0])
-        self.digests.append(digests[1])
-        self.lines.append(line)
-        self.places.extend(place)
-        measures["prompt_chars"].append(sum([len(m["content"]) for m in messages[:-1]]))
-        measures["response_chars"].append(len(messages[-1]["content"]))
-        measures["turns"].append(len(messages) // 2)  # user/assistant pairs, a system or not
-        measures["has_input"].append(conversation.has_input)
-        measures["trimmed"].append(conversation.trimmed)
+    def adder(self) -> Callable[[int, Conversation, int, bytes, str, str, tuple[int, int]],
+                                None]:
+        """add(i, conversation, exact, digest, split, line, place) for a passed record; the
+        appends are bound once, as it runs for every record."""
+        passed, count = self.passed.append, self.passed.__len__
+        exact_digests, digests, lines = self.exact.append, self.digests.append, self.lines.append
+        places, splits = self.places.extend, {s: p.append for s, p in self.by_split.items()}
+        prompts, responses, turns, inputs, trimmed = (self.measures[k].append for k in MEASURES)
+
+        def add(i: int, conversation: Conversation, exact: int, digest: bytes, split: str,
+                line: str, place: tuple[int, int]) -> None:
+            messages = conversation.messages
+            splits[split](count())
+            passed(i)
+            exact_digests(exact)
+            digests(digest)
+            lines(line)
+            places(place)
+            prompts(len(messages[0]["content"]) if len(messages) == 2
+                    else sum([len(m["content"]) for m in messages[:-1]]))
+            responses(len(messages[-1]["content"]))
+            turns(len(messages) // 2)  # user/assistant pairs, a system or not
+            inputs(conversation.has_input)
+            trimmed(conversation.trimmed)
+        return add
 
     def reject(self, i: int, reason: str, detail: str, raw: Any) -> None:
         self.rejects.append((i, reason, raw, reject_tail(reason, detail, raw)))
@@ -208,21 +219,23 @@ def process_span(bounds: tuple[int, int]) -> SpanResult:
     except formats.SpanError:
         return SpanResult(start, error=True)
     result = SpanResult(start, span.end, count=len(span.records))
+    add, reject, places = result.adder(), result.reject, span.places
+    normalize, rules, split, splitter = job.normalize, job.rules, job.split, job.splitter
     source = _encode(job.path)
     for i, raw in enumerate(span.records):
         try:
-            conversation = job.normalize(raw)
+            conversation = normalize(raw)
         except RecordError as err:
-            result.reject(i, err.reason, err.detail, raw)
+            reject(i, err.reason, err.detail, raw)
             continue
-        rejection = check_record(conversation.messages, job.rules)
+        messages = conversation.messages
+        rejection = check_record(messages, rules)
         if rejection is not None:
-            result.reject(i, *rejection, raw)
+            reject(i, *rejection, raw)
             continue
-        digests = content_digests(conversation.messages)
-        split = job.split or job.splitter(digests[1])
-        line = kept_line(record_id(digests[1]), conversation.messages, source)
-        result.add(i, conversation, digests, split, line, span.places[i])
+        exact, digest = content_digests(messages)
+        add(i, conversation, exact, digest, split or splitter(digest),
+            kept_line(record_id(digest), messages, source), places[i])
     return result
 
 
@@ -235,10 +248,12 @@ def reject_tail(reason: str, detail: str, raw: Any) -> str:
 def kept_line(record_id: str, messages: list[dict], source: str) -> str:
     """A kept record's output line up to its index: what `_encode` gives, twice as fast,
     since roles and ids need no escaping and only the contents go through the encoder."""
-    turns = ", ".join([f'{{"role": "{m["role"]}", "content": {_encode_str(m["content"])}}}'
-                       for m in messages])
-    return (f'{{"id": "{record_id}", "messages": [{turns}], '
+    turns = "}, ".join([_TURN_STARTS[m["role"]] + _encode_str(m["content"]) for m in messages])
+    return (f'{{"id": "{record_id}", "messages": [{turns}}}], '
             f'"source": {{"file": {source}, "index": ')
+
+
+_TURN_STARTS = {role: f'{{"role": "{role}", "content": ' for role in ("system", "user", "assistant")}
 
 
 def run_spans(job: FileJob, workers: int) -> Iterator[SpanResult]:
