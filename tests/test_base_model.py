@@ -12,6 +12,8 @@ from workflow_scripts.io_utils import read_jsonl, write_jsonl
 from workflow_scripts.model_loading import (
     CHATML_TEMPLATE,
     HUB_ALLOW_PATTERNS,
+    M_MMAP_THRESHOLD,
+    MMAP_THRESHOLD_BYTES,
     load_model,
     load_tokenizer,
     resolve_model_dir,
@@ -123,6 +125,37 @@ def test_load_model_in_4bit_on_cpu(model_dir):
     tokenizer = load_tokenizer(model_dir)
     ids = tokenizer("你好", return_tensors="pt")["input_ids"]
     assert torch.isfinite(model(input_ids=ids).logits).all()
+
+
+def test_4bit_model_quantizes_every_block_linear(model_dir):
+    import bitsandbytes as bnb
+
+    model = load_model(model_dir, quantization="4bit", device="cpu")
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert all(isinstance(m, bnb.nn.Linear4bit) for n, m in linears.items() if n != "lm_head")
+    # Embeddings and norms stay in the CPU compute dtype, fp32.
+    others = [p for p in model.parameters() if not isinstance(p, bnb.nn.Params4bit)]
+    assert others and all(p.dtype == torch.float32 for p in others)
+
+
+class FakeLibc:
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, option, value):
+        self.calls.append(("mallopt", option, value))
+
+    def malloc_trim(self, pad):
+        self.calls.append(("malloc_trim", pad))
+
+
+def test_load_model_pins_mmap_threshold_and_trims(model_dir, monkeypatch):
+    from workflow_scripts import model_loading
+
+    libc = FakeLibc()
+    monkeypatch.setattr(model_loading, "glibc", lambda: libc)
+    load_model(model_dir, device="cpu")
+    assert libc.calls == [("mallopt", M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES), ("malloc_trim", 0)]
 
 
 def test_remote_code_runs_only_when_trusted(tmp_path):

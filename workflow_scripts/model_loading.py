@@ -99,6 +99,38 @@ def quantization_config(quantization: str | None):
     )
 
 
+# glibc's M_MMAP_THRESHOLD: blocks this big or bigger get their own mapping, returned to the
+# OS on free. Left dynamic, glibc raises it to the largest block freed so far (up to 32 MiB), so
+# the freed temporaries of loading and every step's activations stay in the heap, fragmented.
+MMAP_THRESHOLD_BYTES = 128 * 1024
+M_MMAP_THRESHOLD = -3
+
+
+def glibc():
+    """The C library if it is glibc (it has mallopt and malloc_trim), else None."""
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return None
+    return ctypes.CDLL(ctypes.util.find_library("c"))
+
+
+def pin_mmap_threshold(libc) -> None:
+    """Give large tensors their own mappings for the rest of the process (see above)."""
+    libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
+def release_freed_memory(libc) -> None:
+    """Hand the heap's free pages back to the OS: loading frees the checkpoint's tensors
+    (and, when quantizing, their unquantized copies) but glibc keeps the pages."""
+    import gc
+
+    gc.collect()
+    libc.malloc_trim(0)
+
+
 def load_model(
     model_dir: str,
     *,
@@ -114,6 +146,9 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM
 
+    libc = glibc()
+    if libc is not None:
+        pin_mmap_threshold(libc)
     device = device or pick_device()
     bnb_config = quantization_config(quantization)
     if dtype is None:
@@ -121,7 +156,7 @@ def load_model(
             dtype = bnb_config.bnb_4bit_compute_dtype
         else:
             dtype = "float32" if device == "cpu" else "auto"
-    return AutoModelForCausalLM.from_pretrained(
+    model = AutoModelForCausalLM.from_pretrained(
         model_dir,
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
@@ -129,6 +164,9 @@ def load_model(
         dtype=dtype,
         device_map={"": device},
     )
+    if libc is not None:
+        release_freed_memory(libc)
+    return model
 
 
 def main(argv: list[str] | None = None) -> None:
