@@ -149,12 +149,15 @@ class FakeLibc:
         self.calls.append(("malloc_trim", pad))
 
 
-def test_load_model_pins_mmap_threshold_and_trims(model_dir, monkeypatch):
+def test_load_model_trims_after_loading_and_pins_the_threshold_for_4bit(model_dir, monkeypatch):
     from workflow_scripts import model_loading
 
     libc = FakeLibc()
     monkeypatch.setattr(model_loading, "glibc", lambda: libc)
     load_model(model_dir, device="cpu")
+    assert libc.calls == [("malloc_trim", 0)]
+    libc.calls.clear()
+    load_model(model_dir, device="cpu", quantization="4bit")
     assert libc.calls == [("mallopt", M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES), ("malloc_trim", 0)]
 
 

