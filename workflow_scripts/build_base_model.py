@@ -106,6 +106,7 @@ def pretrain(model, blocks, pretrain_spec: dict, seed: int) -> list[dict]:
     """
     import torch
     from transformers import Trainer, TrainingArguments, default_data_collator
+    from transformers.trainer_callback import PrinterCallback
 
     steps = pretrain_spec["steps"]
     rows: list[dict] = []
@@ -134,6 +135,7 @@ def pretrain(model, blocks, pretrain_spec: dict, seed: int) -> list[dict]:
             data_collator=default_data_collator,
             callbacks=[log_recorder(rows)],
         )
+        trainer.remove_callback(PrinterCallback)  # every step is in pretrain_log.jsonl instead
         trainer.train()
     return rows
 
