@@ -18,6 +18,7 @@ from typing import Any
 
 from workflow_scripts.io_utils import canonical_json, read_jsonl, write_json, write_jsonl
 from workflow_scripts.resource_usage import peak_memory_mb
+from workflow_scripts.run_info import write_run_info
 
 LOG_KEYS = ("loss", "learning_rate", "grad_norm", "eval_loss")
 # Non-reentrant checkpointing back-propagates into the adapters although the frozen
@@ -335,15 +336,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     metrics = train(job, args.model_dir, args.data_dir, args.out_dir, args.checkpoint_dir)
-    write_run_info(job, args.out_dir, [args.data_dir / "train.jsonl", args.data_dir / "valid.jsonl"])
+    write_run_info(args.out_dir, job, job["seed"],
+                   [args.data_dir / "train.jsonl", args.data_dir / "valid.jsonl"])
     print(json.dumps({k: metrics[k] for k in ("steps", "final_loss", "eval_loss", "wall_time_s")}))
-
-
-def write_run_info(job: dict, out_dir: Path, data_files: list[Path]) -> None:
-    from workflow_scripts.run_info import collect_run_info
-
-    info = collect_run_info(job, job.get("seed", 0), [str(p) for p in data_files])
-    write_json(out_dir / "run_info.json", info)
 
 
 if __name__ == "__main__":
