@@ -14,6 +14,7 @@ if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
 
 from workflow_scripts.experiment_config import alternatives_regex, resolve_experiments, validate
 from workflow_scripts.io_utils import canonical_json
+from workflow_scripts.model_loading import resolve_model_dir
 
 
 CONFIG_SOURCE = ", ".join(map(str, workflow.configfiles)) or "the config"
@@ -49,8 +50,7 @@ def model_spec(name):
 
 def model_dir(name):
     """Where a base model's files are: a built or fetched directory, or a local path."""
-    spec = model_spec(name)
-    return spec["path"] if spec["source"] == "path" else f"results/models/{name}"
+    return resolve_model_dir(name, model_spec(name))
 
 
 def get_model_dir(wildcards):

@@ -71,15 +71,16 @@ def interactive(answer: Callable[[list[str]], list[dict]], lines: Iterable[str],
 
 
 def experiment_paths(experiment: str, results: Path) -> tuple[str, str, dict]:
-    """Model dir, adapter dir and evaluation settings of a finished experiment."""
+    """Model dir, adapter dir and base model config of a finished experiment."""
+    from workflow_scripts.model_loading import resolve_model_dir
+
     adapter_dir = results / "adapters" / experiment
     info_path = adapter_dir / "run_info.json"
     if not info_path.exists():
         raise SystemExit(f"{info_path}: no trained adapter for experiment {experiment!r}")
     job = json.loads(info_path.read_text(encoding="utf-8"))["config"]
-    base = job["experiment"]["base_model"]
     spec = job["base_model"]
-    model_dir = spec["path"] if spec["source"] == "path" else str(results / "models" / base)
+    model_dir = resolve_model_dir(job["experiment"]["base_model"], spec, str(results / "models"))
     return model_dir, str(adapter_dir), spec
 
 

@@ -87,11 +87,13 @@ def training_arguments(experiment: dict, seed: int, checkpoint_dir: Path, tensor
     import torch
     from transformers import TrainingArguments
 
+    from workflow_scripts.model_loading import compute_dtype
+
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(tensorboard_dir)
 
     t = experiment["training"]
     packing = t.get("packing", False)
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    bf16 = compute_dtype() == torch.bfloat16
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=t["batch_size"],
