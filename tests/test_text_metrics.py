@@ -1,11 +1,13 @@
-"""Text metrics against a from-scratch implementation of the same formulas."""
+"""Text metrics against from-scratch formulas and LLaMA-Factory's own recipe."""
 import math
 from collections import Counter
 
 import jieba
 import pytest
+from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+from rouge_chinese import Rouge
 
-from workflow_scripts.text_metrics import compute_text_metrics
+from workflow_scripts.text_metrics import compute_text_metrics, sample_scores
 
 PREDICTIONS = [
     "北京是中国的首都。",
@@ -69,9 +71,10 @@ def test_bleu4_and_rouge_l_match_the_formulas():
     metrics = compute_text_metrics(PREDICTIONS, REFERENCES, dialogue=False)
     bleu = [char_bleu4(p, r) for p, r in zip(PREDICTIONS, REFERENCES)]
     rouge = [rouge_l(p, r) for p, r in zip(PREDICTIONS, REFERENCES)]
-    assert metrics["bleu4"] == pytest.approx(sum(bleu) / len(bleu), rel=1e-9)
+    # Per-sample scores are rounded to 4 decimals, as LLaMA-Factory rounds them.
+    assert metrics["bleu4"] == pytest.approx(sum(bleu) / len(bleu), abs=1e-4)
     # rouge_chinese adds 1e-8 to the F-score's denominator.
-    assert metrics["rougeL"] == pytest.approx(sum(rouge) / len(rouge), rel=1e-6)
+    assert metrics["rougeL"] == pytest.approx(sum(rouge) / len(rouge), abs=1e-4)
     assert 0 < metrics["bleu4"] < 100 and 0 < metrics["rougeL"] < 100
 
 
@@ -112,3 +115,58 @@ def test_distinct_counts_character_ngrams_over_all_predictions():
 def test_mismatched_lengths_are_refused():
     with pytest.raises(ValueError, match="2 predictions but 1 references"):
         compute_text_metrics(["a", "b"], ["a"], dialogue=False)
+
+
+def llama_factory_scores(pred: str, label: str) -> dict[str, float]:
+    """LLaMA-Factory's ComputeSimilarity for one pair, step by step as it is written there."""
+    hypothesis, reference = list(jieba.cut(pred)), list(jieba.cut(label))
+    if len(" ".join(hypothesis).split()) == 0 or len(" ".join(reference).split()) == 0:
+        result = {"rouge-1": {"f": 0.0}, "rouge-2": {"f": 0.0}, "rouge-l": {"f": 0.0}}
+    else:
+        result = Rouge().get_scores(" ".join(hypothesis), " ".join(reference))[0]
+    scores = {k: round(v["f"] * 100, 4) for k, v in result.items()}
+    bleu = sentence_bleu([list(label)], list(pred), smoothing_function=SmoothingFunction().method3)
+    return {"bleu4": round(bleu * 100, 4), "rouge1": scores["rouge-1"],
+            "rouge2": scores["rouge-2"], "rougeL": scores["rouge-l"]}
+
+
+EDGE_CASES = [
+    ("第一步：准备材料。\n第二步：开始做饭\n第三步", "第一步：买菜\n第二步：开始做饭。"),
+    ("1. 多喝水\n2. 早睡早起\n\n3. 运动", "1. 多喝水；2. 早睡早起；3. 坚持运动。"),
+    ("好！！！真的？", "好。真的吗？“是的。”"),
+    ("Hello, world... 你好……", "hello world 你好"),
+    ("", "北京是中国的首都。"),
+    ("北京", ""),
+    ("\n \n", "你好"),
+    ("", ""),
+]
+
+
+@pytest.mark.parametrize("prediction, reference", EDGE_CASES)
+def test_per_sample_scores_equal_llama_factory(prediction, reference):
+    assert sample_scores(prediction, reference) == llama_factory_scores(prediction, reference)
+
+
+def test_line_breaks_count_as_rouge_chinese_sentences():
+    # jieba keeps both newlines; rouge_chinese splits sentences there, and the blank line
+    # between them becomes an empty word: hypothesis words a, "", b against reference a b.
+    scores = sample_scores("a\n\nb", "a b")
+    assert scores["rouge1"] == scores["rougeL"] == pytest.approx(80.0)  # P 2/3, R 1
+    assert scores["rouge2"] == 0.0  # bigrams (a, ""), ("", b) against (a, b)
+    # Collapsing whitespace first (what this module did before) would score 100.
+    assert sample_scores("a b", "a b")["rougeL"] == 100.0
+
+
+def test_empty_sides_score_zero_without_error():
+    for prediction, reference in (("", "你好"), ("你好", ""), ("  \n", "你好"), ("", "")):
+        assert sample_scores(prediction, reference) == dict.fromkeys(
+            ("bleu4", "rouge1", "rouge2", "rougeL"), 0.0)
+
+
+def test_precomputed_per_sample_scores_give_the_same_means():
+    rows = [sample_scores(p, r) for p, r in zip(PREDICTIONS, REFERENCES)]
+    given = compute_text_metrics(PREDICTIONS, REFERENCES, dialogue=False, per_sample=rows)
+    assert given == compute_text_metrics(PREDICTIONS, REFERENCES, dialogue=False)
+    assert given["rouge1"] == pytest.approx(sum(r["rouge1"] for r in rows) / len(rows))
+    with pytest.raises(ValueError, match="1 per-sample scores for 6 predictions"):
+        compute_text_metrics(PREDICTIONS, REFERENCES, dialogue=False, per_sample=rows[:1])
