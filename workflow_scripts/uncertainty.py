@@ -1,0 +1,136 @@
+"""Percentile bootstrap intervals for evaluation figures, and the rule for claiming a difference.
+
+Every figure is recomputed on resampled sets of the same test items (generated samples or
+test records), drawn with replacement by a seeded generator, so the same inputs always give
+the same interval. Paired differences resample item ids jointly: both models are scored on
+the same draw, which is what makes a difference between two models on 16 prompts testable.
+A difference is claimed only when its 95% interval excludes zero (docs/metrics.md).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+RESAMPLES = 1000
+CORPUS_RESAMPLES = 200  # corpus metrics are recomputed per draw: slower, fewer draws
+LEVEL = 0.95
+BETTER, WORSE, UNCLEAR = "better", "worse", "no clear difference"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate on the full set and its bootstrap interval (NaN when undefined)."""
+
+    estimate: float
+    low: float
+    high: float
+
+    def excludes_zero(self) -> bool:
+        return bool(self.low > 0 or self.high < 0)
+
+
+NO_INTERVAL = Interval(float("nan"), float("nan"), float("nan"))
+
+
+def draws(n: int, resamples: int, seed: int) -> np.ndarray:
+    """`resamples` x `n` item indices drawn with replacement."""
+    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+
+
+def percentile_interval(estimate: float, values: np.ndarray, level: float = LEVEL) -> Interval:
+    tail = 100 * (1 - level) / 2
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return Interval(estimate, float("nan"), float("nan"))
+    low, high = np.percentile(finite, [tail, 100 - tail])
+    return Interval(float(estimate), float(low), float(high))
+
+
+def mean_interval(values: Sequence[float], resamples: int = RESAMPLES, seed: int = 0,
+                  level: float = LEVEL) -> Interval:
+    """Interval for the mean of per-sample values."""
+    x = np.asarray(values, dtype=float)
+    if not x.size:
+        return NO_INTERVAL
+    return percentile_interval(x.mean(), x[draws(x.size, resamples, seed)].mean(axis=1), level)
+
+
+def ratio_interval(numerators: Sequence[float], denominators: Sequence[float],
+                   resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL) -> Interval:
+    """Interval for sum(numerators) / sum(denominators), resampling items: a token-weighted
+    loss from per-record loss sums and token counts."""
+    num, den = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
+    if not num.size or den.sum() == 0:
+        return NO_INTERVAL
+    idx = draws(num.size, resamples, seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = num[idx].sum(axis=1) / den[idx].sum(axis=1)
+    return percentile_interval(num.sum() / den.sum(), values, level)
+
+
+def paired_mean_difference(base: Sequence[float], other: Sequence[float],
+                           resamples: int = RESAMPLES, seed: int = 0,
+                           level: float = LEVEL) -> Interval:
+    """Interval for mean(other) - mean(base) over the same items, resampled jointly."""
+    a, b = np.asarray(base, dtype=float), np.asarray(other, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values differ in length: {a.size} and {b.size}")
+    return mean_interval(b - a, resamples, seed, level)
+
+
+def paired_ratio_difference(base: tuple[Sequence[float], Sequence[float]],
+                            other: tuple[Sequence[float], Sequence[float]],
+                            resamples: int = RESAMPLES, seed: int = 0,
+                            level: float = LEVEL) -> Interval:
+    """Interval for ratio(other) - ratio(base), each ratio (numerators, denominators) over
+    the same items, resampled jointly: the difference of two token-weighted losses."""
+    (na, da), (nb, db) = ([np.asarray(v, dtype=float) for v in pair] for pair in (base, other))
+    if not (na.size == da.size == nb.size == db.size):
+        raise ValueError(f"paired records differ in number: {na.size} and {nb.size}")
+    if not na.size or da.sum() == 0 or db.sum() == 0:
+        return NO_INTERVAL
+    idx = draws(na.size, resamples, seed)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = nb[idx].sum(axis=1) / db[idx].sum(axis=1) - na[idx].sum(axis=1) / da[idx].sum(axis=1)
+    return percentile_interval(nb.sum() / db.sum() - na.sum() / da.sum(), values, level)
+
+
+CorpusScore = Callable[[list[str], list[str]], float]
+
+
+def corpus_interval(predictions: list[str], references: list[str], score: CorpusScore,
+                    resamples: int = CORPUS_RESAMPLES, seed: int = 0,
+                    level: float = LEVEL) -> Interval:
+    """Interval for a corpus-level score, recomputed on each resampled set of samples."""
+    if not predictions:
+        return NO_INTERVAL
+    values = np.array([score([predictions[i] for i in row], [references[i] for i in row])
+                       for row in draws(len(predictions), resamples, seed)])
+    return percentile_interval(score(predictions, references), values, level)
+
+
+def paired_corpus_difference(base: list[str], other: list[str], references: list[str],
+                             score: CorpusScore, resamples: int = CORPUS_RESAMPLES,
+                             seed: int = 0, level: float = LEVEL) -> Interval:
+    """Interval for score(other) - score(base) over the same resampled samples."""
+    if len(base) != len(other) or len(base) != len(references):
+        raise ValueError(f"paired samples differ in number: {len(base)} and {len(other)}")
+    if not base:
+        return NO_INTERVAL
+
+    def gap(rows: Sequence[int]) -> float:
+        refs = [references[i] for i in rows]
+        return score([other[i] for i in rows], refs) - score([base[i] for i in rows], refs)
+
+    values = np.array([gap(row) for row in draws(len(base), resamples, seed)])
+    return percentile_interval(gap(range(len(base))), values, level)
+
+
+def verdict(difference: Interval, higher_is_better: bool) -> str:
+    """"better"/"worse" for `other` against `base` when the interval of other - base
+    excludes zero, else "no clear difference"."""
+    if not difference.excludes_zero():
+        return UNCLEAR
+    return BETTER if (difference.low > 0) == higher_is_better else WORSE
