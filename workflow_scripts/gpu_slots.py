@@ -1,0 +1,137 @@
+"""Start a job on GPUs of its own: hold N distinct device slots for the job's lifetime.
+
+    python -m workflow_scripts.gpu_slots --gpus N --total M [--slots-dir DIR] -- CMD ...
+
+Each of the machine's M GPUs is a slot file `DIR/gpu<i>.lock`; a job holds a slot by holding
+an exclusive `flock` on it. The launcher takes N free slots, sets CUDA_VISIBLE_DEVICES to those
+devices and replaces itself with CMD (exec), which inherits the locked descriptors. The kernel
+drops a flock when the last descriptor on it closes, so the slots are freed whenever the job
+ends, however it ends (SIGKILL included): there are no stale locks to clean up.
+
+Taking slots goes through one more lock, `DIR/acquire.lock`, held only while slots are being
+picked: a job waiting for two GPUs keeps its turn instead of being overtaken forever by
+one-GPU jobs, and since slot holders never wait for anything, nobody deadlocks.
+
+With no GPUs to share (M is 0, or not given and CUDA_VISIBLE_DEVICES unset) and inside a
+Slurm job (Slurm gives each job its own devices), CMD starts unchanged. A job that asks for no GPU on a
+machine with M > 0 gets CUDA_VISIBLE_DEVICES="" so that it cannot land on a GPU in use.
+If CUDA_VISIBLE_DEVICES is already set, slot i means its i-th entry, and M defaults to its length.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+POLL_SECONDS = 0.2
+ENV_SLOTS_DIR = "LORA_GPU_SLOTS_DIR"
+
+
+def default_slots_dir() -> Path:
+    """One directory per machine (and user) that every job of every run shares."""
+    if os.environ.get(ENV_SLOTS_DIR):
+        return Path(os.environ[ENV_SLOTS_DIR])
+    return Path(tempfile.gettempdir()) / f"lora-zh-gpu-slots-{os.getuid()}"
+
+
+def physical_devices(total: int | None, visible: str | None) -> list[str]:
+    """The device ids slot 0..M-1 stand for (none: nothing to share)."""
+    listed = [d.strip() for d in visible.split(",") if d.strip()] if visible else None
+    if total is None:
+        return listed or []
+    if total == 0:
+        return []
+    if listed is not None:
+        if total > len(listed):
+            raise SystemExit(f"gpu_slots: --total {total} but CUDA_VISIBLE_DEVICES lists only "
+                             f"{len(listed)} devices ({visible})")
+        return listed[:total]
+    return [str(i) for i in range(total)]
+
+
+def _open_lock(path: Path) -> int:
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def acquire(n: int, total: int, slots_dir: Path, poll: float = POLL_SECONDS) -> dict[int, int]:
+    """Slot index -> locked descriptor for n distinct slots out of total; waits until free."""
+    slots_dir.mkdir(parents=True, exist_ok=True)
+    turn = _open_lock(slots_dir / "acquire.lock")
+    fcntl.flock(turn, fcntl.LOCK_EX)  # blocks while another job is picking its slots
+    held: dict[int, int] = {}
+    try:
+        while True:
+            for slot in range(total):
+                if len(held) == n:
+                    return held
+                if slot in held:
+                    continue
+                fd = _open_lock(slots_dir / f"gpu{slot}.lock")
+                if _try_lock(fd):
+                    held[slot] = fd
+                else:
+                    os.close(fd)
+            if len(held) == n:
+                return held
+            time.sleep(poll)
+    finally:
+        os.close(turn)  # closing releases the turn
+
+
+def launch_env(gpus: int, total: int | None, env: dict[str, str], slots_dir: Path,
+               ) -> tuple[dict[str, str], list[int]]:
+    """The child's environment and the descriptors it must inherit to keep its slots."""
+    env = dict(env)
+    if env.get("SLURM_JOB_ID"):
+        return env, []
+    devices = physical_devices(total, env.get("CUDA_VISIBLE_DEVICES"))
+    if not devices:
+        return env, []  # nothing known to share: start as asked
+    if gpus > len(devices):
+        raise SystemExit(f"gpu_slots: the job asks for {gpus} GPUs but this machine has "
+                         f"{len(devices)} (the profile's `resources: gpu`)")
+    if gpus == 0:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        return env, []
+    held = acquire(gpus, len(devices), slots_dir)
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(devices[s] for s in sorted(held))
+    return env, list(held.values())
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--" not in argv:
+        raise SystemExit("gpu_slots: usage: --gpus N [--total M] [--slots-dir DIR] -- CMD ...")
+    split = argv.index("--")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--gpus", type=int, required=True, help="GPUs the job needs")
+    parser.add_argument("--total", type=int, default=None,
+                        help="GPUs on this machine (default: CUDA_VISIBLE_DEVICES's count)")
+    parser.add_argument("--slots-dir", type=Path, default=None)
+    args = parser.parse_args(argv[:split])
+    cmd = argv[split + 1:]
+    if not cmd or args.gpus < 0:
+        parser.error("a command after -- and --gpus >= 0 are required")
+    env, fds = launch_env(args.gpus, args.total, dict(os.environ),
+                          args.slots_dir or default_slots_dir())
+    for fd in fds:
+        os.set_inheritable(fd, True)
+    print(f"gpu_slots: CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '<unchanged>')!s}",
+          file=sys.stderr, flush=True)
+    os.execvpe(cmd[0], cmd, env)
+
+
+if __name__ == "__main__":
+    main()
