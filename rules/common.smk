@@ -13,7 +13,7 @@ if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
     shell.prefix(f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; ")
 
 from workflow_scripts.experiment_config import alternatives_regex, resolve_experiments, validate
-from workflow_scripts.io_utils import canonical_json
+from workflow_scripts.io_utils import canonical_json, evaluation_key
 from workflow_scripts.model_loading import resolve_model_dir
 
 
@@ -65,11 +65,6 @@ def experiment_data_dir(wildcards):
     return f"results/data/{EXPERIMENTS[wildcards.experiment]['dataset']}"
 
 
-def base_eval_pairs():
-    """(base model, dataset) pairs that some experiment fine-tunes, each evaluated once."""
-    return sorted({(e["base_model"], e["dataset"]) for e in EXPERIMENTS.values()})
-
-
 def is_dialogue(dataset):
     return CFG["datasets"][dataset]["format"] == "lccc"
 
@@ -82,22 +77,62 @@ def training_job(wildcards):
     return canonical_json(job)
 
 
-def eval_job(experiment, model, dataset):
-    """Evaluation settings. A base model is evaluated with those of the first experiment
-    that fine-tunes it on this dataset, so that base and adapters answer alike."""
-    method = EXPERIMENTS[experiment]["method"] if experiment else "base"  # base: unquantized
-    if experiment is None:
-        experiment = min(n for n, e in EXPERIMENTS.items()
-                         if (e["base_model"], e["dataset"]) == (model, dataset))
+def eval_settings(experiment, quantized):
+    """Everything that decides an evaluation's numbers except the adapter itself.
+
+    An adapter and the base it is compared with are scored with exactly these settings:
+    the same test records, truncation, prompts, decoding and quantization."""
     exp = EXPERIMENTS[experiment]
-    return canonical_json({
+    return {
         "evaluation": exp["evaluation"],
-        "max_length": exp["training"]["max_length"],
-        "method": method,
+        "quantization": "4bit" if quantized else None,
         "seed": CFG["seed"],
-        "base_model": model_spec(model),
-        "dialogue": is_dialogue(dataset),
-    })
+        "base_model": model_spec(exp["base_model"]),
+        "dialogue": is_dialogue(exp["dataset"]),
+    }
+
+
+def base_evaluations():
+    """(model, dataset, settings key) -> settings for every base-model evaluation needed:
+    one per distinct setting an experiment is scored with, and for QLoRA also the
+    unquantized base under the same settings (the cost of quantization)."""
+    evals = {}
+    for name, exp in EXPERIMENTS.items():
+        for quantized in {exp["method"] == "qlora", False}:
+            settings = eval_settings(name, quantized)
+            evals[(exp["base_model"], exp["dataset"], evaluation_key(settings))] = settings
+    return evals
+
+
+BASE_EVALS = base_evaluations()
+
+
+def base_eval_dir(experiment, quantized=None):
+    """The base-model evaluation an experiment is compared with."""
+    exp = EXPERIMENTS[experiment]
+    if quantized is None:
+        quantized = exp["method"] == "qlora"
+    key = evaluation_key(eval_settings(experiment, quantized))
+    return f"results/eval/base/{exp['base_model']}/{exp['dataset']}/{key}"
+
+
+def experiments_with_base_evals():
+    """Every experiment with the base evaluation it is compared with (for collect_metrics)."""
+    out = {}
+    for name, exp in EXPERIMENTS.items():
+        out[name] = {**exp, "base_eval": base_eval_dir(name)}
+        if exp["method"] == "qlora":
+            out[name]["base_eval_unquantized"] = base_eval_dir(name, quantized=False)
+    return out
+
+
+def adapter_eval_job(wildcards):
+    exp = EXPERIMENTS[wildcards.experiment]
+    return canonical_json(eval_settings(wildcards.experiment, exp["method"] == "qlora"))
+
+
+def base_eval_job(wildcards):
+    return canonical_json(BASE_EVALS[(wildcards.model, wildcards.dataset, wildcards.key)])
 
 
 def experiment_resource(key, default):

@@ -14,7 +14,7 @@ rule prepare_dataset:
             "dataset": CFG["datasets"][w.dataset],
             "cleaning": CFG["cleaning"],
             "split": CFG["split"],
-            "seed": CFG["seed"],
+            "seed": CFG["split"]["seed"],
         }),
     conda:
         "../envs/workflow.yaml"
@@ -25,4 +25,5 @@ rule prepare_dataset:
         "results/benchmarks/prepare_dataset/{dataset}.tsv"
     shell:
         "python -m workflow_scripts.prepare_dataset --name {wildcards.dataset} "
-        "--config {params.cfg:q} --out-dir results/data/{wildcards.dataset} --workers {threads} > {log} 2>&1"
+        "--config {params.cfg:q} --out-dir results/data/{wildcards.dataset} --workers {threads} "
+        "> {log:q} 2>&1"

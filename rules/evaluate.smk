@@ -1,4 +1,6 @@
-EVAL_CODE = ("evaluate_model", "chat_tokenize", "model_loading", "text_metrics", "run_info")
+EVAL_CODE = ("evaluate_model", "chat_tokenize", "model_loading", "text_metrics", "token_loss",
+             "run_info")
+EVAL_OUTPUTS = ("metrics.json", "predictions.jsonl", "record_losses.jsonl", "run_info.json")
 
 
 rule evaluate:
@@ -8,15 +10,11 @@ rule evaluate:
         test=lambda w: f"{experiment_data_dir(w)}/test.jsonl",
         code=code(*EVAL_CODE),
     output:
-        metrics="results/eval/{experiment}/metrics.json",
-        predictions="results/eval/{experiment}/predictions.jsonl",
-        run_info="results/eval/{experiment}/run_info.json",
+        **{f.split(".")[0]: f"results/eval/{{experiment}}/{f}" for f in EVAL_OUTPUTS},
     params:
-        cfg=lambda w: eval_job(
-            w.experiment,
-            EXPERIMENTS[w.experiment]["base_model"],
-            EXPERIMENTS[w.experiment]["dataset"],
-        ),
+        cfg=adapter_eval_job,
+        adapter_dir=lambda w, input: os.path.dirname(input.adapter),
+        out_dir=lambda w, output: os.path.dirname(output.metrics),
     threads: 2
     resources:
         mem_mb=8000,
@@ -29,22 +27,25 @@ rule evaluate:
         "results/benchmarks/evaluate/{experiment}.tsv"
     shell:
         "python -m workflow_scripts.evaluate_model --config {params.cfg:q} "
-        "--model-dir {input.model} --adapter-dir results/adapters/{wildcards.experiment} "
-        "--test-file {input.test} --out-dir results/eval/{wildcards.experiment} "
-        "--threads {threads} > {log} 2>&1"
+        "--model-dir {input.model:q} --adapter-dir {params.adapter_dir:q} "
+        "--test-file {input.test:q} --out-dir {params.out_dir:q} "
+        "--threads {threads} > {log:q} 2>&1"
 
 
+# One base evaluation per distinct set of evaluation settings (see base_evaluations).
 rule evaluate_base:
     input:
         model=get_model_dir,
         test="results/data/{dataset}/test.jsonl",
         code=code(*EVAL_CODE),
     output:
-        metrics="results/eval/base/{model}/{dataset}/metrics.json",
-        predictions="results/eval/base/{model}/{dataset}/predictions.jsonl",
-        run_info="results/eval/base/{model}/{dataset}/run_info.json",
+        **{f.split(".")[0]: f"results/eval/base/{{model}}/{{dataset}}/{{key}}/{f}"
+           for f in EVAL_OUTPUTS},
+    wildcard_constraints:
+        key=r"(?:full|nf4)-[0-9a-f]{10}",
     params:
-        cfg=lambda w: eval_job(None, w.model, w.dataset),
+        cfg=base_eval_job,
+        out_dir=lambda w, output: os.path.dirname(output.metrics),
     threads: 2
     resources:
         mem_mb=8000,
@@ -52,11 +53,10 @@ rule evaluate_base:
     conda:
         "../envs/workflow.yaml"
     log:
-        "logs/evaluate_base/{model}/{dataset}.log",
+        "logs/evaluate_base/{model}/{dataset}/{key}.log",
     benchmark:
-        "results/benchmarks/evaluate_base/{model}/{dataset}.tsv"
+        "results/benchmarks/evaluate_base/{model}/{dataset}/{key}.tsv"
     shell:
         "python -m workflow_scripts.evaluate_model --config {params.cfg:q} "
-        "--model-dir {input.model} --test-file {input.test} "
-        "--out-dir results/eval/base/{wildcards.model}/{wildcards.dataset} "
-        "--threads {threads} > {log} 2>&1"
+        "--model-dir {input.model:q} --test-file {input.test:q} --out-dir {params.out_dir:q} "
+        "--threads {threads} > {log:q} 2>&1"

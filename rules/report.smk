@@ -3,7 +3,8 @@ rule snapshot_config:
         "results/metrics/config.json",
     params:
         cfg=canonical_json({
-            "experiments": EXPERIMENTS,
+            "experiments": experiments_with_base_evals(),
+            "sweeps": CFG["sweeps"],
             "datasets": CFG["datasets"],
             "base_models": CFG["base_models"],
             "report": CFG["report"],
@@ -21,7 +22,7 @@ rule collect_metrics:
         config="results/metrics/config.json",
         train=expand("results/adapters/{e}/train_metrics.json", e=EXPERIMENTS),
         evals=expand("results/eval/{e}/metrics.json", e=EXPERIMENTS),
-        base=[f"results/eval/base/{m}/{d}/metrics.json" for m, d in base_eval_pairs()],
+        base=[f"results/eval/base/{m}/{d}/{k}/metrics.json" for m, d, k in BASE_EVALS],
         stats=expand("results/data/{d}/stats.json", d=CFG["datasets"]),
         code=code("collect_metrics"),
     output:

@@ -50,6 +50,22 @@ BAD_CONFIGS: dict[str, tuple[Edit, list[str]]] = {
                                  ["sweeps.rank.from", "'ghost'"]),
     "hub model without revision": (set_in("base_models.qwen", {"source": "hub", "id": "Q/Q"}),
                                    ["base_models.qwen", "'revision' is a required property"]),
+    "experiment name with a space": (
+        set_in("experiments.my run", {"base_model": "tiny", "dataset": "lccc"}),
+        ["experiments: name 'my run' is not allowed", "letters, digits"]),
+    "dataset name with a semicolon": (
+        set_in("datasets.x;rm -rf ~", {"format": "alpaca", "files": ["a.json"]}),
+        ["datasets: name 'x;rm -rf ~' is not allowed"]),
+    "base model name with a slash": (
+        lambda c: c["base_models"].update({"../up": {"source": "path", "path": "/m"}}),
+        ["base_models: name '../up' is not allowed"]),
+    "sweep value that makes an unsafe name": (
+        lambda c: c["sweeps"]["rank"]["grid"].update({"lora.target_modules": [["q_proj"]]}),
+        ["sweeps.rank: the grid point", "is not allowed"]),
+    "hub model on a moving branch": (
+        set_in("base_models.qwen", {"source": "hub", "id": "Qwen/Qwen2-0.5B", "revision": "main"}),
+        ["base_models.qwen.revision: 'main' is not a full 40-character commit hash",
+         "allow_moving_revision"]),
     "duplicate sweep experiment": (set_in("experiments.rank-r2", {"base_model": "tiny"}),
                                    ["sweeps.rank", "'rank-r2' is already taken"]),
 }
@@ -85,6 +101,23 @@ def test_bad_config_raises_config_error(case):
         resolve_experiments(validate(config, "my.yaml"), "my.yaml")
     assert str(err.value).startswith("invalid config in my.yaml")
     assert all(text in str(err.value) for text in expected)
+
+
+def test_hub_model_may_accept_a_moving_branch_explicitly():
+    config = smoke_config()
+    config["base_models"]["qwen"] = {"source": "hub", "id": "Qwen/Qwen2-0.5B", "revision": "main",
+                                     "allow_moving_revision": True}
+    config["base_models"]["pinned"] = {"source": "hub", "id": "Qwen/Qwen2-0.5B",
+                                       "revision": "0" * 40}
+    assert set(validate(config)["base_models"]) >= {"qwen", "pinned"}
+
+
+def test_split_has_its_own_seed():
+    config = smoke_config()
+    cfg = validate(config)
+    assert cfg["split"]["seed"] == 42 and cfg["seed"] == 7
+    config["seed"] = 8
+    assert validate(config)["split"] == cfg["split"]
 
 
 def test_defaults_are_filled():

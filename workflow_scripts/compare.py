@@ -18,7 +18,7 @@ from typing import Callable, Iterable, TextIO
 from workflow_scripts.io_utils import write_json
 
 DEFAULT_SETTINGS = {"max_new_tokens": 128, "do_sample": False, "temperature": 1.0,
-                    "top_p": 1.0, "batch_size": 8}
+                    "top_p": 1.0, "batch_size": 8, "max_length": 1024}
 
 
 def read_questions(path: Path) -> list[str]:
@@ -40,10 +40,11 @@ class SideBySide:
     """A base model with one adapter, answering as base or as fine-tuned on demand."""
 
     def __init__(self, model_dir: str, adapter_dir: str, settings: dict, seed: int = 42,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, quantization: str | None = None):
         from workflow_scripts.evaluate_model import load_for_eval
 
-        self.model, self.tokenizer = load_for_eval(model_dir, adapter_dir, trust_remote_code, False)
+        self.model, self.tokenizer = load_for_eval(model_dir, adapter_dir, trust_remote_code,
+                                                   quantization)
         self.settings, self.seed = settings, seed
 
     def answer(self, questions: list[str]) -> list[dict]:
@@ -53,7 +54,8 @@ class SideBySide:
         tuned, _ = generate(self.model, self.tokenizer, prompts, self.settings, self.seed)
         with self.model.disable_adapter():
             base, _ = generate(self.model, self.tokenizer, prompts, self.settings, self.seed)
-        return [{"question": q, "base": b, "fine_tuned": t} for q, b, t in zip(questions, base, tuned)]
+        return [{"question": q, "base": b.text, "fine_tuned": t.text}
+                for q, b, t in zip(questions, base, tuned)]
 
 
 def interactive(answer: Callable[[list[str]], list[dict]], lines: Iterable[str], out: TextIO) -> None:
@@ -70,8 +72,9 @@ def interactive(answer: Callable[[list[str]], list[dict]], lines: Iterable[str],
     out.write("\n")
 
 
-def experiment_paths(experiment: str, results: Path) -> tuple[str, str, dict]:
-    """Model dir, adapter dir and base model config of a finished experiment."""
+def experiment_paths(experiment: str, results: Path) -> tuple[str, str, dict, str | None]:
+    """Model dir, adapter dir, base model config and quantization of a finished experiment
+    (a QLoRA adapter answers on its 4-bit base, as it was trained and evaluated)."""
     from workflow_scripts.model_loading import resolve_model_dir
 
     adapter_dir = results / "adapters" / experiment
@@ -81,7 +84,8 @@ def experiment_paths(experiment: str, results: Path) -> tuple[str, str, dict]:
     job = json.loads(info_path.read_text(encoding="utf-8"))["config"]
     spec = job["base_model"]
     model_dir = resolve_model_dir(job["experiment"]["base_model"], spec, str(results / "models"))
-    return model_dir, str(adapter_dir), spec
+    quantization = "4bit" if job["experiment"]["method"] == "qlora" else None
+    return model_dir, str(adapter_dir), spec, quantization
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,16 +99,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_SETTINGS["max_new_tokens"])
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
-    trust = False
+    trust, quantization = False, None
     if args.experiment:
-        model_dir, adapter_dir, spec = experiment_paths(args.experiment, args.results)
+        model_dir, adapter_dir, spec, quantization = experiment_paths(args.experiment, args.results)
         trust = spec.get("trust_remote_code", False)
     elif args.model_dir and args.adapter_dir:
         model_dir, adapter_dir = args.model_dir, args.adapter_dir
     else:
         parser.error("give --experiment, or both --model-dir and --adapter-dir")
     settings = {**DEFAULT_SETTINGS, "max_new_tokens": args.max_new_tokens}
-    pair = SideBySide(model_dir, adapter_dir, settings, args.seed, trust)
+    pair = SideBySide(model_dir, adapter_dir, settings, args.seed, trust, quantization)
     if args.questions is None:
         interactive(pair.answer, sys.stdin, sys.stdout)
         return

@@ -1,44 +1,61 @@
 """Evaluate a base model, or a base model plus adapter, on a dataset's test split.
 
-Loss and perplexity are over assistant tokens only (the same labels as training); text
-metrics compare greedy (or seeded sampled) generations with the reference replies.
+A base model and an adapter are scored by the same code with the same job settings (see
+`eval_settings` in rules/common.smk): the same test records and truncation, the same
+prompts, decoding and quantization. Loss and perplexity are token-weighted over assistant
+tokens (workflow_scripts/token_loss.py, the routine training's validation loss uses too);
+text metrics compare generated answers with the reference replies. Per-record losses and
+per-sample scores are written so that collect_metrics can give intervals and paired
+differences. See docs/metrics.md.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from workflow_scripts.io_utils import read_jsonl, write_json, write_jsonl
+from workflow_scripts.io_utils import evaluation_key, read_jsonl, write_json, write_jsonl
 from workflow_scripts.run_info import write_run_info
 
 
-def test_loss(model, tokenizer, records: list[dict], max_length: int, batch_size: int) -> dict:
-    """Token-weighted mean cross-entropy over assistant tokens, and its perplexity."""
-    import torch
+def model_context(model, max_length: int) -> int:
+    """Tokens a test record (or prompt + answer) may take: the configured evaluation length,
+    capped at the model's context."""
+    limits = [max_length, getattr(model.config, "max_position_embeddings", None)]
+    return min(limit for limit in limits if limit)
+
+
+def record_losses(model, tokenizer, records: list[dict], max_length: int, batch_size: int):
+    """(id, loss sum, token count, truncated) per test record, in file order."""
     from transformers import DataCollatorForSeq2Seq
 
     from workflow_scripts.chat_tokenize import tokenize_records
+    from workflow_scripts.token_loss import record_loss_sums
 
-    features, _ = tokenize_records(tokenizer, records, max_length)
+    features, kept = [], []
+    truncated = 0
+    for record in records:
+        encoded, stats = tokenize_records(tokenizer, [record], max_length)
+        truncated += stats.truncated
+        if encoded:  # a record whose reply is cut off entirely has no token to score
+            features += encoded
+            kept.append(record["id"])
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
-    total, count = 0.0, 0
-    model.eval()
-    for start in range(0, len(features), batch_size):
-        batch = collate(features[start : start + batch_size])
-        batch = {k: v.to(model.device) for k, v in batch.items()}
-        with torch.no_grad():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        labels = batch["labels"][:, 1:]
-        total += torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.size(-1)), labels.reshape(-1),
-            ignore_index=-100, reduction="sum",
-        ).item()
-        count += int((labels != -100).sum())
-    loss = total / count if count else float("nan")
-    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "n_loss_tokens": count}
+    sums = record_loss_sums(model, features, collate, batch_size)
+    rows = [{"id": rid, "loss_sum": s, "n_tokens": n} for rid, (s, n) in zip(kept, sums)]
+    return rows, truncated
+
+
+def loss_metrics(rows: list[dict], truncated: int, n_records: int) -> dict:
+    from workflow_scripts.token_loss import mean_loss, perplexity
+
+    loss = mean_loss((r["loss_sum"], r["n_tokens"]) for r in rows)
+    return {"loss": loss, "perplexity": perplexity(loss),
+            "n_loss_tokens": sum(r["n_tokens"] for r in rows), "n_records": n_records,
+            "n_scored_records": len(rows), "n_truncated_records": truncated}
 
 
 def prompt_text(messages: list[dict]) -> str:
@@ -49,46 +66,138 @@ def prompt_text(messages: list[dict]) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in turns)
 
 
-def stop_token_ids(tokenizer) -> list[int]:
-    ids = {tokenizer.eos_token_id}
-    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(end_of_turn, int) and end_of_turn != tokenizer.unk_token_id:
-        ids.add(end_of_turn)
+def end_of_turn_ids(tokenizer) -> set[int]:
+    """The special tokens the chat template puts right after an assistant reply
+    (`<|im_end|>` for ChatML, `<|eot_id|>` for Llama 3, ...)."""
+    messages = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "REPLY"}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    suffix = rendered[rendered.rindex("REPLY") + len("REPLY"):]
+    special = set(tokenizer.all_special_ids) | {
+        i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    ids = tokenizer(suffix, add_special_tokens=False)["input_ids"]
+    return {i for i in ids[:2] if i in special}
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The union of the model's end tokens, the tokenizer's eos and the end-of-turn token."""
+    ids = set(end_of_turn_ids(tokenizer))
+    for source in (getattr(model, "generation_config", None), tokenizer):
+        eos = getattr(source, "eos_token_id", None)
+        ids |= set(eos) if isinstance(eos, (list, tuple)) else {eos}
     return sorted(i for i in ids if i is not None)
 
 
-def generate(model, tokenizer, prompts: list[list[dict]], settings: dict, seed: int) -> tuple[list[str], float]:
+def generation_config(settings: dict, stop_ids: list[int], pad_id: int):
+    """A complete decoding setup: greedy means greedy, sampling uses only what is configured."""
+    from transformers import GenerationConfig
+
+    sampling = settings["do_sample"]
+    return GenerationConfig(
+        max_new_tokens=settings["max_new_tokens"], min_new_tokens=0, do_sample=sampling,
+        num_beams=1, temperature=settings["temperature"] if sampling else 1.0,
+        top_p=settings["top_p"] if sampling else 1.0,
+        top_k=settings.get("top_k", 0) if sampling else 0,
+        repetition_penalty=settings.get("repetition_penalty", 1.0), no_repeat_ngram_size=0,
+        eos_token_id=stop_ids, pad_token_id=pad_id,
+    )
+
+
+@contextlib.contextmanager
+def only_configured_decoding(model):
+    """Without the model's own generation_config.json while generating: transformers fills
+    every field a GenerationConfig leaves unset from it (a repetition penalty, suppressed
+    tokens, ...), which would make "greedy" mean something else for each model."""
+    from transformers import GenerationConfig
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = inner.generation_config
+    inner.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        inner.generation_config = saved
+
+
+def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def fit_prompt(tokenizer, messages: list[dict], budget: int) -> tuple[list[int], str]:
+    """Prompt tokens that fit `budget`: the oldest turns go first (a system message stays),
+    then the start of the last user turn; the last user turn is never dropped."""
+    ids = render_prompt(tokenizer, messages)
+    if len(ids) <= budget:
+        return ids, "whole"
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = messages[len(system):]
+    while len(turns) > 1:
+        turns = turns[1:]
+        while len(turns) > 1 and turns[0]["role"] != "user":
+            turns = turns[1:]
+        ids = render_prompt(tokenizer, system + turns)
+        if len(ids) <= budget:
+            return ids, "dropped_turns"
+    last = turns[-1]
+    content_ids = tokenizer(last["content"], add_special_tokens=False)["input_ids"]
+    overhead = len(render_prompt(tokenizer, [{**last, "content": ""}]))
+    keep = budget - overhead
+    if keep <= 0:
+        raise ValueError(f"no room for the prompt: {budget} tokens left for it, the chat "
+                         f"template alone takes {overhead}")
+    content = tokenizer.decode(content_ids[-keep:])
+    ids = render_prompt(tokenizer, [{**last, "content": content}])
+    return ids[-budget:], "truncated"
+
+
+@dataclass
+class Generation:
+    text: str
+    ended: bool  # stopped on an end token before max_new_tokens
+    new_tokens: int
+    prompt_fit: str  # whole | dropped_turns | truncated
+
+
+def generate(model, tokenizer, prompts: list[list[dict]], settings: dict, seed: int,
+             context: int | None = None) -> tuple[list[Generation], float]:
     """Answers to chat prompts (lists of messages ending with a user turn), generated in
-    batches with the prompt removed; also returns the seconds per prompt."""
+    left-padded batches; also returns the seconds per prompt. `context` defaults to the
+    settings' max_length capped at the model's context."""
     import torch
     from transformers import set_seed
 
+    if context is None:
+        context = model_context(model, settings.get("max_length", 1024))
+    budget = context - settings["max_new_tokens"]
+    if budget < 1:
+        raise SystemExit(f"evaluation.max_new_tokens ({settings['max_new_tokens']}) leaves no "
+                         f"room for a prompt in a context of {context} tokens")
+    stop_ids = stop_token_ids(model, tokenizer)
+    config = generation_config(settings, stop_ids, tokenizer.pad_token_id)
     set_seed(seed)
-    tokenizer.padding_side = "left"
-    kwargs = {"max_new_tokens": settings["max_new_tokens"], "do_sample": settings["do_sample"],
-              "pad_token_id": tokenizer.pad_token_id, "eos_token_id": stop_token_ids(tokenizer)}
-    if settings["do_sample"]:
-        kwargs.update(temperature=settings["temperature"], top_p=settings["top_p"])
-    answers, started = [], time.perf_counter()
+    out, started = [], time.perf_counter()
     for start in range(0, len(prompts), settings["batch_size"]):
-        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-                 for p in prompts[start : start + settings["batch_size"]]]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        batch = batch.to(model.device)
-        with torch.no_grad():
-            out = model.generate(**batch, **kwargs)
-        new_tokens = out[:, batch["input_ids"].shape[1]:]
-        answers += [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-    tokenizer.padding_side = "right"
-    return answers, (time.perf_counter() - started) / max(len(prompts), 1)
+        fitted = [fit_prompt(tokenizer, p, budget) for p in prompts[start:start + settings["batch_size"]]]
+        width = max(len(ids) for ids, _ in fitted)
+        input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(ids)) + ids for ids, _ in fitted])
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in fitted])
+        with torch.no_grad(), only_configured_decoding(model):
+            generated = model.generate(input_ids=input_ids.to(model.device),
+                                       attention_mask=mask.to(model.device), generation_config=config)
+        for row, (_, fit) in zip(generated[:, width:].tolist(), fitted):
+            end = next((i for i, t in enumerate(row) if t in stop_ids), None)
+            tokens = row if end is None else row[:end]
+            text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            out.append(Generation(text, end is not None, len(tokens), fit))
+    return out, (time.perf_counter() - started) / max(len(prompts), 1)
 
 
-def load_for_eval(model_dir: str, adapter_dir: str | None, trust_remote_code: bool, quantize: bool):
+def load_for_eval(model_dir: str, adapter_dir: str | None, trust_remote_code: bool,
+                  quantization: str | None):
     from workflow_scripts.model_loading import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
-    model = load_model(model_dir, trust_remote_code=trust_remote_code,
-                       quantization="4bit" if quantize else None)
+    model = load_model(model_dir, trust_remote_code=trust_remote_code, quantization=quantization)
     if adapter_dir:
         from peft import PeftModel
 
@@ -97,27 +206,49 @@ def load_for_eval(model_dir: str, adapter_dir: str | None, trust_remote_code: bo
     return model, tokenizer
 
 
+def sample_rows(sample: list[dict], generations: list[Generation]) -> list[dict]:
+    """predictions.jsonl: each generated sample with its per-sample scores."""
+    from workflow_scripts.text_metrics import bleu4_chars, rouge_scores
+
+    rows = []
+    for record, gen in zip(sample, generations):
+        reference = record["messages"][-1]["content"]
+        rows.append({
+            "id": record["id"], "prompt": prompt_text(record["messages"][:-1]),
+            "reference": reference, "prediction": gen.text, "ended": gen.ended,
+            "new_tokens": gen.new_tokens, "prompt_fit": gen.prompt_fit,
+            "bleu4": bleu4_chars(gen.text, reference), **rouge_scores(gen.text, reference),
+        })
+    return rows
+
+
 def evaluate(job: dict, model_dir: str, adapter_dir: str | None, test_file: Path, out_dir: Path) -> dict:
     from workflow_scripts.text_metrics import compute_text_metrics
 
     settings, seed = job["evaluation"], job["seed"]
-    quantize = job.get("method") == "qlora"
     trust = job["base_model"].get("trust_remote_code", False)
-    model, tokenizer = load_for_eval(model_dir, adapter_dir, trust, quantize)
+    model, tokenizer = load_for_eval(model_dir, adapter_dir, trust, job.get("quantization"))
     records = list(read_jsonl(test_file))
     if not records:
         raise SystemExit(f"{test_file}: the test split is empty")
-    metrics = test_loss(model, tokenizer, records, job["max_length"], settings["batch_size"])
+    context = model_context(model, settings["max_length"])
+    losses, truncated = record_losses(model, tokenizer, records, context, settings["batch_size"])
+    metrics = loss_metrics(losses, truncated, len(records))
     sample = records[: settings["samples"]]
-    answers, per_sample = generate(model, tokenizer, [r["messages"][:-1] for r in sample],
-                                   settings, seed)
-    references = [r["messages"][-1]["content"] for r in sample]
-    metrics.update(compute_text_metrics(answers, references, dialogue=job.get("dialogue", False)))
-    metrics.update(gen_time_per_sample_s=round(per_sample, 4), n_samples=len(sample))
-    write_jsonl(out_dir / "predictions.jsonl", (
-        {"id": r["id"], "prompt": prompt_text(r["messages"][:-1]), "reference": ref, "prediction": ans}
-        for r, ref, ans in zip(sample, references, answers)
-    ))
+    generations, per_sample = generate(model, tokenizer, [r["messages"][:-1] for r in sample],
+                                       settings, seed, context)
+    rows = sample_rows(sample, generations)
+    metrics.update(compute_text_metrics([r["prediction"] for r in rows],
+                                        [r["reference"] for r in rows],
+                                        dialogue=job.get("dialogue", False)))
+    metrics.update(
+        eot_share=sum(g.ended for g in generations) / max(len(generations), 1),
+        prompts_shortened=sum(g.prompt_fit != "whole" for g in generations),
+        gen_time_per_sample_s=round(per_sample, 4), n_samples=len(sample), context_tokens=context,
+        quantization=job.get("quantization"), settings_key=evaluation_key(job),
+    )
+    write_jsonl(out_dir / "record_losses.jsonl", losses)
+    write_jsonl(out_dir / "predictions.jsonl", rows)
     write_json(out_dir / "metrics.json", metrics)
     return metrics
 
@@ -139,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     metrics = evaluate(job, args.model_dir, args.adapter_dir, args.test_file, args.out_dir)
     write_run_info(args.out_dir, job, job["seed"], [args.test_file])
-    print(json.dumps({k: metrics.get(k) for k in ("loss", "perplexity", "bleu4", "rougeL")}))
+    print(json.dumps({k: metrics.get(k) for k in ("loss", "perplexity", "bleu4", "rougeL", "eot_share")}))
 
 
 if __name__ == "__main__":

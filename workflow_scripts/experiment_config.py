@@ -30,6 +30,12 @@ SWEEP_ABBREVIATIONS = {
 }
 
 
+# Names become file paths, wildcard values and shell words (see $defs/name in the schema).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+NAME_RULE = "use letters, digits, '.', '_' and '-', starting with a letter or digit"
+COMMIT_HASH = re.compile(r"[0-9a-f]{40}")
+
+
 class ConfigError(ValueError):
     """A config that is refused before any job starts; the message names the key."""
 
@@ -72,6 +78,8 @@ def _describe(error: jsonschema.ValidationError) -> str:
         where = _key_path(error)
         keys = ", ".join(f"{where}.{k}" if where != "<top level>" else k for k in extra)
         return f"unknown key {keys} (allowed here: {', '.join(sorted(allowed))})"
+    if "propertyNames" in error.relative_schema_path:
+        return (f"{_key_path(error)}: name {error.instance!r} is not allowed: {NAME_RULE}")
     if error.validator == "oneOf" and error.context:
         # Explain the branch the user meant: the one whose discriminating `const` matched.
         mismatched = {e.relative_schema_path[0] for e in error.context if e.validator == "const"}
@@ -161,6 +169,9 @@ def raw_experiments(config: dict) -> dict[str, dict]:
             for key, value in point.items():
                 _set_dotted(experiment, key, value)
             name = sweep_experiment_name(sweep, point)
+            if not NAME_PATTERN.fullmatch(name):
+                raise ConfigError(f"sweeps.{sweep}: the grid point {point} gives the experiment "
+                                  f"name {name!r}, which is not allowed: {NAME_RULE}")
             if name in experiments:
                 raise ConfigError(f"sweeps.{sweep}: experiment name {name!r} is already taken")
             experiments[name] = experiment
@@ -197,12 +208,25 @@ def resolve_experiments(config: dict, source: str = "config") -> dict[str, dict]
 def _check_references(config: dict, source: str) -> None:
     datasets = set(config["datasets"])
     for name, model in config["base_models"].items():
+        _check_revision(name, model, source)
         for ds in model.get("pretrain", {}).get("datasets", []):
             if ds not in datasets:
                 raise ConfigError(
                     f"invalid config in {source}: base_models.{name}.pretrain.datasets: "
                     f"unknown dataset {ds!r} (known: {', '.join(sorted(datasets))})"
                 )
+
+
+def _check_revision(name: str, model: dict, source: str) -> None:
+    """A hub model is pinned to a commit unless its entry accepts a moving branch or tag."""
+    if model["source"] != "hub" or model.get("allow_moving_revision", False):
+        return
+    if not COMMIT_HASH.fullmatch(model["revision"]):
+        raise ConfigError(
+            f"invalid config in {source}: base_models.{name}.revision: {model['revision']!r} is "
+            "not a full 40-character commit hash; pin one (the files of a branch or tag can "
+            "change between runs) or set allow_moving_revision: true"
+        )
 
 
 def _check_experiment_references(config: dict, experiments: dict, source: str) -> None:

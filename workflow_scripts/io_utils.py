@@ -13,6 +13,13 @@ def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
+def evaluation_key(settings: dict) -> str:
+    """A short, stable name for one set of evaluation settings (rules/common.smk): base-model
+    evaluations are stored under it, and every evaluation records it."""
+    digest = hashlib.sha256(canonical_json(settings).encode()).hexdigest()[:10]
+    return f"{'nf4' if settings.get('quantization') else 'full'}-{digest}"
+
+
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
