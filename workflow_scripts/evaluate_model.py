@@ -208,7 +208,7 @@ def load_for_eval(model_dir: str, adapter_dir: str | None, trust_remote_code: bo
 
 def sample_rows(sample: list[dict], generations: list[Generation]) -> list[dict]:
     """predictions.jsonl: each generated sample with its per-sample scores."""
-    from workflow_scripts.text_metrics import bleu4_chars, rouge_scores
+    from workflow_scripts.text_metrics import sample_scores
 
     rows = []
     for record, gen in zip(sample, generations):
@@ -217,7 +217,7 @@ def sample_rows(sample: list[dict], generations: list[Generation]) -> list[dict]
             "id": record["id"], "prompt": prompt_text(record["messages"][:-1]),
             "reference": reference, "prediction": gen.text, "ended": gen.ended,
             "new_tokens": gen.new_tokens, "prompt_fit": gen.prompt_fit,
-            "bleu4": bleu4_chars(gen.text, reference), **rouge_scores(gen.text, reference),
+            **sample_scores(gen.text, reference),
         })
     return rows
 
@@ -240,7 +240,7 @@ def evaluate(job: dict, model_dir: str, adapter_dir: str | None, test_file: Path
     rows = sample_rows(sample, generations)
     metrics.update(compute_text_metrics([r["prediction"] for r in rows],
                                         [r["reference"] for r in rows],
-                                        dialogue=job.get("dialogue", False)))
+                                        dialogue=job.get("dialogue", False), per_sample=rows))
     metrics.update(
         eot_share=sum(g.ended for g in generations) / max(len(generations), 1),
         prompts_shortened=sum(g.prompt_fit != "whole" for g in generations),
