@@ -1,8 +1,15 @@
-"""Assistant-only labels, checked token by token on a multi-turn conversation."""
+"""Assistant-only labels, checked token by token on multi-turn and tool-calling
+conversations, with ChatML and with Qwen2.5/Qwen3-style templates."""
+import copy
+import re
+from pathlib import Path
+
 import pytest
 
 from workflow_scripts.build_base_model import train_tokenizer
-from workflow_scripts.chat_tokenize import IGNORE_INDEX, encode_conversation, tokenize_records
+from workflow_scripts.chat_templates import CHATML_TOOLS_TEMPLATE
+from workflow_scripts.chat_tokenize import (IGNORE_INDEX, UnstablePrefixError,
+                                            encode_conversation, tokenize_records)
 
 CONVERSATION = [
     {"role": "system", "content": "你是一个乐于助人的助手。"},
@@ -92,3 +99,115 @@ def test_token_length_summary_covers_every_record_before_truncation(tokenizer):
     _, stats = tokenize_records(tokenizer, records, min(full))
     summary = stats.as_dict()["record_tokens"]
     assert summary["max"] == max(full) and summary["mean"] == sum(full) / 2
+
+
+# ---------------------------------------------------------------- tools and other templates
+
+TEMPLATES = Path(__file__).resolve().parent / "data" / "templates"
+TOOLS = [{"type": "function", "function": {
+    "name": name, "description": description,
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                   "required": ["city"]}}}
+    for name, description in (("get_weather", "查询城市天气"), ("get_time", "查询城市时间"))]
+TOOL_CONVERSATION = [
+    {"role": "system", "content": "你是出行助手。"},
+    {"role": "user", "content": "北京和上海现在天气怎么样？"},
+    {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "北京"}}},
+        {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "上海"}}},
+    ]},
+    {"role": "tool", "content": "{\"天气\": \"晴\"}"},
+    {"role": "tool", "content": "{\"天气\": \"小雨\"}"},
+    {"role": "assistant", "content": "我再查一下北京的时间。", "tool_calls": [
+        {"type": "function", "function": {"name": "get_time", "arguments": {"city": "北京"}}}]},
+    {"role": "tool", "content": "下午三点"},
+    {"role": "assistant", "content": "北京晴，上海小雨；北京现在下午三点。"},
+]
+CALLS_1 = ('<tool_call>\n{"name": "get_weather", "arguments": {"city": "北京"}}\n</tool_call>\n'
+           '<tool_call>\n{"name": "get_weather", "arguments": {"city": "上海"}}\n</tool_call>')
+CALL_2 = '<tool_call>\n{"name": "get_time", "arguments": {"city": "北京"}}\n</tool_call>'
+ANSWER = "北京晴，上海小雨；北京现在下午三点。<|im_end|>\n"
+
+
+def with_template(tokenizer, template: str):
+    clone = copy.deepcopy(tokenizer)
+    clone.chat_template = template
+    return clone
+
+
+def regions(text: str, pattern: str) -> list[tuple[int, int]]:
+    return [m.span() for m in re.finditer(pattern, text, flags=re.DOTALL)]
+
+
+@pytest.mark.parametrize("template", ["scratch", "qwen25_style"])
+def test_function_calls_are_learned_and_tool_results_and_schemas_are_not(tokenizer, template):
+    source = CHATML_TOOLS_TEMPLATE if template == "scratch" else (
+        TEMPLATES / f"{template}.jinja").read_text(encoding="utf-8")
+    tok = with_template(tokenizer, source)
+    feature = encode_conversation(tok, TOOL_CONVERSATION, TOOLS)
+    text = tok.apply_chat_template(TOOL_CONVERSATION, tools=TOOLS, tokenize=False)
+    assert tok.decode(feature["input_ids"]) == text
+    expected = [CALLS_1 + "<|im_end|>\n", "我再查一下北京的时间。\n" + CALL_2 + "<|im_end|>\n",
+                ANSWER]
+    assert labelled_segments(tok, feature) == expected
+    # token by token: each token is a target exactly when it starts inside a reply
+    learned, start = [], 0
+    for segment in expected:
+        start = text.index(segment, start)
+        learned.append((start, start + len(segment)))
+    context = regions(text, r"<tool_response>.*?</tool_response>") + regions(
+        text, r"<\|im_start\|>system.*?<\|im_end\|>")
+    assert len(context) == 4 and "查询城市天气" in text[context[-1][0]:context[-1][1]]
+    offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    for token, label, (begin, _) in zip(feature["input_ids"], feature["labels"], offsets):
+        assert label == (token if any(a <= begin < b for a, b in learned) else IGNORE_INDEX)
+        assert not (label != IGNORE_INDEX and any(a <= begin < b for a, b in context))
+
+
+def test_tool_template_renders_plain_chat_exactly_as_chatml(tokenizer):
+    tools_tok = with_template(tokenizer, CHATML_TOOLS_TEMPLATE)
+    for messages in (CONVERSATION, CONVERSATION[1:3], CONVERSATION[1:2]):
+        for prompt in (False, True):
+            assert (tools_tok.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=prompt)
+                    == tokenizer.apply_chat_template(messages, tokenize=False,
+                                                     add_generation_prompt=prompt))
+
+
+THINKING = [
+    {"role": "user", "content": "1+1等于几？"},
+    {"role": "assistant", "content": "<think>\n一加一。\n</think>\n\n等于2。"},
+    {"role": "user", "content": "再加3呢？"},
+    {"role": "assistant", "content": "<think>\n二加三。\n</think>\n\n等于5。"},
+]
+
+
+def test_template_that_drops_earlier_reasoning_trains_turn_by_turn(tokenizer):
+    tok = with_template(tokenizer, (TEMPLATES / "qwen3_style.jinja").read_text(encoding="utf-8"))
+    with pytest.raises(UnstablePrefixError):
+        encode_conversation(tok, THINKING)
+    features, stats = tokenize_records(tok, [{"messages": THINKING}], max_length=512)
+    assert stats.kept == 2 and stats.turn_samples == 2
+    first, second = features
+    assert labelled_segments(tok, first) == ["<think>\n一加一。\n</think>\n\n等于2。<|im_end|>\n"]
+    assert labelled_segments(tok, second) == ["<think>\n二加三。\n</think>\n\n等于5。<|im_end|>\n"]
+    # the second sample is the prompt the model answers turn 2 from: turn 1 without reasoning
+    prompt = tok.apply_chat_template(THINKING[:3], tokenize=False, add_generation_prompt=True)
+    assert "一加一" not in prompt and "等于2。" in prompt
+    assert tok.decode(second["input_ids"]) == prompt + "<think>\n二加三。\n</think>\n\n等于5。<|im_end|>\n"
+
+
+def test_template_that_drops_earlier_reasoning_with_tools(tokenizer):
+    tok = with_template(tokenizer, (TEMPLATES / "qwen3_style.jinja").read_text(encoding="utf-8"))
+    messages = TOOL_CONVERSATION[:6] + [
+        {"role": "tool", "content": "下午三点"},
+        {"role": "assistant", "content": "<think>\n汇总。\n</think>\n\n" + ANSWER[:-11]},
+        {"role": "user", "content": "谢谢"},
+        {"role": "assistant", "content": "不客气。"},
+    ]
+    features, stats = tokenize_records(tok, [{"messages": messages, "tools": TOOLS}], 2048)
+    segments = [labelled_segments(tok, f) for f in features]
+    assert stats.turn_samples == 4
+    assert segments[2] == ["<think>\n汇总。\n</think>\n\n" + ANSWER]
+    assert segments[3] == ["不客气。<|im_end|>\n"]
+    assert all("<tool_response>" not in s for seg in segments for s in seg)

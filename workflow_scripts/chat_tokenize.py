@@ -5,11 +5,16 @@ rendering the conversation up to that turn with and without the reply: whatever 
 appends for the reply (its text, the end-of-turn token, the newline after it) is learned,
 so the model learns to stop. Character offsets map the spans onto tokens, which works for
 any fast tokenizer and any template without per-model special cases.
+
+Tool-calling records carry a record-level `tools` list (function schemas) that goes to the
+template as `apply_chat_template(..., tools=...)`; function-call turns are assistant turns
+and learned, tool results and schemas are not. Templates that rewrite earlier turns once
+later ones follow (Qwen3 drops earlier reasoning) give one sample per assistant turn.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 IGNORE_INDEX = -100
 
@@ -27,10 +32,12 @@ class TokenizeStats:
     lengths: list[int] = field(default_factory=list)
     full_lengths: list[int] = field(default_factory=list)  # before truncation, every record
     packed_rows: int | None = None  # rows after packing, when `training.packing` is on
+    turn_samples: int = 0  # samples from records split turn by turn (see `encode_turns`)
 
     def as_dict(self) -> dict[str, int]:
         packed = {} if self.packed_rows is None else {"packed_rows": self.packed_rows}
-        return packed | {
+        turns = {"turn_samples": self.turn_samples} if self.turn_samples else {}
+        return packed | turns | {
             "kept": self.kept,
             "truncated": self.truncated,
             "dropped_too_long": self.dropped_too_long,
@@ -54,30 +61,52 @@ def length_summary(lengths: list[int]) -> dict[str, float]:
             "p99": pct(0.99), "max": ordered[-1]}
 
 
-def render(tokenizer, messages: list[dict], generation_prompt: bool = False) -> str:
+def render(tokenizer, messages: list[dict], generation_prompt: bool = False,
+           tools: list[dict] | None = None) -> str:
+    """The template's text for `messages`; `tools` (function schemas) only when given."""
+    extra = {"tools": tools} if tools else {}
     return tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation_prompt
+        messages, tokenize=False, add_generation_prompt=generation_prompt, **extra
     )
 
 
-def assistant_char_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character span of every assistant reply in it."""
-    text = render(tokenizer, messages)
+class UnstablePrefixError(ValueError):
+    """The template renders an earlier turn differently once later turns follow it."""
+
+
+def _reply(tokenizer, messages: list[dict], i: int, tools: list[dict] | None) -> tuple[str, str]:
+    """(prompt, reply): the conversation up to assistant turn `i` with the generation
+    prompt, and what the template appends for the reply when it is the newest turn."""
+    prompt = render(tokenizer, messages[:i], generation_prompt=True, tools=tools)
+    full = render(tokenizer, messages[: i + 1], tools=tools)
+    if not full.startswith(prompt):
+        raise ValueError(f"chat template: assistant turn {i} does not extend the rendering "
+                         "of the turns before it with the generation prompt")
+    return prompt, full[len(prompt):]
+
+
+def assistant_char_spans(tokenizer, messages: list[dict], tools: list[dict] | None = None
+                         ) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character span of every assistant reply in it.
+
+    Raises `UnstablePrefixError` when the whole rendering does not start with the
+    rendering of each prefix (a template that rewrites earlier turns).
+    """
+    text = render(tokenizer, messages, tools=tools)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = len(render(tokenizer, messages[:i], generation_prompt=True))
-        end = len(render(tokenizer, messages[: i + 1]))
-        if not text.startswith(render(tokenizer, messages[: i + 1])):
-            raise ValueError("chat template does not render conversations prefix by prefix")
-        spans.append((start, end))
+        prompt, reply = _reply(tokenizer, messages, i, tools)
+        if not text.startswith(prompt + reply):
+            raise UnstablePrefixError(f"chat template renders turn {i} differently once "
+                                      "later turns follow it")
+        spans.append((len(prompt), len(prompt) + len(reply)))
     return text, spans
 
 
-def encode_conversation(tokenizer, messages: list[dict]) -> dict[str, list[int]]:
-    """input_ids, attention_mask and labels for one conversation, without truncation."""
-    text, spans = assistant_char_spans(tokenizer, messages)
+def encode_text(tokenizer, text: str, spans: list[tuple[int, int]]) -> dict[str, list[int]]:
+    """Tokenize `text`; tokens that start inside one of the character `spans` are labels."""
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     labels = []
     span_idx = 0
@@ -90,6 +119,49 @@ def encode_conversation(tokenizer, messages: list[dict]) -> dict[str, list[int]]
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
+def encode_conversation(tokenizer, messages: list[dict], tools: list[dict] | None = None
+                        ) -> dict[str, list[int]]:
+    """input_ids, attention_mask and labels for one conversation, without truncation.
+
+    Labels are the assistant replies, function calls included; system prompts, tool
+    schemas, user turns and tool results are context only. Raises `UnstablePrefixError`
+    for templates that rewrite earlier turns: `encode_turns` handles those.
+    """
+    return encode_text(tokenizer, *assistant_char_spans(tokenizer, messages, tools))
+
+
+def encode_turns(tokenizer, messages: list[dict], tools: list[dict] | None = None
+                 ) -> list[dict[str, list[int]]]:
+    """The features of one conversation: one, or one per assistant turn when the template
+    rewrites earlier turns once later ones follow (Qwen3 drops earlier reasoning).
+
+    Turn by turn, each sample is the conversation up to a reply as the template renders it
+    at that point (earlier replies in their rewritten form, as context) and the reply as
+    the newest turn, the target: exactly what the model sees and must generate when it
+    answers that turn. Sample lengths grow with the turns, so tokens grow quadratically.
+    """
+    try:
+        return [encode_conversation(tokenizer, messages, tools)]
+    except UnstablePrefixError:
+        pass
+    features = []
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":
+            prompt, reply = _reply(tokenizer, messages, i, tools)
+            features.append(encode_text(tokenizer, prompt + reply,
+                                        [(len(prompt), len(prompt) + len(reply))]))
+    return features
+
+
+def _features(tokenizer, records: list[dict[str, Any]], stats: TokenizeStats
+              ) -> Iterator[dict[str, list[int]]]:
+    for record in records:
+        features = encode_turns(tokenizer, record["messages"], record.get("tools"))
+        if len(features) > 1:
+            stats.turn_samples += len(features)
+        yield from features
+
+
 def tokenize_records(
     tokenizer, records: list[dict[str, Any]], max_length: int, overflow: str = "truncate"
 ) -> tuple[list[dict[str, list[int]]], TokenizeStats]:
@@ -98,8 +170,7 @@ def tokenize_records(
         raise ValueError(f"overflow must be 'truncate' or 'drop', not {overflow!r}")
     stats = TokenizeStats()
     features = []
-    for record in records:
-        feature = encode_conversation(tokenizer, record["messages"])
+    for feature in _features(tokenizer, records, stats):
         stats.full_lengths.append(len(feature["input_ids"]))
         if len(feature["input_ids"]) > max_length:
             if overflow == "drop":
