@@ -149,9 +149,9 @@ BAD_RECORDS = {
                            "bad_turns", "no user turn"),
     "openai content parts": ("openai", {"messages": [
         {"role": "user", "content": [{"type": "text"}]}]}, "wrong_type", "content"),
-    "openai tool role": ("openai", {"messages": [
-        {"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]}, "bad_turns",
-        "unknown role 'tool'"),
+    "openai tool result without call": ("openai", {"messages": [
+        {"role": "user", "content": "a"}, {"role": "tool", "content": "b"},
+        {"role": "assistant", "content": "c"}]}, "tool_result_without_call", "turn 1"),
     "openai messages is object": ("openai", {"messages": {"role": "user"}}, "wrong_type",
                                   "messages: expected an array"),
     "lccc number utterance": ("lccc", ["你 好", 3], "wrong_type", "record[1]"),

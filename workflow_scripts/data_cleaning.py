@@ -3,6 +3,9 @@
 `check_record` applies the per-record rules in a fixed order (the first that fails names
 the reason); `Deduplicator` then drops exact duplicates and duplicates after
 normalization (NFKC, which folds full-width to half-width, plus collapsed whitespace).
+
+In tool-calling records the prompt is the last user message and the response the last
+assistant turn, whose calls count as its text; tool results count towards `max_chars`.
 """
 from __future__ import annotations
 
@@ -13,8 +16,12 @@ import unicodedata
 from dataclasses import dataclass, fields
 from typing import Any
 
+from workflow_scripts.io_utils import canonical_json
+
 # Every reason a record can be rejected for, in the order the checks run.
-FORMAT_REASONS = ("missing_field", "wrong_type", "bad_turns")
+TOOL_REASONS = ("bad_tools", "bad_tool_call", "tool_args_not_json", "tool_result_without_call",
+                "unknown_function")
+FORMAT_REASONS = ("missing_field", "wrong_type", "bad_turns") + TOOL_REASONS
 QUALITY_REASONS = ("empty_prompt", "empty_response", "too_short_prompt", "too_short_response",
                    "too_long", "repeated_char", "low_cjk_share")
 DUPLICATE_REASONS = ("duplicate_exact", "duplicate_normalized")
@@ -66,30 +73,64 @@ def is_repeated_char(text: str) -> bool:
     return len(visible) >= MIN_REPEATS and visible.count(visible[0]) == len(visible)
 
 
+def calls_text(calls: list[dict]) -> str:
+    """The calls of an assistant turn as one string: names and canonical arguments."""
+    return "\n".join(call["function"]["name"] + canonical_json(call["function"]["arguments"])
+                     for call in calls)
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """A message's content, and its calls when it has any."""
+    calls = message.get("tool_calls")
+    if not calls:
+        return message["content"]
+    return "\n".join(filter(None, [message["content"], calls_text(calls)]))
+
+
+def digest_view(messages: list[dict[str, Any]], tools: list[dict] | None
+                ) -> list[dict[str, str]]:
+    """What `content_digests` reads of a tool-calling record: the tool schemas as a first
+    message, then each message with its calls as text, so records differing only in their
+    calls or tools are not duplicates."""
+    view = [{"role": "tools", "content": canonical_json(tools)}] if tools else []
+    return view + [{"role": m["role"], "content": message_text(m)} for m in messages]
+
+
 def _empty_turn(messages: list[dict[str, str]]) -> Rejection | None:
     for number, message in enumerate(messages):
-        if not message["content"]:
+        if not message["content"] and not message.get("tool_calls"):
             reason = {"user": "empty_prompt", "assistant": "empty_response"}.get(message["role"])
             if reason:
                 return reason, f"message {number} ({message['role']}) is empty"
     return None
 
 
-def check_record(messages: list[dict[str, str]], rules: CleaningRules) -> Rejection | None:
+def check_record(messages: list[dict[str, Any]], rules: CleaningRules,
+                 tool_calling: bool = False) -> Rejection | None:
     """The first rule `messages` fails, as (reason, detail); None when it passes them all.
 
-    The prompt is the last user message, the response the last assistant message.
+    The prompt is the last user message, the response the last assistant message; in a
+    `tool_calling` record calls count as text (see `message_text`).
     """
     empty = _empty_turn(messages)
     if empty:
         return empty
-    prompt, response = messages[-2]["content"], messages[-1]["content"]
+    if tool_calling:
+        return _check_texts(
+            next(m["content"] for m in reversed(messages) if m["role"] == "user"),
+            message_text(messages[-1]), sum([len(message_text(m)) for m in messages]),
+            messages, rules)
+    return _check_texts(messages[-2]["content"], messages[-1]["content"],
+                          sum([len(m["content"]) for m in messages]), messages, rules)
+
+
+def _check_texts(prompt: str, response: str, total: int, messages: list[dict[str, Any]],
+                   rules: CleaningRules) -> Rejection | None:
     if len(prompt) < rules.min_prompt_chars:
         return "too_short_prompt", f"prompt has {len(prompt)} < {rules.min_prompt_chars} chars"
     if len(response) < rules.min_response_chars:
         return ("too_short_response",
                 f"response has {len(response)} < {rules.min_response_chars} chars")
-    total = sum([len(m["content"]) for m in messages])
     if total > rules.max_chars:
         return "too_long", f"{total} > {rules.max_chars} chars in all messages"
     if is_repeated_char(response):

@@ -9,6 +9,13 @@ Two layers:
   that alternate and end with an assistant turn) or raises `RecordError(reason, detail)`;
   such records are rejected one by one, never the whole file.
 
+Tool-calling records (ShareGPT with `function_call`/`observation` turns and a `tools`
+column, OpenAI messages with `tool_calls` and `role: tool`) become messages that
+`apply_chat_template(messages, tools=...)` renders natively: assistant turns may carry
+`tool_calls` ([{"type": "function", "function": {"name", "arguments": {...}}}]), results
+are `{"role": "tool", "content"}` turns, and `Conversation.tools` holds the function
+schemas in OpenAI's shape ({"type": "function", "function": {"name", ...}}).
+
 Field names can be remapped per dataset with the config's `columns` (our name -> the
 file's key), as LLaMA-Factory's dataset_info does.
 """
@@ -25,16 +32,21 @@ FORMATS = ("alpaca", "sharegpt", "openai", "lccc")
 DEFAULT_COLUMNS: dict[str, dict[str, str]] = {
     "alpaca": {"instruction": "instruction", "input": "input", "output": "output",
                "system": "system", "history": "history"},
-    "sharegpt": {"conversations": "conversations", "system": "system",
+    "sharegpt": {"conversations": "conversations", "system": "system", "tools": "tools",
                  "role_tag": "from", "content_tag": "value"},
-    "openai": {"messages": "messages", "role_tag": "role", "content_tag": "content"},
+    "openai": {"messages": "messages", "role_tag": "role", "content_tag": "content",
+               "tools": "tools"},
     "lccc": {"conversations": "dialog"},
 }
 DISPLAY_NAMES = {"alpaca": "Alpaca", "sharegpt": "ShareGPT", "openai": "OpenAI messages",
                  "lccc": "LCCC"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant",
-                  "assistant": "assistant", "system": "system"}
-OPENAI_ROLES = {"user": "user", "assistant": "assistant", "system": "system"}
+                  "assistant": "assistant", "system": "system",
+                  "function_call": "function_call", "observation": "tool"}
+OPENAI_ROLES = {"user": "user", "assistant": "assistant", "system": "system", "tool": "tool"}
+# Roles of the turns list before tool records are built; "function_call" becomes an
+# assistant message with `tool_calls`.
+TOOL_ROLES = ("function_call", "tool")
 
 
 class DataError(ValueError):
@@ -51,9 +63,10 @@ class RecordError(ValueError):
 
 
 class Conversation(NamedTuple):
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     has_input: bool = False  # alpaca: a non-empty `input` field
     trimmed: int = 0  # unanswered trailing user turns that were dropped
+    tools: list[dict] | None = None  # function schemas: set for every tool-calling record
 
 
 # ---------------------------------------------------------------- reading files
@@ -322,10 +335,14 @@ def _tagged_turns(items: Any, key: str, keys: dict[str, str],
         if not isinstance(item, dict):
             raise RecordError("wrong_type", f"{where}: expected an object, got {_type_name(item)}")
         tag = _field(item, role_tag, str, required=True)
-        content = _field(item, content_tag, str, required=True)
+        calls = item.get("tool_calls") if tag == "assistant" else None
+        content = _field(item, content_tag, str, required=calls is None)
         if tag not in roles:
             raise RecordError("bad_turns", f"{where}.{role_tag}: unknown role {tag!r}; "
                               f"known: {', '.join(roles)}")
+        if calls is not None:  # OpenAI: text (maybe none) and calls in one turn
+            turns.append(("function_call", ((content or "").strip(), calls)))
+            continue
         turns.append((roles[tag], content.strip()))
     system = None
     if turns and turns[0][0] == "system":
@@ -388,7 +405,7 @@ def normalize_sharegpt(record: Any, keys: dict[str, str]) -> Conversation:
     key = keys["conversations"]
     turns, system = _tagged_turns(_field(record, key, list, True), key, keys, SHAREGPT_ROLES)
     top_system = (_field(record, keys["system"], str, required=False) or "").strip()
-    return build_conversation(turns, top_system or system)
+    return _conversation(record, turns, top_system or system, keys["tools"])
 
 
 def normalize_openai(record: Any, keys: dict[str, str]) -> Conversation:
@@ -396,7 +413,16 @@ def normalize_openai(record: Any, keys: dict[str, str]) -> Conversation:
     record = _require_object(record)
     key = keys["messages"]
     turns, system = _tagged_turns(_field(record, key, list, True), key, keys, OPENAI_ROLES)
-    return build_conversation(turns, system)
+    return _conversation(record, turns, system, keys["tools"])
+
+
+def _conversation(record: dict, turns: list[tuple[str, Any]], system: str | None,
+                  tools_key: str) -> Conversation:
+    """A plain conversation, or a tool-calling one when the record has tools or tool turns."""
+    tools = parse_tools(record.get(tools_key), tools_key)
+    if not tools and not any(role in TOOL_ROLES for role, _ in turns):
+        return build_conversation(turns, system)
+    return build_tool_conversation(turns, tools, system)
 
 
 def restore_lccc_text(utterance: str) -> str:
@@ -425,6 +451,123 @@ def normalize_lccc(record: Any, keys: dict[str, str]) -> Conversation:
                               f"got {_type_name(utterance)}")
         turns.append(("assistant" if number % 2 else "user", restore_lccc_text(utterance)))
     return build_conversation(turns)
+
+
+# ---------------------------------------------------------------- tool calling
+
+
+def parse_tools(value: Any, key: str) -> list[dict]:
+    """The `tools` column (a JSON string or a list of function schemas) in OpenAI's shape."""
+    if value in (None, ""):
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise RecordError("bad_tools", f"{key}: not valid JSON ({err.msg} at "
+                              f"column {err.colno})") from None
+    if not isinstance(value, list):
+        raise RecordError("bad_tools", f"{key}: expected a list of function schemas, "
+                          f"got {_type_name(value)}")
+    tools = []
+    for number, schema in enumerate(value):
+        function = schema.get("function", schema) if isinstance(schema, dict) else None
+        if not (isinstance(function, dict) and isinstance(function.get("name"), str)
+                and function["name"]):
+            raise RecordError("bad_tools", f"{key}[{number}]: expected a function schema "
+                              "with a name")
+        tools.append({"type": "function", "function": function})
+    return tools
+
+
+def tool_names(tools: list[dict] | None) -> set[str]:
+    return {tool["function"]["name"] for tool in tools or ()}
+
+
+def _call_arguments(arguments: Any, where: str) -> dict:
+    """Arguments as an object; a JSON string is parsed (OpenAI and LLaMA-Factory use one)."""
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as err:
+            raise RecordError("tool_args_not_json", f"{where}.arguments: not valid JSON "
+                              f"({err.msg}): {arguments[:80]!r}") from None
+    if arguments is None:
+        return {}
+    if not isinstance(arguments, dict):
+        raise RecordError("tool_args_not_json", f"{where}.arguments: expected a JSON object, "
+                          f"got {_type_name(arguments)}")
+    return arguments
+
+
+def parse_calls(raw: Any, where: str) -> list[dict]:
+    """Calls of one turn in the chat-template shape. `raw` is ShareGPT's function_call value
+    (a JSON object or array of {name, arguments}) or OpenAI's tool_calls list."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise RecordError("bad_tool_call", f"{where}: the call is not valid JSON "
+                              f"({err.msg}): {raw[:80]!r}") from None
+    items = raw if isinstance(raw, list) else [raw]
+    calls = []
+    for number, item in enumerate(items):
+        place = f"{where}[{number}]" if isinstance(raw, list) else where
+        function = item.get("function", item) if isinstance(item, dict) else None
+        if not (isinstance(function, dict) and isinstance(function.get("name"), str)
+                and function["name"]):
+            raise RecordError("bad_tool_call", f"{place}: expected a call object with a name")
+        calls.append({"type": "function", "function": {
+            "name": function["name"],
+            "arguments": _call_arguments(function.get("arguments"), place)}})
+    if not calls:
+        raise RecordError("bad_tool_call", f"{where}: no call in the turn")
+    return calls
+
+
+# What may follow each role in a tool-calling conversation.
+_NEXT_ROLES = {"user": ("assistant", "function_call"), "assistant": ("user",),
+               "function_call": ("tool",), "tool": ("tool", "assistant", "function_call")}
+
+
+def _tool_message(role: str, content: Any, number: int, known: set[str]) -> dict:
+    if role != "function_call":
+        return {"role": role, "content": content}
+    text, raw = content if isinstance(content, tuple) else ("", content)
+    calls = parse_calls(raw, f"turn {number}")
+    for call in calls:
+        name = call["function"]["name"]
+        if name not in known:
+            listed = ", ".join(sorted(known)) or "none"
+            raise RecordError("unknown_function", f"turn {number}: calls {name!r}, which is "
+                              f"not in tools (listed: {listed})")
+    return {"role": "assistant", "content": text, "tool_calls": calls}
+
+
+def build_tool_conversation(turns: list[tuple[str, Any]], tools: list[dict],
+                            system: str | None = None) -> Conversation:
+    """`build_conversation` for tool calling: a call is followed by its results, results by
+    an assistant turn; one unanswered trailing user turn is dropped."""
+    messages = [{"role": "system", "content": system}] if system else []
+    trimmed = 0
+    if turns and turns[-1][0] == "user":
+        turns, trimmed = turns[:-1], 1
+    known, previous = tool_names(tools), None
+    for number, (role, content) in enumerate(turns):
+        if role == "tool" and previous not in ("function_call", "tool"):
+            raise RecordError("tool_result_without_call",
+                              f"turn {number}: a tool result with no call before it")
+        allowed = ("user",) if previous is None else _NEXT_ROLES[previous]
+        if role not in allowed:
+            raise RecordError("bad_turns", f"turn {number}: expected {' or '.join(allowed)}, "
+                              f"got {role}")
+        messages.append(_tool_message(role, content, number, known))
+        previous = role
+    if previous is None:
+        raise RecordError("bad_turns", "no user turn followed by an assistant turn")
+    if previous == "tool":
+        raise RecordError("bad_turns", "ends with a tool result and no assistant turn after it")
+    return Conversation(messages, trimmed=trimmed, tools=tools)
 
 
 NORMALIZERS: dict[str, Callable[[Any, dict[str, str]], Conversation]] = {

@@ -19,14 +19,15 @@ import multiprocessing
 import os
 import sys
 from array import array
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from workflow_scripts import data_formats as formats
 from workflow_scripts.data_cleaning import (FORMAT_REASONS, REASONS, CleaningRules,
-                                            Deduplicator, check_record, content_digests)
+                                            Deduplicator, check_record, content_digests,
+                                            digest_view)
 from workflow_scripts.data_formats import Conversation, DataError, RecordError
 from workflow_scripts.data_split import SPLITS, HashSplitter, file_plan, record_id
 from workflow_scripts.io_utils import write_json
@@ -95,13 +96,18 @@ class DatasetStats:
     turns: array = field(default_factory=lambda: array("L"))
     with_input: int = 0
     trimmed_turns: int = 0
+    tool_records: int = 0  # records with a `tools` list
+    calls: array = field(default_factory=lambda: array("L"))  # calls, per record with any
+    functions: Counter = field(default_factory=Counter)  # calls per function name
 
     def add_file(self, path: str, sha256: str, raw: int, split: str | None) -> None:
         self.files[path] = sha256
         self.per_file[path] = {"raw": raw, "kept": 0, "rejected": 0, "split": split or "hash"}
 
-    def keep(self, path: str, measures: dict[str, array], kept: list[int] | None) -> None:
+    def keep(self, path: str, measures: dict[str, array], kept: list[int] | None,
+             calls: dict[int, tuple[str, ...] | None]) -> None:
         """Records kept from one span, by their positions in `measures` (None: all);
+        `calls` holds the called function names of the tool-calling ones by position.
         `splits` is counted by the caller."""
         pick = (lambda values: values) if kept is None else (  # noqa: E731
             lambda values: [values[k] for k in kept])
@@ -112,6 +118,13 @@ class DatasetStats:
         self.turns.extend(turns)
         self.with_input += sum(pick(measures["has_input"]))
         self.trimmed_turns += sum(pick(measures["trimmed"]))
+        kept_positions = set(kept) if calls and kept is not None else None
+        for position, names in calls.items():
+            if kept_positions is None or position in kept_positions:
+                self.tool_records += 1
+                if names:
+                    self.calls.append(len(names))
+                    self.functions.update(names)
 
     def reject(self, path: str, reason: str) -> None:
         self.per_file[path]["rejected"] += 1
@@ -134,6 +147,10 @@ class DatasetStats:
             "share_with_history": round(sum(t > 1 for t in self.turns) / kept, 4),
             "files": self.files, "per_file": self.per_file,
             "trimmed_turns": self.trimmed_turns, "cleaning": vars(rules),
+            "tool_calls": {"records_with_tools": self.tool_records,
+                           "records_with_calls": len(self.calls), "calls": sum(self.calls),
+                           "calls_per_record": summarize(self.calls),
+                           "functions": dict(sorted(self.functions.items()))},
         }
 
 
@@ -172,6 +189,7 @@ class SpanResult:
     places: array = field(default_factory=lambda: array("q"))  # start, end of each text
     measures: dict[str, array] = field(
         default_factory=lambda: {key: array("L") for key in MEASURES})
+    calls: dict[int, tuple[str, ...]] = field(default_factory=dict)  # tool records' calls
 
     def adder(self) -> Callable[[int, Conversation, int, bytes, str, str, tuple[int, int]],
                                 None]:
@@ -197,6 +215,8 @@ class SpanResult:
             turns(len(messages) // 2)  # user/assistant pairs, a system or not
             inputs(conversation.has_input)
             trimmed(conversation.trimmed)
+            if conversation.tools is not None:
+                self.calls[count() - 1] = called_functions(messages)
         return add
 
     def reject(self, i: int, reason: str, detail: str, raw: Any) -> None:
@@ -228,14 +248,18 @@ def process_span(bounds: tuple[int, int]) -> SpanResult:
         except RecordError as err:
             reject(i, err.reason, err.detail, raw)
             continue
-        messages = conversation.messages
-        rejection = check_record(messages, rules)
+        messages, tools = conversation.messages, conversation.tools
+        rejection = check_record(messages, rules, tools is not None)
         if rejection is not None:
             reject(i, *rejection, raw)
             continue
-        exact, digest = content_digests(messages)
-        add(i, conversation, exact, digest, split or splitter(digest),
-            kept_line(record_id(digest), messages, source), places[i])
+        if tools is None:
+            exact, digest = content_digests(messages)
+            line = kept_line(record_id(digest), messages, source)
+        else:
+            exact, digest = content_digests(digest_view(messages, tools))
+            line = tool_kept_line(record_id(digest), messages, tools, source)
+        add(i, conversation, exact, digest, split or splitter(digest), line, places[i])
     return result
 
 
@@ -251,6 +275,17 @@ def kept_line(record_id: str, messages: list[dict], source: str) -> str:
     turns = "}, ".join([_TURN_STARTS[m["role"]] + _encode_str(m["content"]) for m in messages])
     return (f'{{"id": "{record_id}", "messages": [{turns}}}], '
             f'"source": {{"file": {source}, "index": ')
+
+
+def tool_kept_line(record_id: str, messages: list[dict], tools: list[dict], source: str) -> str:
+    """`kept_line` for a tool-calling record, which also has a record-level `tools` list."""
+    return (f'{{"id": "{record_id}", "messages": {_encode(messages)}, '
+            f'"tools": {_encode(tools)}, "source": {{"file": {source}, "index": ')
+
+
+def called_functions(messages: list[dict]) -> tuple[str, ...]:
+    """The names of the functions a record's assistant turns call, in order."""
+    return tuple(call["function"]["name"] for m in messages for call in m.get("tool_calls", ()))
 
 
 _TURN_STARTS = {role: f'{{"role": "{role}", "content": ' for role in ("system", "user", "assistant")}
@@ -335,7 +370,7 @@ class Pipeline:
             self.out.write_lines(split, rows)
             self.stats.splits[split] += len(rows)
         kept = [k for k in range(len(passed)) if k not in duplicates]
-        self.stats.keep(job.path, result.measures, kept if duplicates else None)
+        self.stats.keep(job.path, result.measures, kept if duplicates else None, result.calls)
         rejects = [(i, reason, tail) for i, reason, _, tail in result.rejects]
         for k, (reason, detail) in duplicates.items():
             raw = json.loads(job.text[result.places[2 * k]:result.places[2 * k + 1]])
