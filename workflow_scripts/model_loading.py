@@ -99,6 +99,27 @@ def quantization_config(quantization: str | None):
     )
 
 
+def keep_4bit_layers_unpacked(model) -> int:
+    """Keep every bitsandbytes 4-bit layer of `model` in the NF4 layout it was quantized in.
+
+    On a CPU with AVX512-BF16, bitsandbytes' `Linear4bit.forward` repacks a layer's weights
+    into a bf16 inference layout the first time it runs in eval mode on an input that needs
+    no gradient, and keeps that layout. That conversion fails on layers narrower than the
+    quantization block (hidden size 32), makes later training steps run the inference kernel
+    (or fail on layers with a bias), and computes in bf16, so evaluation would differ from a
+    CPU without the instruction set. Each layer decides from its own
+    `support_avx512bf16_for_cpu` flag, set when it is built; clearing it keeps training,
+    evaluation and merging on the same dequantize-and-matmul kernels everywhere. The flag is
+    read only for CPU inputs, so CUDA is unaffected. Returns the number of 4-bit layers.
+    """
+    import bitsandbytes as bnb
+
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
 # glibc's M_MMAP_THRESHOLD: blocks this big or bigger get their own mapping, returned to the
 # OS on free. Left dynamic, glibc raises it to the largest block freed so far (up to 32 MiB), so
 # the freed temporaries of loading and every step's activations stay in the heap, fragmented.
@@ -166,6 +187,8 @@ def load_model(
         dtype=dtype,
         device_map={"": device},
     )
+    if bnb_config is not None:
+        keep_4bit_layers_unpacked(model)
     if libc is not None:
         release_freed_memory(libc)
     return model
