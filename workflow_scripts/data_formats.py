@@ -456,28 +456,36 @@ def normalize_lccc(record: Any, keys: dict[str, str]) -> Conversation:
 # ---------------------------------------------------------------- tool calling
 
 
+def _json_value(value: Any, reason: str, where: str) -> Any:
+    """`value` parsed when it is a JSON string, else as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as err:
+        raise RecordError(reason, f"{where}: not valid JSON ({err.msg} at column "
+                          f"{err.colno}): {value[:80]!r}") from None
+
+
+def _function(item: Any, reason: str, where: str) -> dict:
+    """A schema or call object, unwrapped from OpenAI's {"type": "function", "function": ...}."""
+    function = item.get("function", item) if isinstance(item, dict) else None
+    if not (isinstance(function, dict) and isinstance(function.get("name"), str)
+            and function["name"]):
+        raise RecordError(reason, f"{where}: expected an object with a function name")
+    return function
+
+
 def parse_tools(value: Any, key: str) -> list[dict]:
     """The `tools` column (a JSON string or a list of function schemas) in OpenAI's shape."""
     if value in (None, ""):
         return []
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as err:
-            raise RecordError("bad_tools", f"{key}: not valid JSON ({err.msg} at "
-                              f"column {err.colno})") from None
+    value = _json_value(value, "bad_tools", key)
     if not isinstance(value, list):
         raise RecordError("bad_tools", f"{key}: expected a list of function schemas, "
                           f"got {_type_name(value)}")
-    tools = []
-    for number, schema in enumerate(value):
-        function = schema.get("function", schema) if isinstance(schema, dict) else None
-        if not (isinstance(function, dict) and isinstance(function.get("name"), str)
-                and function["name"]):
-            raise RecordError("bad_tools", f"{key}[{number}]: expected a function schema "
-                              "with a name")
-        tools.append({"type": "function", "function": function})
-    return tools
+    return [{"type": "function", "function": _function(schema, "bad_tools", f"{key}[{number}]")}
+            for number, schema in enumerate(value)]
 
 
 def tool_names(tools: list[dict] | None) -> set[str]:
@@ -486,12 +494,9 @@ def tool_names(tools: list[dict] | None) -> set[str]:
 
 def _call_arguments(arguments: Any, where: str) -> dict:
     """Arguments as an object; a JSON string is parsed (OpenAI and LLaMA-Factory use one)."""
-    if isinstance(arguments, str):
-        try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except json.JSONDecodeError as err:
-            raise RecordError("tool_args_not_json", f"{where}.arguments: not valid JSON "
-                              f"({err.msg}): {arguments[:80]!r}") from None
+    if isinstance(arguments, str) and not arguments.strip():
+        return {}
+    arguments = _json_value(arguments, "tool_args_not_json", f"{where}.arguments")
     if arguments is None:
         return {}
     if not isinstance(arguments, dict):
@@ -503,20 +508,12 @@ def _call_arguments(arguments: Any, where: str) -> dict:
 def parse_calls(raw: Any, where: str) -> list[dict]:
     """Calls of one turn in the chat-template shape. `raw` is ShareGPT's function_call value
     (a JSON object or array of {name, arguments}) or OpenAI's tool_calls list."""
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise RecordError("bad_tool_call", f"{where}: the call is not valid JSON "
-                              f"({err.msg}): {raw[:80]!r}") from None
+    raw = _json_value(raw, "bad_tool_call", where)
     items = raw if isinstance(raw, list) else [raw]
     calls = []
     for number, item in enumerate(items):
         place = f"{where}[{number}]" if isinstance(raw, list) else where
-        function = item.get("function", item) if isinstance(item, dict) else None
-        if not (isinstance(function, dict) and isinstance(function.get("name"), str)
-                and function["name"]):
-            raise RecordError("bad_tool_call", f"{place}: expected a call object with a name")
+        function = _function(item, "bad_tool_call", place)
         calls.append({"type": "function", "function": {
             "name": function["name"],
             "arguments": _call_arguments(function.get("arguments"), place)}})
