@@ -1,0 +1,259 @@
+"""One copy of each base model in memory, its adapters attached and switched per request.
+
+A request names a base model or an experiment. An experiment's adapter is loaded once into
+the PEFT model wrapping its base (a QLoRA adapter into the 4-bit copy of its base) and made
+active for that request only; a base-model request runs with the adapters disabled. Each
+loaded base has a lock, so concurrent requests for it wait their turn instead of failing.
+Generation runs in a worker thread and stops between two tokens once its `cancel` event is
+set (a client that went away, or a stop string).
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from workflow_scripts.evaluate_model import generation_config, only_configured_decoding, stop_token_ids
+from workflow_scripts.studio.catalog import Catalog
+from workflow_scripts.studio.errors import BadRequest, UnknownName
+from workflow_scripts.studio.files import read_json_cached
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a model id stands for: a base model, in 4-bit or not, with or without an adapter."""
+
+    model_id: str
+    base_model: str
+    quantized: bool
+    experiment: str | None = None
+
+
+@dataclass
+class Decoding:
+    max_tokens: int | None = None
+    temperature: float | None = None  # None or 0: greedy
+    top_p: float | None = None
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return not self.temperature
+
+
+@dataclass
+class PreparedChat:
+    target: Target
+    input_ids: list[int]
+    max_new_tokens: int
+    decoding: Decoding
+
+
+@dataclass
+class Outcome:
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # stop | length | cancelled
+
+
+@dataclass
+class LoadedBase:
+    """A base model in memory, wrapped in a PeftModel once its first adapter arrives."""
+
+    model: Any
+    tokenizer: Any
+    stop_ids: list[int]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    adapters: dict[str, str] = field(default_factory=dict)  # experiment -> PEFT adapter name
+
+
+class TokenStreamer:
+    """A transformers streamer that hands each newly decoded piece of text to `on_text`
+    (holding back only a character whose bytes are not all generated yet)."""
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None]):
+        self.tokenizer, self.on_text = tokenizer, on_text
+        self.tokens: list[int] = []
+        self.sent_chars = 0
+        self.prompt_skipped = False
+
+    def put(self, value) -> None:
+        if not self.prompt_skipped:  # generate() first passes the prompt
+            self.prompt_skipped = True
+            return
+        self.tokens.extend(value.reshape(-1).tolist())
+        self._flush(final=False)
+
+    def end(self) -> None:
+        self._flush(final=True)
+
+    def _flush(self, final: bool) -> None:
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if not final and text.endswith("\ufffd"):
+            return
+        if len(text) > self.sent_chars:
+            self.on_text(text[self.sent_chars:])
+            self.sent_chars = len(text)
+
+
+def _cancel_criteria(cancel: threading.Event):
+    import torch
+    from transformers import StoppingCriteria
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool,
+                              device=input_ids.device)
+
+    return Cancelled()
+
+
+class ModelPool:
+    """Loads base models and adapters on first use and serves generations from them."""
+
+    def __init__(self, catalog: Catalog, max_tokens_cap: int = 512):
+        self.catalog = catalog
+        self.max_tokens_cap = max_tokens_cap
+        self.loaded: dict[tuple[str, bool], LoadedBase] = {}
+        self._load_lock = threading.Lock()
+        self._tokenizers: dict[str, tuple[Any, threading.Lock]] = {}
+
+    # Names.
+    def available(self) -> dict[str, Target]:
+        """Every model id a request may name: built base models and trained adapters."""
+        self.catalog.reload()
+        ids = {name: Target(name, name, False) for name in self.catalog.base_models
+               if self.catalog.base_model_ready(name)}
+        for name, exp in self.catalog.experiments.items():
+            if self.catalog.adapter_ready(name) and self.catalog.base_model_ready(exp["base_model"]):
+                ids[name] = Target(name, exp["base_model"], exp["method"] == "qlora", name)
+        return ids
+
+    def resolve(self, model_id: str) -> Target:
+        available = self.available()
+        if model_id in available:
+            return available[model_id]
+        known = set(self.catalog.experiments) | set(self.catalog.base_models)
+        if model_id in known:
+            raise UnknownName("model", model_id, available,
+                              reason="not trained or built yet:")
+        raise UnknownName("model", model_id, available)
+
+    # Requests.
+    def context_length(self, base_model: str) -> int:
+        config = read_json_cached(self.catalog.model_dir(base_model) / "config.json")
+        for key in ("max_position_embeddings", "n_positions", "seq_length"):
+            if isinstance(config.get(key), int):
+                return config[key]
+        return 2048
+
+    def prepare(self, model_id: str, messages: list[dict], decoding: Decoding) -> PreparedChat:
+        """Render and tokenize the conversation and check it against the limits (400)."""
+        target = self.resolve(model_id)
+        if decoding.max_tokens is not None and decoding.max_tokens > self.max_tokens_cap:
+            raise BadRequest(f"max_tokens {decoding.max_tokens} is above this studio's cap of "
+                             f"{self.max_tokens_cap}", param="max_tokens")
+        tokenizer, lock = self._tokenizer(target.base_model)
+        with lock:
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            input_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        context = self.context_length(target.base_model)
+        if len(input_ids) >= context:
+            raise BadRequest(f"the prompt is {len(input_ids)} tokens; {model_id}'s context is "
+                             f"{context} tokens", param="messages")
+        wanted = decoding.max_tokens or self.max_tokens_cap
+        return PreparedChat(target, input_ids, min(wanted, context - len(input_ids)), decoding)
+
+    def generate(self, chat: PreparedChat, cancel: threading.Event,
+                 on_text: Callable[[str], None]) -> Outcome:
+        """Run one generation (blocking: call it from a worker thread)."""
+        import torch
+
+        base = self._base(chat.target)
+        with base.lock:  # requests for one base queue here
+            if cancel.is_set():
+                return Outcome(len(chat.input_ids), 0, "cancelled")
+            streamer = TokenStreamer(base.tokenizer, on_text)
+            with self._adapter_active(base, chat.target), only_configured_decoding(base.model), \
+                    torch.no_grad():
+                if chat.decoding.seed is not None:
+                    torch.manual_seed(chat.decoding.seed)
+                ids = torch.tensor([chat.input_ids], device=base.model.device)
+                out = base.model.generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids),
+                    generation_config=self._generation_config(base, chat),
+                    streamer=streamer, stopping_criteria=[_cancel_criteria(cancel)])
+        new = out[0, ids.shape[1]:].tolist()
+        stops = set(base.stop_ids)
+        if cancel.is_set():
+            reason = "cancelled"
+        elif new and new[-1] in stops:
+            reason = "stop"
+        else:
+            reason = "length" if len(new) >= chat.max_new_tokens else "stop"
+        return Outcome(len(chat.input_ids), len(new), reason)
+
+    # Loading.
+    def _tokenizer(self, base_model: str):
+        from workflow_scripts.model_loading import load_tokenizer
+
+        model_dir = str(self.catalog.model_dir(base_model))
+        with self._load_lock:
+            if model_dir not in self._tokenizers:
+                trust = self.catalog.base_models[base_model].get("trust_remote_code", False)
+                self._tokenizers[model_dir] = (load_tokenizer(model_dir, trust), threading.Lock())
+            return self._tokenizers[model_dir]
+
+    def _base(self, target: Target) -> LoadedBase:
+        from workflow_scripts.model_loading import load_model, load_tokenizer
+
+        key = (target.base_model, target.quantized)
+        with self._load_lock:
+            if key not in self.loaded:
+                model_dir = str(self.catalog.model_dir(target.base_model))
+                trust = self.catalog.base_models[target.base_model].get("trust_remote_code", False)
+                model = load_model(model_dir, trust_remote_code=trust,
+                                   quantization="4bit" if target.quantized else None)
+                model.eval()
+                tokenizer = load_tokenizer(model_dir, trust)
+                self.loaded[key] = LoadedBase(model, tokenizer, stop_token_ids(model, tokenizer))
+            base = self.loaded[key]
+        if target.experiment and target.experiment not in base.adapters:
+            with base.lock:
+                self._attach(base, target.experiment)
+        return base
+
+    def _attach(self, base: LoadedBase, experiment: str) -> None:
+        """Load an experiment's adapter into the base (under the base's lock)."""
+        from peft import PeftModel
+
+        if experiment in base.adapters:
+            return
+        # PEFT adapter names become module keys, which may not contain dots.
+        name = f"adapter_{len(base.adapters)}"
+        adapter_dir = str(self.catalog.paths(experiment).adapter)
+        if not base.adapters:
+            base.model = PeftModel.from_pretrained(base.model, adapter_dir, adapter_name=name)
+        else:
+            base.model.load_adapter(adapter_dir, adapter_name=name)
+        base.model.eval()
+        base.adapters[experiment] = name
+
+    @staticmethod
+    def _adapter_active(base: LoadedBase, target: Target):
+        if target.experiment:
+            base.model.set_adapter(base.adapters[target.experiment])
+            return contextlib.nullcontext()
+        if base.adapters:
+            return base.model.disable_adapter()
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def _generation_config(base: LoadedBase, chat: PreparedChat):
+        """Exactly the request's decoding, nothing inherited from the model's defaults."""
+        decoding = chat.decoding
+        settings = {"max_new_tokens": chat.max_new_tokens, "do_sample": not decoding.greedy,
+                    "temperature": decoding.temperature or 1.0,
+                    "top_p": decoding.top_p if decoding.top_p is not None else 1.0}
+        return generation_config(settings, base.stop_ids, base.tokenizer.pad_token_id)

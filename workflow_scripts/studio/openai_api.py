@@ -1,0 +1,238 @@
+"""An OpenAI-compatible API over the base models and trained adapters.
+
+`GET /v1/models` lists them; `POST /v1/chat/completions` answers in OpenAI's format, as
+server-sent `chat.completion.chunk` events when `stream` is true (the last chunk carries the
+token usage), so the official `openai` client works against the studio unchanged.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from typing import Any, AsyncIterator, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from workflow_scripts.studio.chat_engine import Decoding, ModelPool, Outcome, PreparedChat
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+
+    def as_template_message(self) -> dict:
+        text = self.content if isinstance(self.content, str) else "".join(
+            part.text for part in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class ChatCompletionRequest(BaseModel):
+    """The fields of OpenAI's request the studio honours; others are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = Field(1, ge=1, le=1)
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four(cls, value):
+        stops = [value] if isinstance(value, str) else (value or [])
+        if len(stops) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return stops
+
+    @field_validator("messages")
+    @classmethod
+    def _has_a_turn(cls, value):
+        if all(m.role in ("system", "developer") for m in value):
+            raise ValueError("needs at least one user or assistant message")
+        return value
+
+    def decoding(self) -> Decoding:
+        return Decoding(max_tokens=self.max_completion_tokens or self.max_tokens,
+                        temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+
+
+class StopMatcher:
+    """Cuts streamed text at the first stop sequence, holding back only a tail that could
+    still become one."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self.buffer, self.stopped = "", False
+
+    def feed(self, text: str) -> str:
+        if self.stopped:
+            return ""
+        self.buffer += text
+        hits = [i for i in (self.buffer.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            out, self.buffer, self.stopped = self.buffer[:min(hits)], "", True
+            return out
+        hold = max((k for s in self.stops for k in range(1, len(s))
+                    if self.buffer.endswith(s[:k])), default=0)
+        out = self.buffer[:len(self.buffer) - hold]
+        self.buffer = self.buffer[len(self.buffer) - hold:]
+        return out
+
+    def flush(self) -> str:
+        out, self.buffer = ("" if self.stopped else self.buffer), ""
+        return out
+
+
+def start_generation(pool: ModelPool, chat: PreparedChat, cancel: threading.Event) -> asyncio.Queue:
+    """Start generating in a worker thread; the queue gets ("text", piece)... then ("done",
+    Outcome) or ("error", exception)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+
+    def put(kind: str, value: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+        except RuntimeError:  # the loop is gone: nobody is listening any more
+            cancel.set()
+
+    def work() -> None:
+        try:
+            put("done", pool.generate(chat, cancel, lambda text: put("text", text)))
+        except Exception as err:  # reported to the client, not lost in the thread
+            put("error", err)
+
+    threading.Thread(target=work, name=f"generate-{chat.target.model_id}", daemon=True).start()
+    return queue
+
+
+def openai_error(status: int, message: str, kind: str, param: str | None = None,
+                 code: str | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param,
+                                   "code": code, **extra}}, status_code=status)
+
+
+def usage(outcome: Outcome) -> dict:
+    return {"prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens,
+            "total_tokens": outcome.prompt_tokens + outcome.completion_tokens}
+
+
+def finish_reason(outcome: Outcome, stopped: bool) -> str:
+    return "stop" if stopped or outcome.finish_reason != "length" else "length"
+
+
+def build_router(pool: ModelPool) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+
+    def model_card(model_id: str, target) -> dict:
+        return {"id": model_id, "object": "model", "created": 0,
+                "owned_by": "experiment" if target.experiment else "base-model",
+                "base_model": target.base_model, "quantized": target.quantized}
+
+    @router.get("/models")
+    def list_models() -> dict:
+        return {"object": "list", "data": [model_card(m, t) for m, t in pool.available().items()]}
+
+    @router.get("/models/{model_id}")
+    def get_model(model_id: str) -> dict:
+        return model_card(model_id, pool.resolve(model_id))
+
+    @router.post("/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        messages = [m.as_template_message() for m in body.messages]
+        chat = await asyncio.to_thread(pool.prepare, body.model, messages, body.decoding())
+        completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if body.stream:
+            events = stream_chunks(pool, chat, body.stop or [], completion_id, created, body.model)
+            return StreamingResponse(events, media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await complete(pool, chat, body.stop or [], request, completion_id, created, body.model)
+
+    return router
+
+
+async def complete(pool: ModelPool, chat: PreparedChat, stops: list[str], request: Request,
+                   completion_id: str, created: int, model: str) -> JSONResponse:
+    cancel, matcher, pieces = threading.Event(), StopMatcher(stops), []
+    queue, getter = start_generation(pool, chat, cancel), None
+    try:
+        while True:
+            getter = getter or asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({getter}, timeout=0.5)
+            if not done:
+                if await request.is_disconnected():
+                    cancel.set()
+                continue
+            (kind, value), getter = getter.result(), None
+            if kind == "text":
+                pieces.append(matcher.feed(value))
+                if matcher.stopped:
+                    cancel.set()
+            elif kind == "error":
+                return openai_error(500, f"generation failed: {value}", "server_error")
+            else:
+                break
+    finally:
+        cancel.set()
+        if getter is not None:
+            getter.cancel()
+    pieces.append(matcher.flush())
+    return JSONResponse({
+        "id": completion_id, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(pieces)},
+                     "finish_reason": finish_reason(value, matcher.stopped), "logprobs": None}],
+        "usage": usage(value),
+    })
+
+
+async def stream_chunks(pool: ModelPool, chat: PreparedChat, stops: list[str],
+                        completion_id: str, created: int, model: str) -> AsyncIterator[str]:
+    """Server-sent chunks; leaving early (the client went away) cancels the generation."""
+    cancel, matcher = threading.Event(), StopMatcher(stops)
+
+    def chunk(delta: dict, reason: str | None = None, **extra: Any) -> str:
+        body = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                "model": model, "choices": [{"index": 0, "delta": delta,
+                                             "finish_reason": reason, "logprobs": None}], **extra}
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        queue = start_generation(pool, chat, cancel)
+        while True:
+            kind, value = await queue.get()
+            if kind == "text":
+                text = matcher.feed(value)
+                if matcher.stopped:
+                    cancel.set()
+                if text:
+                    yield chunk({"content": text})
+            elif kind == "error":
+                error = {"error": {"message": f"generation failed: {value}", "type": "server_error"}}
+                yield f"data: {json.dumps(error)}\n\n"
+                return
+            else:
+                if rest := matcher.flush():
+                    yield chunk({"content": rest})
+                yield chunk({}, finish_reason(value, matcher.stopped))
+                final = {"id": completion_id, "object": "chat.completion.chunk",
+                         "created": created, "model": model, "choices": [], "usage": usage(value)}
+                yield f"data: {json.dumps(final)}\n\n"
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        cancel.set()
