@@ -1,11 +1,15 @@
 """Cleaning rules: each failure names its reason; dedupe sees width and whitespace."""
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import pytest
 
 from workflow_scripts.data_cleaning import (REASONS, CleaningRules, Deduplicator,
                                             check_record, cjk_share, content_digests,
-                                            is_repeated_char, normalize_text)
+                                            digest_view, is_repeated_char, message_text,
+                                            normalize_text)
 
 RULES = CleaningRules(min_prompt_chars=2, min_response_chars=3, max_chars=40)
 
@@ -99,3 +103,44 @@ def test_roles_are_part_of_the_content():
     as_system = [{"role": "system", "content": "你好"}] + chat("问", "答")
     as_user = chat("你好", "答")
     assert content_digests(as_system)[1] != content_digests(as_user)[1]
+
+
+# ---------------------------------------------------------------- tool calling
+
+
+def call_turn(name: str, text: str = "", **arguments) -> dict:
+    return {"role": "assistant", "content": text,
+            "tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}]}
+
+
+TOOL_CHAT = [{"role": "user", "content": "天气呢"}, call_turn("get_weather", city="北京"),
+             {"role": "tool", "content": "晴"}, {"role": "assistant", "content": "北京晴天"}]
+LOOSE = CleaningRules(min_prompt_chars=2, min_response_chars=3, max_chars=200)
+
+
+def test_a_call_without_text_is_not_an_empty_response():
+    assert check_record(TOOL_CHAT, LOOSE, tool_calling=True) is None
+    assert check_record(TOOL_CHAT[:2], LOOSE, tool_calling=True) is None  # ends with the call
+
+
+def test_tool_records_take_the_last_user_message_as_prompt_and_count_calls():
+    short_prompt = [{"role": "user", "content": "天"}] + TOOL_CHAT[1:]
+    assert check_record(short_prompt, LOOSE, tool_calling=True)[0] == "too_short_prompt"
+    text = message_text(TOOL_CHAT[1])
+    assert text == 'get_weather{"city":"北京"}'
+    limit = sum(len(m["content"]) for m in TOOL_CHAT) + len(text)
+    assert check_record(TOOL_CHAT, replace(LOOSE, max_chars=limit), tool_calling=True) is None
+    assert check_record(TOOL_CHAT, replace(LOOSE, max_chars=limit - 1),
+                        tool_calling=True)[0] == "too_long"
+    assert message_text(call_turn("f", "我查一下", a=1)) == '我查一下\nf{"a":1}'
+
+
+def test_records_differing_only_in_calls_or_tools_are_not_duplicates():
+    other_call = TOOL_CHAT[:1] + [call_turn("get_weather", city="上海")] + TOOL_CHAT[2:]
+    tools = [{"type": "function", "function": {"name": "get_weather"}}]
+    more_tools = tools + [{"type": "function", "function": {"name": "get_time"}}]
+    digests = {content_digests(digest_view(m, t))[1]
+               for m, t in ((TOOL_CHAT, tools), (other_call, tools), (TOOL_CHAT, more_tools))}
+    assert len(digests) == 3
+    assert content_digests(digest_view(TOOL_CHAT, tools)) == content_digests(
+        digest_view(json.loads(json.dumps(TOOL_CHAT)), tools))

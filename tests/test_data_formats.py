@@ -247,3 +247,152 @@ def test_lccc_object_records_use_the_dialog_key():
 ])
 def test_guess_format(record, fmt):
     assert guess_format(record) == fmt
+
+
+# ---------------------------------------------------------------- tool calling
+
+SCHEMAS = [{"name": "get_weather", "description": "查天气",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+           {"name": "get_time", "parameters": {"type": "object", "properties": {}}}]
+WRAPPED = [{"type": "function", "function": s} for s in SCHEMAS]
+
+
+def calls(*pairs) -> list[dict]:
+    return [{"type": "function", "function": {"name": n, "arguments": a}} for n, a in pairs]
+
+
+def sharegpt_tools(*turns, tools=json.dumps(SCHEMAS, ensure_ascii=False)) -> dict:
+    return {"conversations": [{"from": f, "value": v} for f, v in turns], "tools": tools}
+
+
+def openai_tools(*messages, tools=WRAPPED) -> dict:
+    return {"messages": list(messages), "tools": tools}
+
+
+def test_sharegpt_tool_calls_become_assistant_calls_and_tool_results():
+    conv = get_normalizer("sharegpt")(sharegpt_tools(
+        ("system", "你是助手"), ("human", "北京天气和时间？"),
+        ("function_call", '{"name": "get_weather", "arguments": {"city": "北京"}}'),
+        ("observation", "晴"),
+        ("function_call", '[{"name": "get_time", "arguments": "{}"}, '
+                          '{"name": "get_weather", "arguments": "{\\"city\\": \\"上海\\"}"}]'),
+        ("observation", "十点；上海阴"), ("gpt", "北京晴，十点。"), ("human", "谢谢")))
+    assert conv.messages == [
+        {"role": "system", "content": "你是助手"},
+        {"role": "user", "content": "北京天气和时间？"},
+        {"role": "assistant", "content": "", "tool_calls": calls(("get_weather", {"city": "北京"}))},
+        {"role": "tool", "content": "晴"},
+        {"role": "assistant", "content": "",
+         "tool_calls": calls(("get_time", {}), ("get_weather", {"city": "上海"}))},
+        {"role": "tool", "content": "十点；上海阴"},
+        {"role": "assistant", "content": "北京晴，十点。"},
+    ]
+    assert conv.tools == WRAPPED and conv.trimmed == 1
+
+
+def test_openai_tool_calls_with_text_ids_and_json_string_arguments():
+    conv = get_normalizer("openai")(openai_tools(
+        {"role": "user", "content": "北京天气？"},
+        {"role": "assistant", "content": "我查一下。", "tool_calls": [
+            {"id": "c1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "北京"}'}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "晴"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c2", "type": "function", "function": {"name": "get_time", "arguments": ""}}]},
+        {"role": "tool", "tool_call_id": "c2", "content": "十点"},
+        {"role": "assistant", "content": "晴，十点。"}, tools=SCHEMAS))
+    assert conv.messages[1] == {"role": "assistant", "content": "我查一下。",
+                                "tool_calls": calls(("get_weather", {"city": "北京"}))}
+    assert conv.messages[3] == {"role": "assistant", "content": "",
+                                "tool_calls": calls(("get_time", {}))}
+    assert [m["role"] for m in conv.messages] == ["user", "assistant", "tool", "assistant",
+                                                  "tool", "assistant"]
+    assert conv.tools == WRAPPED  # bare schemas are wrapped in OpenAI's shape
+
+
+def test_tools_without_calls_and_a_call_as_the_last_turn_are_kept():
+    plain = get_normalizer("sharegpt")(sharegpt_tools(("human", "你好"), ("gpt", "你好呀")))
+    assert plain.tools == WRAPPED and plain.messages == user_assistant("你好", "你好呀")
+    ending = get_normalizer("openai")(openai_tools(
+        {"role": "user", "content": "几点了"},
+        {"role": "assistant", "tool_calls": [{"function": {"name": "get_time", "arguments": {}}}]}))
+    assert ending.messages[-1]["tool_calls"] == calls(("get_time", {}))
+
+
+def test_plain_records_stay_plain_with_an_empty_tools_column():
+    conv = get_normalizer("sharegpt")(sharegpt_tools(("human", "你好"), ("gpt", "你好呀"),
+                                                     tools=""))
+    assert conv.tools is None and conv.messages == user_assistant("你好", "你好呀")
+
+
+def test_tools_column_mapping():
+    normalize = get_normalizer("openai", {"tools": "functions"})
+    conv = normalize({"messages": [{"role": "user", "content": "几点"},
+                                   {"role": "assistant", "content": "十点"}],
+                      "functions": SCHEMAS})
+    assert conv.tools == WRAPPED
+
+
+CALL = '{"name": "get_weather", "arguments": {"city": "北京"}}'
+BAD_TOOL_RECORDS = {
+    "tools not JSON": (sharegpt_tools(("human", "a"), ("gpt", "b"), tools="[{"),
+                       "bad_tools", "tools: not valid JSON"),
+    "tools an object": (openai_tools({"role": "user", "content": "a"},
+                                     {"role": "assistant", "content": "b"}, tools={"a": 1}),
+                        "bad_tools", "expected a list of function schemas, got an object"),
+    "schema without name": (sharegpt_tools(("human", "a"), ("gpt", "b"),
+                                           tools='[{"description": "x"}]'),
+                            "bad_tools", "tools[0]: expected an object with a function name"),
+    "call not JSON": (sharegpt_tools(("human", "a"), ("function_call", "get_weather(北京)"),
+                                     ("observation", "晴"), ("gpt", "b")),
+                      "bad_tool_call", "turn 1: not valid JSON"),
+    "call without name": (sharegpt_tools(("human", "a"), ("function_call", '{"arguments": {}}'),
+                                         ("observation", "晴"), ("gpt", "b")),
+                          "bad_tool_call", "turn 1: expected an object with a function name"),
+    "empty call list": (sharegpt_tools(("human", "a"), ("function_call", "[]"),
+                                       ("observation", "晴"), ("gpt", "b")),
+                        "bad_tool_call", "no call"),
+    "arguments not JSON": (openai_tools(
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "tool_calls": [
+            {"function": {"name": "get_weather", "arguments": "{'city': '北京'}"}}]},
+        {"role": "tool", "content": "晴"}, {"role": "assistant", "content": "b"}),
+        "tool_args_not_json", "turn 1[0].arguments: not valid JSON"),
+    "arguments an array": (sharegpt_tools(
+        ("human", "a"), ("function_call", '{"name": "get_weather", "arguments": [1]}'),
+        ("observation", "晴"), ("gpt", "b")),
+        "tool_args_not_json", "expected a JSON object, got an array"),
+    "result first": (sharegpt_tools(("observation", "晴"), ("human", "a"), ("gpt", "b")),
+                     "tool_result_without_call", "turn 0"),
+    "result after a reply": (sharegpt_tools(("human", "a"), ("gpt", "b"), ("observation", "晴"),
+                                            ("gpt", "c")),
+                             "tool_result_without_call", "turn 2"),
+    "unknown function": (sharegpt_tools(("human", "a"), ("function_call",
+                                                         '{"name": "book", "arguments": {}}'),
+                                        ("observation", "晴"), ("gpt", "b")),
+                         "unknown_function", "'book', which is not in tools (listed: get_time, "
+                                             "get_weather)"),
+    "call without tools": (sharegpt_tools(("human", "a"), ("function_call", CALL),
+                                          ("observation", "晴"), ("gpt", "b"), tools=None),
+                           "unknown_function", "listed: none"),
+    "call answered by user": (sharegpt_tools(("human", "a"), ("function_call", CALL),
+                                             ("human", "c"), ("gpt", "b")),
+                              "bad_turns", "turn 2: expected tool, got user"),
+    "ends with a result": (sharegpt_tools(("human", "a"), ("function_call", CALL),
+                                          ("observation", "晴")),
+                           "bad_turns", "ends with a tool result"),
+    "openai tool_calls not a list of calls": (openai_tools(
+        {"role": "user", "content": "a"}, {"role": "assistant", "tool_calls": "get_weather"},
+        {"role": "tool", "content": "晴"}, {"role": "assistant", "content": "b"}),
+        "bad_tool_call", "turn 1: not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("record, reason, detail", BAD_TOOL_RECORDS.values(),
+                         ids=BAD_TOOL_RECORDS.keys())
+def test_malformed_tool_records_are_rejected_with_the_reason(record, reason, detail):
+    fmt = "sharegpt" if "conversations" in record else "openai"
+    with pytest.raises(RecordError) as err:
+        get_normalizer(fmt)(record)
+    assert err.value.reason == reason
+    assert detail in err.value.detail

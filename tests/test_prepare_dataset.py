@@ -317,3 +317,51 @@ def test_command_line_module_writes_its_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "rejects.jsonl", "run_info.json", "stats.json", "test.jsonl", "train.jsonl",
         "valid.jsonl"]
+
+
+# ---------------------------------------------------------------- tool calling
+
+TOOL_DATA = ROOT / "tests" / "data"
+TOOL_REJECTS = ("bad_tools", "bad_tool_call", "tool_args_not_json", "tool_result_without_call",
+                "unknown_function")
+
+
+@pytest.mark.parametrize("file, fmt", [("tool_calls_sharegpt.json", "sharegpt"),
+                                       ("tool_calls_openai.jsonl", "openai")])
+def test_tool_calling_files_keep_calls_results_and_tools(tmp_path, file, fmt):
+    stats = run([str(TOOL_DATA / file)], tmp_path, fmt=fmt)
+    assert_invariant(stats, tmp_path)
+    assert stats["raw"] == 35
+    assert all(stats["rejected"][reason] == 1 for reason in TOOL_REJECTS)
+    # the malformed records are the last five, in REJECTS order
+    rejects = [r for r in read_jsonl(tmp_path / "rejects.jsonl") if r["reason"] in TOOL_REJECTS]
+    assert [(r["index"], r["reason"]) for r in rejects] == list(enumerate(TOOL_REJECTS, 30))
+    rows = [r for v in outputs(tmp_path).values() for r in v]
+    assert all(set(r) == {"id", "messages", "tools", "source"} for r in rows)
+    calls = [c["function"]["name"] for r in rows for m in r["messages"]
+             for c in m.get("tool_calls", ())]
+    tool = stats["tool_calls"]
+    assert tool["records_with_tools"] == tool["records_with_calls"] == len(rows) == stats["kept"]
+    assert tool["calls"] == len(calls) and tool["calls_per_record"]["max"] == 3
+    assert tool["functions"] == {name: calls.count(name) for name in sorted(set(calls))}
+    assert json.loads((tmp_path / "stats.json").read_text(encoding="utf-8")) == stats
+
+
+def test_both_tool_formats_give_the_same_records(tmp_path):
+    share = run([str(TOOL_DATA / "tool_calls_sharegpt.json")], tmp_path / "s", fmt="sharegpt")
+    oai = run([str(TOOL_DATA / "tool_calls_openai.jsonl")], tmp_path / "o", fmt="openai")
+    assert share["tool_calls"] == oai["tool_calls"]
+    by_format = [{r["id"]: (r["messages"], r["tools"]) for v in outputs(tmp_path / d).values()
+                  for r in v} for d in ("s", "o")]
+    # OpenAI gives each parallel result its own tool turn, ShareGPT one observation for both
+    same = [i for i in by_format[0] if by_format[0][i] == by_format[1].get(i)]
+    assert len(same) >= 10
+
+
+def test_plain_datasets_count_no_tool_calls(tmp_path):
+    rows = [{"instruction": f"问题{i}", "output": f"回答{i}"} for i in range(5)]
+    stats = run([write_json(tmp_path / "a.json", rows)], tmp_path / "out")
+    assert stats["tool_calls"] == {"records_with_tools": 0, "records_with_calls": 0, "calls": 0,
+                                   "calls_per_record": {"mean": 0.0, "p50": 0, "p90": 0,
+                                                        "p99": 0, "max": 0},
+                                   "functions": {}}
