@@ -1,9 +1,19 @@
+# GPUs: every job that may use one starts through workflow_scripts/gpu_slots.py, which holds
+# distinct devices for the job's lifetime (a no-op on Slurm, which gives each job its own); a
+# training with training.devices > 1 runs under torchrun, with training.nodes > 1 under srun
+# on Slurm. See docs/gpus.md and docs/slurm.md.
+from workflow_scripts.gpu_slots import multi_node_resources, stage_resources, train_launcher
+
+TRAIN_CODE = ("train_adapter", "chat_tokenize", "packing", "model_loading", "resource_usage",
+              "run_info", "token_loss")
+
+
 rule train_adapter:
     input:
         model=get_experiment_model_dir,
         train=lambda w: f"{experiment_data_dir(w)}/train.jsonl",
         valid=lambda w: f"{experiment_data_dir(w)}/valid.jsonl",
-        code=code("train_adapter", "chat_tokenize", "packing", "model_loading", "resource_usage", "run_info"),
+        code=code(*TRAIN_CODE),
     output:
         adapter="results/adapters/{experiment}/adapter_model.safetensors",
         adapter_config="results/adapters/{experiment}/adapter_config.json",
@@ -13,11 +23,24 @@ rule train_adapter:
     params:
         cfg=training_job,
         data_dir=experiment_data_dir,
+        launcher=lambda w: train_launcher(EXPERIMENTS[w.experiment]["training"]),
     threads: 2
     resources:
-        mem_mb=experiment_resource("mem_mb", 8000),
-        runtime=experiment_resource("runtime", 120),
-        gpu=experiment_resource("gpu", 0),
+        mem_mb=lambda w: stage_resources(EXPERIMENTS[w.experiment], "train")["mem_mb"] or 8000,
+        runtime=lambda w: stage_resources(EXPERIMENTS[w.experiment], "train")["runtime"] or 120,
+        # sbatch --gpus counts the job's GPUs: on one node only (across nodes: gres, per node)
+        gpu=lambda w: None if EXPERIMENTS[w.experiment]["training"]["nodes"] > 1
+        else stage_resources(EXPERIMENTS[w.experiment], "train")["gpu"],
+        gres=lambda w: multi_node_resources(EXPERIMENTS[w.experiment])["gres"],
+        nodes=lambda w: multi_node_resources(EXPERIMENTS[w.experiment])["nodes"],
+        tasks=lambda w: multi_node_resources(EXPERIMENTS[w.experiment])["tasks"],
+        tasks_per_gpu=lambda w: multi_node_resources(EXPERIMENTS[w.experiment])["tasks_per_gpu"],
+        mpi=lambda w: multi_node_resources(EXPERIMENTS[w.experiment])["mpi"],
+        slot_gpus=lambda w: stage_resources(EXPERIMENTS[w.experiment], "train")["gpu"],
+        machine_gpus=lambda w: workflow.global_resources.get("gpu").value or 0,
+        threads_per_process=lambda w, threads: max(
+            1, threads // EXPERIMENTS[w.experiment]["training"]["devices"]
+        ),
     conda:
         "../envs/workflow.yaml"
     log:
@@ -26,11 +49,14 @@ rule train_adapter:
         "results/benchmarks/train_adapter/{experiment}.tsv"
     shell:
         # Checkpoints live outside the outputs so that a killed job resumes.
-        "python -m workflow_scripts.train_adapter --config {params.cfg:q} "
-        "--model-dir {input.model} --data-dir {params.data_dir} "
+        "python -m workflow_scripts.gpu_slots --gpus {resources.slot_gpus} "
+        "--total {resources.machine_gpus} -- "
+        "{params.launcher} -m workflow_scripts.train_adapter --config {params.cfg:q} "
+        "--model-dir {input.model:q} --data-dir {params.data_dir:q} "
         "--out-dir results/adapters/{wildcards.experiment} "
         "--checkpoint-dir results/checkpoints/{wildcards.experiment} "
-        "--threads {threads} > {log} 2>&1"
+        "--progress-file logs/train_adapter/{wildcards.experiment}.progress.jsonl "
+        "--threads {resources.threads_per_process} > {log:q} 2>&1"
 
 
 rule merge_adapter:
@@ -44,8 +70,10 @@ rule merge_adapter:
         cfg=lambda w: canonical_json(model_spec(EXPERIMENTS[w.experiment]["base_model"])),
     threads: 2
     resources:
-        mem_mb=experiment_resource("mem_mb", 8000),
-        runtime=60,
+        mem_mb=lambda w: stage_resources(EXPERIMENTS[w.experiment], "merge")["mem_mb"] or 8000,
+        runtime=lambda w: stage_resources(EXPERIMENTS[w.experiment], "merge")["runtime"] or 60,
+        gpu=lambda w: stage_resources(EXPERIMENTS[w.experiment], "merge")["gpu"],
+        machine_gpus=lambda w: workflow.global_resources.get("gpu").value or 0,
     conda:
         "../envs/workflow.yaml"
     log:
@@ -53,6 +81,8 @@ rule merge_adapter:
     benchmark:
         "results/benchmarks/merge_adapter/{experiment}.tsv"
     shell:
-        "python -m workflow_scripts.merge_adapter --model-dir {input.model} "
+        "python -m workflow_scripts.gpu_slots --gpus {resources.gpu} "
+        "--total {resources.machine_gpus} -- "
+        "python -m workflow_scripts.merge_adapter --model-dir {input.model:q} "
         "--adapter-dir results/adapters/{wildcards.experiment} --config {params.cfg:q} "
-        "--out-dir {output} > {log} 2>&1"
+        "--out-dir {output:q} > {log:q} 2>&1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,8 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
-from workflow_scripts.gpu_slots import launch_env
+from workflow_scripts.gpu_slots import launch_env, multi_node_resources, stage_resources, train_launcher
 
 REPO = Path(__file__).resolve().parent.parent
 # A job that notes the devices it was given and the time it held them.
@@ -96,3 +98,49 @@ def test_nothing_changes_under_slurm_or_without_gpus(tmp_path, env, total):
 def test_asking_for_more_gpus_than_the_machine_has_fails_clearly(tmp_path):
     with pytest.raises(SystemExit, match="asks for 3 GPUs but this machine has 2"):
         launch_env(3, 2, {}, tmp_path)
+
+
+def test_the_workflow_starts_each_job_through_its_slots(tmp_path):
+    """What `snakemake --resources gpu=2` would run: every training and merge holds its
+    experiment's GPUs, and two devices per training mean torchrun with two processes."""
+    from workflow_runner import make_workflow
+
+    workflow = make_workflow(tmp_path)
+    config = yaml.safe_load(workflow.config.read_text())
+    config["sweeps"]["rank"]["base"]["training"] = {"devices": 2}
+    config["experiments"]["lccc-qlora"]["resources"] = {"merge": {"gpu": 1}}
+    workflow.config.write_text(yaml.safe_dump(config))
+    proc = workflow.run("-n", "-p", "--cores", "4", "--resources", "gpu=2")
+    commands = [line for line in proc.stdout.splitlines() if "workflow_scripts.gpu_slots" in line]
+    trains = {re.search(r"--out-dir results/adapters/(\S+)", c).group(1): c
+              for c in commands if "train_adapter" in c}
+    assert set(trains) == {"rank-r2", "rank-r4", "lccc-qlora"}
+    for name in ("rank-r2", "rank-r4"):
+        assert "--gpus 2 --total 2 -- python -m torch.distributed.run --standalone " \
+               "--nproc-per-node 2 -m workflow_scripts.train_adapter" in trains[name]
+        assert "--threads 1 " in trains[name]  # the rule's 2 threads over two processes
+    assert "--gpus 1 --total 2 -- python -m workflow_scripts.train_adapter" in trains["lccc-qlora"]
+    merges = [c for c in commands if "merge_adapter" in c]
+    assert len(merges) == 1 and "--gpus 1 --total 2 -- python -m" in merges[0]
+
+
+def experiment(devices=1, nodes=1, **resources) -> dict:
+    return {"training": {"devices": devices, "nodes": nodes}, "resources": resources}
+
+
+def test_evaluation_and_merge_take_a_gpu_when_training_does():
+    assert stage_resources(experiment(devices=4), "train")["gpu"] == 4
+    assert stage_resources(experiment(devices=4), "evaluate")["gpu"] == 1
+    assert stage_resources(experiment(gpu=0), "merge")["gpu"] == 0       # a CPU experiment
+    own = experiment(mem_mb=9000, evaluate={"gpu": 0, "runtime": 30})
+    assert stage_resources(own, "evaluate") == {"gpu": 0, "mem_mb": 9000, "runtime": 30}
+
+
+def test_a_training_across_nodes_asks_slurm_for_one_task_and_its_gpus_per_node():
+    assert set(multi_node_resources(experiment(devices=4)).values()) == {None}
+    assert multi_node_resources(experiment(devices=4, nodes=2)) == {
+        "gres": "gpu:4", "nodes": 2, "tasks": 2, "tasks_per_gpu": 0, "mpi": "srun"}
+    launcher = train_launcher({"devices": 4, "nodes": 2})
+    assert launcher.startswith("srun --nodes 2 --ntasks-per-node 1 python -m torch.distributed.run")
+    assert "--nnodes 2 --nproc-per-node 4 --rdzv-backend c10d" in launcher
+    assert train_launcher({"devices": 1, "nodes": 1}) == "python"

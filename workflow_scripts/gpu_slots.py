@@ -1,5 +1,8 @@
 """Start a job on GPUs of its own: hold N distinct device slots for the job's lifetime.
 
+Also what each job asks for (stage_resources) and how a training is launched (train_launcher),
+which the rules in rules/train.smk and rules/evaluate.smk read.
+
     python -m workflow_scripts.gpu_slots --gpus N --total M [--slots-dir DIR] -- CMD ...
 
 Each of the machine's M GPUs is a slot file `DIR/gpu<i>.lock`; a job holds a slot by holding
@@ -29,6 +32,47 @@ from pathlib import Path
 
 POLL_SECONDS = 0.2
 ENV_SLOTS_DIR = "LORA_GPU_SLOTS_DIR"
+
+
+def stage_resources(experiment: dict, stage: str) -> dict:
+    """What one of an experiment's jobs asks for: stage `train` (the top level of its
+    `resources:`), `evaluate` or `merge` (their own blocks). Training's GPUs per node default
+    to training.devices; evaluation and merge take one GPU when training takes any."""
+    res = experiment["resources"]
+    train_gpus = res.get("gpu", experiment["training"]["devices"])
+    if stage == "train":
+        return {"gpu": train_gpus, "mem_mb": res.get("mem_mb"), "runtime": res.get("runtime")}
+    own = res.get(stage, {})
+    return {"gpu": own.get("gpu", min(1, train_gpus)),
+            "mem_mb": own.get("mem_mb", res.get("mem_mb")), "runtime": own.get("runtime")}
+
+
+def multi_node_resources(experiment: dict) -> dict:
+    """Slurm resources of a training across nodes; all None (no such key) on one node.
+
+    The Slurm plugin must then not wrap the job in its own one-task srun ("mpi"); the job asks
+    for one task per node and, with "gres", for its GPUs on each node (--gpus counts per job)."""
+    nodes = experiment["training"]["nodes"]
+    gpus = stage_resources(experiment, "train")["gpu"]
+    if nodes == 1:
+        return dict.fromkeys(("gres", "nodes", "tasks", "tasks_per_gpu", "mpi"))
+    return {"gres": f"gpu:{gpus}" if gpus else None, "nodes": nodes, "tasks": nodes,
+            "tasks_per_gpu": 0, "mpi": "srun"}
+
+
+def train_launcher(training: dict) -> str:
+    """The command that runs `-m workflow_scripts.train_adapter`: python for one process,
+    torchrun for training.devices processes, srun + torchrun across training.nodes with the
+    allocation's first node as the rendezvous."""
+    devices, nodes = training["devices"], training["nodes"]
+    if nodes > 1:
+        head = '"$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"'
+        return (f"srun --nodes {nodes} --ntasks-per-node 1 python -m torch.distributed.run "
+                f"--nnodes {nodes} --nproc-per-node {devices} --rdzv-backend c10d "
+                f'--rdzv-id "$SLURM_JOB_ID" --rdzv-endpoint {head}:$((29500 + SLURM_JOB_ID % 1000))')
+    if devices > 1:
+        return f"python -m torch.distributed.run --standalone --nproc-per-node {devices}"
+    return "python"
 
 
 def default_slots_dir() -> Path:
@@ -130,7 +174,11 @@ def main(argv: list[str] | None = None) -> None:
         os.set_inheritable(fd, True)
     print(f"gpu_slots: CUDA_VISIBLE_DEVICES={env.get('CUDA_VISIBLE_DEVICES', '<unchanged>')!s}",
           file=sys.stderr, flush=True)
-    os.execvpe(cmd[0], cmd, env)
+    try:
+        os.execvpe(cmd[0], cmd, env)
+    except FileNotFoundError:
+        hint = " (training.nodes > 1 runs on Slurm only)" if cmd[0] == "srun" else ""
+        raise SystemExit(f"gpu_slots: {cmd[0]}: command not found{hint}") from None
 
 
 if __name__ == "__main__":
