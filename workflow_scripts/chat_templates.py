@@ -15,12 +15,9 @@ public Qwen2.5 conventions, in our own wording:
 """
 from __future__ import annotations
 
-TOOLS_PREAMBLE = (
-    "# 工具\\n\\n你可以调用下面的函数来完成用户的请求。函数签名在 <tools></tools> 中：\\n<tools>"
-)
+TOOLS_PREAMBLE = "# 工具\\n\\n可调用的函数：\\n<tools>"
 TOOLS_INSTRUCTIONS = (
-    "\\n</tools>\\n\\n调用函数时，每次调用输出一个 <tool_call></tool_call> 块，内容为含函数名和参数的 JSON："
-    '\\n<tool_call>\\n{"name": <函数名>, "arguments": <参数 JSON 对象>}\\n</tool_call>'
+    '\\n</tools>\\n\\n每个调用写成：\\n<tool_call>\\n{"name": 函数名, "arguments": 参数对象}\\n</tool_call>'
 )
 
 CHATML_TOOLS_TEMPLATE = (

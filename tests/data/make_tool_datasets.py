@@ -8,8 +8,10 @@
   arguments, `role: tool` results, a `tools` list), JSON Lines.
 
 Each holds 30 good conversations with several calls each (sequential, parallel, and
-across two user turns) and one malformed record per tool reject reason, listed in
-`REJECTS` by index, so tests can check raw = kept + rejected and every reason.
+across two user turns) and then one malformed record per tool reject reason, in `REJECTS`
+order, so tests can check raw = kept + rejected and every reason. Each also has a
+`_valid` and a `_test` file of good conversations (4 and 6), so a config can pre-split
+them (`files: {train: ..., valid: ..., test: ...}`) and never get an empty test split.
 """
 from __future__ import annotations
 
@@ -19,12 +21,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SEED = 14
-GOOD = 30
+SIZES = {"": 30, "_valid": 4, "_test": 6}  # good conversations per file, by suffix
 
-FUNCTIONS = {
-    "get_weather": ("查询城市某天的天气", {"city": "城市名", "date": "日期"}),
-    "search_flights": ("查询两城市间的航班", {"origin": "出发城市", "destination": "到达城市"}),
-    "convert_currency": ("按汇率换算金额", {"amount": "金额", "to": "目标货币"}),
+FUNCTIONS = {  # name: (description, parameters)
+    "get_weather": ("查询城市某天的天气", ("city", "date")),
+    "search_flights": ("查询两城市间的航班", ("origin", "destination")),
+    "convert_currency": ("按汇率换算金额", ("amount", "to")),
 }
 CITIES = ["北京", "上海", "广州", "深圳", "成都", "杭州", "西安", "武汉"]
 DATES = ["今天", "明天", "后天"]
@@ -36,8 +38,7 @@ def schema(name: str) -> dict:
     description, params = FUNCTIONS[name]
     return {"name": name, "description": description, "parameters": {
         "type": "object", "required": list(params),
-        "properties": {key: {"type": "string", "description": text}
-                       for key, text in params.items()}}}
+        "properties": {key: {"type": "string"} for key in params}}}
 
 
 def call(name: str, **arguments) -> dict:
@@ -78,9 +79,9 @@ def trip(rng: random.Random) -> tuple[list[tuple[str, object]], list[str]]:
     return turns, ["search_flights", "get_weather", "convert_currency"]
 
 
-def good_conversations() -> list[tuple[list[tuple[str, object]], list[str]]]:
-    rng = random.Random(SEED)
-    return [(two_cities if i % 2 == 0 else trip)(rng) for i in range(GOOD)]
+def good_conversations(count: int, rng: random.Random
+                       ) -> list[tuple[list[tuple[str, object]], list[str]]]:
+    return [(two_cities if i % 2 == 0 else trip)(rng) for i in range(count)]
 
 
 # ---------------------------------------------------------------- ShareGPT
@@ -174,21 +175,26 @@ REJECTS = ("bad_tools", "bad_tool_call", "tool_args_not_json", "tool_result_with
            "unknown_function")
 
 
-def build() -> tuple[list[dict], list[dict]]:
-    good = good_conversations()
+def build(count: int, rng: random.Random, rejects: bool) -> tuple[list[dict], list[dict]]:
+    """(ShareGPT records, OpenAI records) of the same conversations."""
+    good = good_conversations(count, rng)
     share = [sharegpt(turns, names) for turns, names in good]
-    share_bad = sharegpt_rejects(share[0])
     oai = [openai(turns, names, n) for n, (turns, names) in enumerate(good)]
-    oai_bad = openai_rejects(oai[0])
-    return share + [share_bad[r] for r in REJECTS], oai + [oai_bad[r] for r in REJECTS]
+    if rejects:
+        share_bad, oai_bad = sharegpt_rejects(share[0]), openai_rejects(oai[0])
+        share += [share_bad[r] for r in REJECTS]
+        oai += [oai_bad[r] for r in REJECTS]
+    return share, oai
 
 
 def main() -> None:
-    share, oai = build()
-    (HERE / "tool_calls_sharegpt.json").write_text(
-        json.dumps(share, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    (HERE / "tool_calls_openai.jsonl").write_text(
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in oai), encoding="utf-8")
+    rng = random.Random(SEED)
+    for suffix, count in SIZES.items():
+        share, oai = build(count, rng, rejects=not suffix)
+        (HERE / f"tool_calls_sharegpt{suffix}.json").write_text(
+            json.dumps(share, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        (HERE / f"tool_calls_openai{suffix}.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in oai), encoding="utf-8")
 
 
 if __name__ == "__main__":
