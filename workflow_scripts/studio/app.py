@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,7 +86,14 @@ def _token_guard(app: FastAPI, token: str) -> None:
 def create_app(settings: StudioSettings, pool: ModelPool | None = None) -> FastAPI:
     catalog = Catalog(settings.config, settings.workdir, settings.stale_after_s)
     pool = pool or ModelPool(catalog, settings.max_tokens_cap)
-    app = FastAPI(title="LoRA workflow studio", docs_url="/api/docs", redoc_url=None)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        threading.Thread(target=pool.warm_up, name="studio-warm-up", daemon=True).start()
+        yield
+
+    app = FastAPI(title="LoRA workflow studio", docs_url="/api/docs", redoc_url=None,
+                  lifespan=lifespan)
     app.state.catalog, app.state.pool, app.state.settings = catalog, pool, settings
     _error_handlers(app)
     if settings.token:

@@ -116,7 +116,8 @@ class ModelPool:
         self.catalog = catalog
         self.max_tokens_cap = max_tokens_cap
         self.loaded: dict[tuple[str, bool], LoadedBase] = {}
-        self._load_lock = threading.Lock()
+        self._load_lock = threading.Lock()  # one model load at a time
+        self._tokenizer_lock = threading.Lock()
         self._tokenizers: dict[str, tuple[Any, threading.Lock]] = {}
 
     # Names.
@@ -195,11 +196,16 @@ class ModelPool:
         return Outcome(len(chat.input_ids), len(new), reason)
 
     # Loading.
+    def warm_up(self) -> None:
+        """Import the heavy libraries ahead of the first chat (seconds on a busy CPU)."""
+        import peft  # noqa: F401
+        import transformers  # noqa: F401
+
     def _tokenizer(self, base_model: str):
         from workflow_scripts.model_loading import load_tokenizer
 
         model_dir = str(self.catalog.model_dir(base_model))
-        with self._load_lock:
+        with self._tokenizer_lock:
             if model_dir not in self._tokenizers:
                 trust = self.catalog.base_models[base_model].get("trust_remote_code", False)
                 self._tokenizers[model_dir] = (load_tokenizer(model_dir, trust), threading.Lock())

@@ -182,7 +182,7 @@ async function comparePage() {
 
   $("#predictions").replaceChildren(el("thead", {}, el("tr", {}, el("th", {}, "prompt"), el("th", {}, "reference"),
     names.map((n) => el("th", {}, n)))), el("tbody", {}, data.predictions.map((p) => el("tr", {},
-      el("td", {}, p.prompt), el("td", {}, p.reference), names.map((n) => el("td", {}, p.predictions[n] ?? "")))));
+      el("td", {}, p.prompt), el("td", {}, p.reference), names.map((n) => el("td", {}, p.predictions[n] ?? ""))))));
 }
 
 // ---------------------------------------------------------------- Live
