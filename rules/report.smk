@@ -23,8 +23,24 @@ rule collect_metrics:
         train=expand("results/adapters/{e}/train_metrics.json", e=EXPERIMENTS),
         evals=expand("results/eval/{e}/metrics.json", e=EXPERIMENTS),
         base=[f"results/eval/base/{m}/{d}/{k}/metrics.json" for m, d, k in BASE_EVALS],
+        # The per-item files behind the bootstrap intervals and paired differences.
+        eval_items=expand(
+            "results/eval/{e}/{f}.jsonl", e=EXPERIMENTS, f=("predictions", "record_losses")
+        ),
+        base_items=[
+            f"results/eval/base/{m}/{d}/{k}/{f}.jsonl"
+            for m, d, k in BASE_EVALS
+            for f in ("predictions", "record_losses")
+        ],
         stats=expand("results/data/{d}/stats.json", d=CFG["datasets"]),
-        code=code("collect_metrics"),
+        code=code(
+            "collect_metrics",
+            "uncertainty",
+            "text_metrics",
+            "experiment_config",
+            "report/evaluations",
+            "report/studies",
+        ),
     output:
         experiments=report(
             "results/metrics/experiments.tsv",
@@ -51,6 +67,21 @@ rule collect_metrics:
             caption="../reports/captions/data_stats.rst",
             category="Tables",
         ),
+        quantization=report(
+            "results/metrics/quantization.tsv",
+            caption="../reports/captions/quantization.rst",
+            category="Tables",
+        ),
+        ranking=report(
+            "results/metrics/ranking.tsv",
+            caption="../reports/captions/ranking.rst",
+            category="Tables",
+        ),
+        studies=report(
+            "results/metrics/studies.tsv",
+            caption="../reports/captions/studies.rst",
+            category="Tables",
+        ),
         manifest="results/metrics/experiments.json",
     localrule: True
     conda:
@@ -67,11 +98,22 @@ rule render_report:
         tables=rules.collect_metrics.output,
         config="results/metrics/config.json",
         predictions=expand("results/eval/{e}/predictions.jsonl", e=EXPERIMENTS),
+        data=expand("results/data/{d}/{f}", d=CFG["datasets"], f=("stats.json", "rejects.jsonl")),
         templates=sorted(REPO_DIR.joinpath("reports/templates").glob("*")),
         captions=sorted(REPO_DIR.joinpath("reports/captions").glob("*")),
-        code=code("render_report", "plots"),
+        code=code(
+            "render_report",
+            "plots",
+            "uncertainty",
+            "experiment_config",
+            "report/formatting",
+            "report/sections",
+            "report/studies",
+            "report/summary",
+        ),
     output:
         md="results/report/training_report.md",
+        summary="results/report/summary.json",
         html=report(
             "results/report/training_report.html",
             caption="../reports/captions/training_report.rst",

@@ -1,33 +1,37 @@
 """collect_metrics, plots and render_report on a fake results tree (tests/report_fixtures.py)."""
 import json
+import math
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
-from report_fixtures import REPO, build_results, run_pipeline
+from report_fixtures import REPO, build_results, run_pipeline, summary_lines, summary_problems
 
 from workflow_scripts import collect_metrics
-from workflow_scripts.collect_metrics import HYPERPARAMETER_KEYS, RANK_KEYS
-from workflow_scripts.collect_metrics import groups_differing_only_in
 from workflow_scripts.io_utils import read_json, read_jsonl
 from workflow_scripts.plots import expected_plots
+from workflow_scripts.uncertainty import ratio_interval
 
-SECTIONS = ("1 Overview", "2 Environment", "3 Data", "4 Training", "5 Comparison",
-            "6 Samples", "7 Findings")
+SECTIONS = ["1 Results", "2 Studies", "3 Training", "4 Data", "5 Samples", "6 Metrics",
+            "7 Environment"]
+RESAMPLES = 200
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     run = build_results(root)
-    results = run_pipeline(root)
+    results = run_pipeline(root, resamples=RESAMPLES)
     report = results / "report"
-    return {"run": run, "results": results,
+    return {"run": run, "results": results, "metrics": results / "metrics",
             "md": (report / "training_report.md").read_text(encoding="utf-8"),
             "html": (report / "training_report.html").read_text(encoding="utf-8")}
+
+
+def table(built, name: str) -> pd.DataFrame:
+    return pd.read_csv(built["metrics"] / f"{name}.tsv", sep="\t")
 
 
 def both(built) -> tuple[str, str]:
@@ -35,78 +39,151 @@ def both(built) -> tuple[str, str]:
 
 
 def test_tables_follow_the_contract(built):
-    metrics, run = built["results"] / "metrics", built["run"]
-    names = set(run["experiments"])
-    experiments = pd.read_csv(metrics / "experiments.tsv", sep="\t")
-    assert set(experiments["experiment"]) == names
-    assert (experiments["status"] == "done").all()
-    comparison = pd.read_csv(metrics / "comparison.tsv", sep="\t")
+    names = set(built["run"]["experiments"])
+    experiments = table(built, "experiments")
+    assert set(experiments["experiment"]) == names and (experiments["status"] == "done").all()
+    comparison = table(built, "comparison")
     assert len(comparison) == len(names) * len(collect_metrics.EVAL_METRICS)
-    log = pd.read_csv(metrics / "training_log.tsv", sep="\t")
-    logged = sum(len(list(read_jsonl(built["results"] / "adapters" / n / "trainer_log.jsonl")))
-                 for n in names)
-    assert len(log) == logged
-    stats = pd.read_csv(metrics / "data_stats.tsv", sep="\t").set_index("dataset")
-    assert stats.loc["alpaca_zh", "rejected_empty_response"] == 12
-    base = pd.read_csv(metrics / "base_metrics.tsv", sep="\t")
-    assert set(zip(base["base_model"], base["dataset"])) == {("tiny-zh", "alpaca_zh"),
-                                                             ("tiny-zh", "lccc")}
-    assert read_json(metrics / "experiments.json") == json.loads(json.dumps(run["experiments"]))
+    log = table(built, "training_log")
+    assert len(log) == sum(len(list(read_jsonl(built["results"] / "adapters" / n /
+                                               "trainer_log.jsonl"))) for n in names)
+    base = table(built, "base_metrics").set_index("base_eval")
+    alpaca = "results/eval/base/tiny-zh/alpaca_zh/"
+    assert set(base.index) == {alpaca + "full-0123456789", alpaca + "nf4-0123456789",
+                               "results/eval/base/tiny-zh/lccc/full-0123456789",
+                               "results/eval/base/other-zh/alpaca_zh/full-0123456789"}
+    assert base.loc[alpaca + "nf4-0123456789", "used_by"] == "method-study-qlora"
+    assert set(table(built, "quantization")["experiment"]) == {"method-study-qlora"}
+    studies = table(built, "studies").groupby("study")["kind"].first().to_dict()
+    assert studies == {"rank-study": "rank", "lr-study": "hyperparameters",
+                       "method-study": "method"}
+    assert read_json(built["metrics"] / "experiments.json") == json.loads(
+        json.dumps(built["run"]["experiments"]))
 
 
-def test_study_groups_are_detected_from_the_configs(built):
-    experiments = built["run"]["experiments"]
-    assert [sorted(g) for g in groups_differing_only_in(experiments, RANK_KEYS)] == [
-        ["rank-study-r16", "rank-study-r4", "rank-study-r8"]]
-    assert [sorted(g) for g in groups_differing_only_in(experiments, HYPERPARAMETER_KEYS)] == [
-        ["lr-study-lr0.0005", "lr-study-lr0.001", "rank-study-r8"]]
+def test_every_metric_has_an_interval_around_its_value(built):
+    experiments = table(built, "experiments").set_index("experiment")
+    for name in experiments.index:
+        metrics = read_json(built["results"] / "eval" / name / "metrics.json")
+        for metric in ("loss", "bleu4", "rougeL", "sacrebleu", "chrf", "eot_share"):
+            column = collect_metrics.column(metric)
+            row = experiments.loc[name]
+            assert row[column] == pytest.approx(metrics[metric])
+            assert row[f"{column}_low"] <= row[column] + 1e-9 <= row[f"{column}_high"] + 2e-9
+    # The loss interval resamples test records: recomputed here with the same seed.
+    losses = list(read_jsonl(built["results"] / "eval" / "rank-study-r4" / "record_losses.jsonl"))
+    expected = ratio_interval([r["loss_sum"] for r in losses], [r["n_tokens"] for r in losses],
+                              RESAMPLES, seed=built["run"]["seed"])
+    row = experiments.loc["rank-study-r4"]
+    assert (row["test_loss_low"], row["test_loss_high"]) == pytest.approx(
+        (expected.low, expected.high))
 
 
-def test_every_section_is_rendered(built):
+def test_differences_are_paired_and_verdicts_follow_the_interval(built):
+    comparison = table(built, "comparison")
+    tested = comparison[comparison["verdict"] != "not tested"]
+    excludes = (tested["difference_low"] > 0) | (tested["difference_high"] < 0)
+    assert (excludes == (tested["verdict"] != "no clear difference")).all()
+    noisy = comparison.set_index(["experiment", "metric"]).loc[("lr-study-lr1e-05", "rougeL")]
+    assert noisy["verdict"] == "no clear difference"
+    assert noisy["difference_low"] < 0 < noisy["difference_high"]
+    assert (comparison["n_paired"].dropna() > 0).all()
+
+
+def test_no_percent_change_against_a_near_zero_base(built):
+    rows = table(built, "comparison").set_index(["experiment", "metric"])
+    zero = rows.loc[("lccc-r8", "sacrebleu")]
+    assert zero["base"] == 0 and zero["difference"] > 0 and math.isnan(zero["change_pct"])
+    small = rows.loc[("rank-study-r8", "bleu4")]  # the base scores 0.67 of 100
+    assert 0 < small["base"] < 5 and math.isnan(small["change_pct"])
+    loss = rows.loc[("rank-study-r8", "loss")]
+    assert loss["change_pct"] == pytest.approx(100 * (loss["finetuned"] - loss["base"]) / loss["base"])
     for text in both(built):
-        for section in SECTIONS:
-            assert section in text
-        assert "Rank study" in text and "batch x accum" in text
-        assert "Fixture report" in text
+        assert not re.search(r"[+-]\d{5,}(\.\d)?%", text)  # no +1586031564.7%
 
 
-def test_numbers_come_from_the_files(built):
-    results = built["results"]
-    tuned = read_json(results / "eval" / "rank-study-r16" / "metrics.json")
-    base = read_json(results / "eval" / "base" / "tiny-zh" / "alpaca_zh" / "metrics.json")
-    train = read_json(results / "adapters" / "rank-study-r16" / "train_metrics.json")
-    info = read_json(results / "adapters" / "rank-study-r16" / "run_info.json")
-    change = 100 * (tuned["rougeL"] - base["rougeL"]) / base["rougeL"]
-    expected = [format(tuned["bleu4"], ".4g"), format(tuned["rougeL"], ".4g"),
-                f"{change:+.1f}%", str(train["trainable_params"]), str(train["total_params"]),
-                info["git_commit"], info["hardware"]["cpu"],
-                next(iter(info["data_files"].values())),
-                "empty response", "n/a"]
-    for text in both(built):
-        for value in expected:
-            assert value in text, value
+def test_rankings_stay_within_dataset_and_base_model(built):
+    ranking = table(built, "ranking")
+    groups = {k: list(g.sort_values("position")["experiment"])
+              for k, g in ranking.groupby(["dataset", "base_model"])}
+    assert groups[("alpaca_zh", "other-zh")] == ["other-r8"]
+    assert groups[("lccc", "tiny-zh")] == ["lccc-r8"]
+    tiny = ranking[ranking["base_model"] == "tiny-zh"].set_index("experiment")
+    assert set(groups[("alpaca_zh", "tiny-zh")][:2]) == {"rank-study-r16", "rank-study-r32"}
+    runner_up = groups[("alpaca_zh", "tiny-zh")][1]
+    assert tiny.loc[runner_up, "verdict"] == "no clear difference"
+    assert (tiny.loc[groups[("alpaca_zh", "tiny-zh")][2:], "verdict"] == "worse").all()
 
 
-def test_findings_name_the_best_run_and_the_loss_trend(built):
-    for text in both(built):
-        assert "alpaca_zh, bleu4: rank-study-r16 has the highest value" in text
-        assert "rank-study-r4: training loss was still falling at the end" in text
+def test_summary_claims_match_the_tables(built):
+    assert summary_problems(built["metrics"], built["md"]) == []
+    lines = summary_lines(built["md"])
+    assert any("cannot be told apart from" in line for line in lines)
+    assert any("no clear difference (noise) in 1 (lr-study-lr1e-05)" in line for line in lines)
+    assert any(line.startswith("Loading the base model in 4 bits") and "(worse)" in line
+               for line in lines)
+    assert any("still falling" in line and "rank-study-r4" in line for line in lines)
+    md, html = both(built)
+    assert md.index("## Summary") < md.index("## 1 Results")
+    assert "11 fine-tuning experiments (10 LoRA and 1 QLoRA) of 2 base models on 2 datasets" in md
+    assert html.index('id="summary"') < html.index('id="results"')
 
 
-def test_samples_show_base_and_finetuned_answers_escaped(built):
+def test_summary_notices_a_wrong_claim(built):
+    wrong = built["md"].replace("better than the base in 11 of 11", "better than the base in 9 of 11")
+    assert summary_problems(built["metrics"], wrong)
+
+
+def test_every_section_is_rendered_in_order(built):
+    md, html = both(built)
+    assert re.findall(r"^## (\d \w+)", md, flags=re.M) == SECTIONS
+    for text in (md, html):
+        for title in ("Rank", "LoRA vs QLoRA", "Hyper-parameter rounds", "Fixture report",
+                      "batch x accum", "Cost of loading the base in 4 bits"):
+            assert title in text, title
+
+
+def test_study_tables_show_intervals_and_base_end_of_turn_share(built):
+    md = built["md"]
+    rank = md.split("**rank-study (varies lora.r)**", 1)[1].split("\n\n", 2)[1]
+    rows = [line for line in rank.splitlines() if line.startswith("| rank-study-")]
+    assert [row.split(" | ")[1] for row in rows] == ["4", "8", "16", "32"]
+    experiments = table(built, "experiments").set_index("experiment")
+    r8 = experiments.loc["rank-study-r8"]
+    assert f"{r8['bleu4']:.4g} [{r8['bleu4_low']:.4g}, {r8['bleu4_high']:.4g}]" in rows[1]
+    assert rows[1].endswith("| 75% (25%) | ")
+
+
+def test_data_section_is_readable(built):
+    md = built["md"]
+    data = md.split("## 4 Data", 1)[1].split("## 5 Samples", 1)[0]
+    assert "per file" not in data and "too long" not in data
+    assert "| rejected: empty response | 12 |" in data and "| rejected: duplicate | 8 |" in data
+    assert data.index("| train split |") < data.index("| valid split |") < data.index("| test split |")
+    assert "| alpaca_zh | record tokens: tiny-zh | 30.5 | 28 | 50 | 70 | 90 |" in data
+    examples = data.split("### Rejected records", 1)[1]
+    assert examples.count("| alpaca_zh | empty response |") == 1
+    assert '{"instruction": "你好吗？", "output": ""}' in examples
+
+
+def test_samples_show_reference_base_and_finetuned_answers_escaped(built):
     md, html = both(built)
     rows = {r["id"]: r for r in read_jsonl(built["results"] / "eval" / "rank-study-r16" /
                                            "predictions.jsonl")}
-    assert rows["a1"]["prediction"] in md and rows["a1"]["prediction"] in html
+    base = {r["id"]: r for r in read_jsonl(built["results"] / "eval" / "base" / "tiny-zh" /
+                                           "alpaca_zh" / "full-0123456789" / "predictions.jsonl")}
+    assert f"| rank-study-r16 | {rows['a1']['prediction']} |" in md
+    assert f"| base | {base['a1']['prediction']} |" in md
+    assert f"| reference | {rows['a1']['reference']} |" in md
     assert "<html> 是" not in html and "&lt;html&gt; 是网页的根元素" in html
     assert "&lt;html&gt;" in md
 
 
 def test_html_embeds_every_plot_and_md_links_them(built):
     md, html = both(built)
-    plots = expected_plots(built["run"]["experiments"])
-    assert set(plots) == {"training_loss", "eval_loss", "base_vs_finetuned", "rank_metrics",
-                          "rank_cost"}
+    plots = expected_plots(table(built, "studies"))
+    assert set(plots) == {"training_loss", "base_vs_finetuned", "rank_metrics", "rank_cost",
+                          "method_cost"}
     sources = re.findall(r'<img src="([^"]+)"', html)
     assert len(sources) == len(plots)
     assert all(s.startswith("data:image/png;base64,") for s in sources)
@@ -120,18 +197,17 @@ def test_missing_optional_files_render_as_na(tmp_path):
     build_results(tmp_path)
     results = tmp_path / "results"
     (results / "eval" / "rank-study-r4" / "metrics.json").unlink()
-    (results / "eval" / "base" / "tiny-zh" / "lccc" / "predictions.jsonl").unlink()
+    (results / "eval" / "base" / "tiny-zh" / "lccc" / "full-0123456789" / "predictions.jsonl").unlink()
     (results / "adapters" / "lccc-r8" / "run_info.json").unlink()
-    run_pipeline(tmp_path)
+    run_pipeline(tmp_path, resamples=50)
     experiments = pd.read_csv(results / "metrics" / "experiments.tsv", sep="\t")
     assert experiments.set_index("experiment").loc["rank-study-r4", "status"] == "trained"
     md = (results / "report" / "training_report.md").read_text(encoding="utf-8")
-    assert "| rank-study-r4 | tiny-zh | alpaca_zh | lora | 4 | 16 | 0.002 | 60 | trained |" in md
-    lccc_samples = md.split("### lccc-r8\n", 2)[-1].split("###")[0]
-    assert "_n/a_" in lccc_samples
+    assert "| rank-study-r4 | 4 | 14336 | 34 | 368 | 0.9297 | n/a | n/a | n/a |" in md
+    assert "| base | n/a |" in md.split("### lccc / tiny-zh", 1)[1]
 
 
-def test_cli_runs_as_a_module(built, tmp_path):
+def test_cli_runs_as_a_module_and_is_deterministic(built, tmp_path):
     results = built["results"]
     out = tmp_path / "report"
     subprocess.run([sys.executable, "-m", "workflow_scripts.render_report",

@@ -1,9 +1,11 @@
-"""The rendered HTML report in headless Debian chromium: every image loads, the page draws.
+"""The rendered HTML report in headless Debian chromium: every image loads, the page draws,
+and it fits a 1280-pixel desktop window and a 390-pixel phone window without scrolling sideways.
 
 Skipped without /usr/bin/chromium, unless CI is set (then missing chromium is a failure).
-The screenshot is kept in $TEST_OUTPUT_DIR (default: the test's tmp folder).
+Screenshots are kept in $TEST_OUTPUT_DIR (default: the test's tmp folder).
 """
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,17 +16,21 @@ from report_fixtures import build_results, run_pipeline
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# Runs after every image has loaded or failed; --dump-dom then shows the verdict.
-IMAGE_CHECK = """<script>
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--hide-scrollbars"]
+# Runs after every image has loaded or failed; --dump-dom then shows the verdict: how many
+# images loaded, and how far the page reaches past the window (0: no sideways scrolling).
+PAGE_CHECK = """<script>
 window.addEventListener("load", () => {
   const images = Array.from(document.images);
   const loaded = images.filter((img) => img.complete && img.naturalWidth > 0);
   document.body.dataset.images = images.length;
   document.body.dataset.loaded = loaded.length;
+  document.body.dataset.overflow = document.documentElement.scrollWidth - window.innerWidth;
 });
 </script>
 """
+WIDTHS = {"desktop": 1280, "phone": 390}
 
 pytestmark = pytest.mark.browser
 
@@ -42,7 +48,7 @@ def chromium():
 def report_html(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("browser")
     build_results(root)
-    return run_pipeline(root) / "report" / "training_report.html"
+    return run_pipeline(root, resamples=100) / "report" / "training_report.html"
 
 
 def run_chromium(binary: str, profile: Path, *args: str) -> str:
@@ -51,27 +57,34 @@ def run_chromium(binary: str, profile: Path, *args: str) -> str:
     return result.stdout
 
 
-def test_every_image_loads(chromium, report_html, tmp_path):
-    checked = tmp_path / "checked.html"
-    html = report_html.read_text(encoding="utf-8")
-    checked.write_text(html.replace("</body>", IMAGE_CHECK + "</body>"), encoding="utf-8")
-    dom = run_chromium(chromium, tmp_path / "profile", "--virtual-time-budget=10000",
-                       "--dump-dom", checked.as_uri())
-    expected = html.count("<img ")
+def checked_dom(binary: str, html: Path, tmp_path: Path, width: int) -> dict[str, int]:
+    checked = tmp_path / f"checked-{width}.html"
+    text = html.read_text(encoding="utf-8")
+    checked.write_text(text.replace("</body>", PAGE_CHECK + "</body>"), encoding="utf-8")
+    dom = run_chromium(binary, tmp_path / f"profile-{width}", "--virtual-time-budget=10000",
+                       f"--window-size={width},900", "--dump-dom", checked.as_uri())
+    body = re.search(r"<body([^>]*)>", dom).group(1)
+    return {key: int(value) for key, value in re.findall(r'data-(\w+)="(-?\d+)"', body)}
+
+
+@pytest.mark.parametrize("width", WIDTHS.values(), ids=WIDTHS.keys())
+def test_every_image_loads_and_nothing_scrolls_sideways(chromium, report_html, tmp_path, width):
+    found = checked_dom(chromium, report_html, tmp_path, width)
+    expected = report_html.read_text(encoding="utf-8").count("<img ")
     assert expected == 5
-    assert f'data-images="{expected}"' in dom
-    assert f'data-loaded="{expected}"' in dom
+    assert found["images"] == found["loaded"] == expected
+    assert found["overflow"] <= 0, f"the page is {found['overflow']} px wider than {width} px"
 
 
-def test_screenshot_is_drawn(chromium, report_html, tmp_path, record_property):
-    shot = tmp_path / "report.png"
+@pytest.mark.parametrize("width", WIDTHS.values(), ids=WIDTHS.keys())
+def test_screenshot_is_drawn(chromium, report_html, tmp_path, record_property, width):
+    shot = tmp_path / f"report-{width}.png"
     run_chromium(chromium, tmp_path / "profile", f"--screenshot={shot}",
-                 "--window-size=1280,4000", report_html.as_uri())
-    assert shot.stat().st_size > 50_000
+                 f"--window-size={width},3000", report_html.as_uri())
     pixels = image.imread(shot)
-    assert pixels.shape[:2] == (4000, 1280)
+    assert pixels.shape[:2] == (3000, width)
     assert pixels[..., :3].std() > 0.05, "the screenshot is blank"
     keep = Path(os.environ.get("TEST_OUTPUT_DIR", tmp_path))
     keep.mkdir(parents=True, exist_ok=True)
-    shutil.copy(shot, keep / "report_screenshot.png")
-    record_property("screenshot", str(keep / "report_screenshot.png"))
+    shutil.copy(shot, keep / f"report_screenshot_{width}.png")
+    record_property("screenshot", str(keep / f"report_screenshot_{width}.png"))

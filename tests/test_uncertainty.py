@@ -8,7 +8,8 @@ from workflow_scripts.text_metrics import corpus_scores
 from workflow_scripts.uncertainty import (BETTER, UNCLEAR, WORSE, Interval, corpus_interval,
                                           mean_interval, paired_corpus_difference,
                                           paired_mean_difference, paired_ratio_difference,
-                                          ratio_interval, verdict)
+                                          ratio_interval, unpaired_mean_difference,
+                                          verdict)
 
 
 def test_mean_interval_is_seeded_and_brackets_the_mean():
@@ -76,3 +77,22 @@ def test_corpus_metrics_are_recomputed_on_each_draw():
     assert same == Interval(0.0, 0.0, 0.0)
     better = paired_corpus_difference(preds, refs, refs, chrf, resamples=50)
     assert verdict(better, higher_is_better=True) == BETTER
+
+
+def test_perplexity_interval_is_the_exponential_of_the_loss_interval():
+    sums, tokens = [12.0, 30.0, 8.0, 25.0], [5, 10, 4, 9]
+    loss = ratio_interval(sums, tokens, seed=4)
+    ppl = ratio_interval(sums, tokens, seed=4, transform=np.exp)
+    assert (ppl.estimate, ppl.low, ppl.high) == pytest.approx(
+        (math.exp(loss.estimate), math.exp(loss.low), math.exp(loss.high)))
+    diff = paired_ratio_difference((sums, tokens), ([s / 2 for s in sums], tokens),
+                                   transform=np.exp)
+    assert diff.estimate == pytest.approx(math.exp(75 / 56) - math.exp(75 / 28))
+
+
+def test_unpaired_difference_of_two_windows():
+    earlier, later = [3.0, 3.2, 2.9, 3.1, 3.0], [2.0, 2.1, 1.9, 2.2, 2.0]
+    drop = unpaired_mean_difference(earlier, later)
+    assert drop.estimate == pytest.approx(np.mean(later) - np.mean(earlier))
+    assert drop.high < 0
+    assert not unpaired_mean_difference(earlier, earlier[::-1]).excludes_zero()

@@ -1,23 +1,32 @@
 """Gather every experiment's training and evaluation files into the tables of results/metrics/.
 
-    python -m workflow_scripts.collect_metrics --config run.json --results results \\
-        --out-dir results/metrics
+    python -m workflow_scripts.collect_metrics --config results/metrics/config.json \\
+        --results results --out-dir results/metrics [--resamples 1000]
 
-A file that a failed or pending job never wrote leaves empty cells, not an error.
+`--config` is the config snapshot: `experiments` (each with `base_eval`, and for QLoRA
+`base_eval_unquantized`, paths of base-model evaluation directories), `sweeps`, `datasets`,
+`seed`. Every evaluation figure gets a 95% bootstrap interval; every comparison is a paired
+bootstrap over the items both sides scored (docs/metrics.md). A file that a failed or
+pending job never wrote leaves empty cells, not an error.
 """
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import pandas as pd
 
+from workflow_scripts import uncertainty
 from workflow_scripts.io_utils import read_json, read_jsonl, write_json
+from workflow_scripts.report.evaluations import (EvalRun, change_pct, interval,
+                                                 paired_difference, verdict)
+from workflow_scripts.report.studies import study_rows
 
 EVAL_METRICS = ("loss", "perplexity", "bleu4", "rouge1", "rouge2", "rougeL", "sacrebleu",
-                "chrf", "distinct1", "distinct2", "nonempty_share", "mean_answer_chars")
-EVAL_EXTRA = ("n_loss_tokens", "gen_time_per_sample_s", "n_samples")
+                "chrf", "distinct1", "distinct2", "nonempty_share", "eot_share",
+                "mean_answer_chars")
+EVAL_EXTRA = ("n_loss_tokens", "n_records", "gen_time_per_sample_s", "n_samples",
+              "quantization", "settings_key")
 TRAIN_FIELDS = ("trainable_params", "total_params", "trainable_share", "steps", "wall_time_s",
                 "train_tokens", "tokens_per_s", "peak_memory_mb", "final_loss", "eval_loss",
                 "device")
@@ -26,98 +35,146 @@ SETTINGS = {"base_model": "base_model", "dataset": "dataset", "method": "method"
             "learning_rate": "training.learning_rate", "batch_size": "training.batch_size",
             "grad_accum": "training.grad_accum", "epochs": "training.epochs",
             "warmup_ratio": "training.warmup_ratio", "max_length": "training.max_length"}
-COMPARISON_COLUMNS = ["experiment", "base_model", "dataset", "metric", "base", "finetuned",
-                      "change_pct"]
-RANK_KEYS = frozenset({"lora.r"})
-HYPERPARAMETER_KEYS = frozenset({"training.learning_rate", "training.batch_size",
-                                 "training.grad_accum", "training.epochs",
-                                 "training.warmup_ratio"})
+PAIRED_COLUMNS = ["experiment", "base_model", "dataset", "base_eval", "metric", "base",
+                  "finetuned", "difference", "difference_low", "difference_high", "n_paired",
+                  "verdict", "change_pct"]
+RANKING_COLUMNS = ["dataset", "base_model", "position", "experiment", "test_loss",
+                   "test_loss_low", "test_loss_high", "difference", "difference_low",
+                   "difference_high", "n_paired", "verdict"]
 DATA_COLUMN_ORDER = ("dataset", "format", "raw", "kept", "rejected_", "splits_", "lengths_",
                      "turns_", "share_")
 DATA_SUFFIX_ORDER = ("train", "valid", "test", "mean", "p50", "p90", "p99", "max")
-# Settings that change where or how fast a job runs, never its result.
-IGNORED_PREFIXES = ("resources.",)
 
 
 def read_optional(path: Path) -> dict:
     return read_json(path) if path.is_file() else {}
 
 
-def flatten(config: dict) -> dict:
-    """Dotted keys to JSON-encoded values, so lists and dicts compare by content."""
-    flat = pd.json_normalize(config, sep=".").iloc[0].to_dict()
-    return {k: json.dumps(v, sort_keys=True) for k, v in flat.items()
-            if not k.startswith(IGNORED_PREFIXES)}
+def column(metric: str) -> str:
+    """A metric's column in experiments.tsv: "loss" alone would be ambiguous."""
+    return "test_loss" if metric == "loss" else metric
 
 
-def groups_differing_only_in(experiments: dict[str, dict], keys: frozenset[str]) -> list[list[str]]:
-    """Groups of two or more experiments equal in every setting outside `keys`, not inside."""
-    groups: dict[str, list[str]] = {}
-    flat = {name: flatten(config) for name, config in experiments.items()}
-    for name, settings in flat.items():
-        rest = {k: v for k, v in settings.items() if k not in keys}
-        groups.setdefault(json.dumps(rest, sort_keys=True), []).append(name)
-    studies = []
-    for names in groups.values():
-        varied = {json.dumps({k: flat[n].get(k) for k in keys}, sort_keys=True) for n in names}
-        if len(names) > 1 and len(varied) > 1:
-            studies.append(names)
-    return studies
+def metric_columns() -> list[str]:
+    return [f"{column(m)}{suffix}" for m in EVAL_METRICS for suffix in ("", "_low", "_high")]
 
 
-def experiment_columns() -> list[str]:
-    evaluation = [f"test_{m}" if m == "loss" else m for m in EVAL_METRICS + EVAL_EXTRA]
-    return ["experiment", *SETTINGS, *TRAIN_FIELDS, *evaluation, "status"]
+class Evaluations:
+    """Evaluation directories read once each, with their intervals cached."""
+
+    def __init__(self, workdir: Path, seed: int, resamples: int):
+        self.workdir, self.seed, self.resamples = workdir, seed, resamples
+        self.runs: dict[str, EvalRun | None] = {}
+
+    def get(self, directory: str | Path | None) -> EvalRun | None:
+        if directory is None:
+            return None
+        key = str(directory)
+        if key not in self.runs:
+            self.runs[key] = EvalRun.read(self.workdir / key)
+        return self.runs[key]
+
+    def figures(self, run: EvalRun | None) -> dict:
+        """Every metric of `run` under its column name, with _low and _high."""
+        if run is None:
+            return {}
+        row = {}
+        for metric in EVAL_METRICS:
+            row[column(metric)] = run.metrics.get(metric)
+            iv = interval(run, metric, self.seed, self.resamples) if run.samples or run.records else None
+            row[f"{column(metric)}_low"] = iv.low if iv else None
+            row[f"{column(metric)}_high"] = iv.high if iv else None
+        return row | {key: run.metrics.get(key) for key in EVAL_EXTRA}
 
 
-def status(train: dict, evaluation: dict) -> str:
-    if train and evaluation:
-        return "done"
-    return "trained" if train else "missing"
-
-
-def experiment_row(name: str, config: dict, results: Path) -> dict:
+def experiment_row(name: str, config: dict, results: Path, evals: Evaluations) -> dict:
     flat = pd.json_normalize(config, sep=".").iloc[0].to_dict()
     train = read_optional(results / "adapters" / name / "train_metrics.json")
-    evaluation = read_optional(results / "eval" / name / "metrics.json")
+    run = evals.get(Path(results.name) / "eval" / name)
     row = {"experiment": name, **{col: flat.get(key) for col, key in SETTINGS.items()}}
     row.update({field: train.get(field) for field in TRAIN_FIELDS})
-    row.update({f"test_{m}" if m == "loss" else m: evaluation.get(m)
-                for m in EVAL_METRICS + EVAL_EXTRA})  # "loss" alone would be ambiguous
-    row["status"] = status(train, evaluation)
+    row.update(evals.figures(run))
+    row["base_eval"] = config.get("base_eval")
+    row["status"] = "done" if train and run else "trained" if train else "missing"
     return row
 
 
-def base_pairs(experiments: dict[str, dict]) -> list[tuple[str, str]]:
-    return sorted({(c["base_model"], c["dataset"]) for c in experiments.values()})
+def base_row(directory: str, users: list[str], configs: dict, evals: Evaluations) -> dict:
+    config = configs[users[0]]
+    run = evals.get(directory)
+    return {"base_eval": directory, "base_model": config["base_model"],
+            "dataset": config["dataset"], **evals.figures(run),
+            "used_by": ", ".join(users), "status": "done" if run else "missing"}
 
 
-def base_row(model: str, dataset: str, results: Path) -> dict:
-    metrics = read_optional(results / "eval" / "base" / model / dataset / "metrics.json")
-    row = {"base_model": model, "dataset": dataset}
-    row.update({m: metrics.get(m) for m in EVAL_METRICS + EVAL_EXTRA})
-    row["status"] = "done" if metrics else "missing"
+def base_evals(configs: dict) -> dict[str, list[str]]:
+    """Base evaluation directory -> the experiments compared with it (either way)."""
+    found: dict[str, list[str]] = {}
+    for name, config in configs.items():
+        for key in ("base_eval", "base_eval_unquantized"):
+            if config.get(key):
+                found.setdefault(config[key], []).append(name)
+    return found
+
+
+def paired_row(name: str, config: dict, metric: str, base: EvalRun | None,
+               other: EvalRun | None, evals: Evaluations) -> dict:
+    b = base.metrics.get(metric) if base else None
+    o = other.metrics.get(metric) if other else None
+    row = {"experiment": name, "base_model": config["base_model"], "dataset": config["dataset"],
+           "metric": metric, "base": b, "finetuned": o, "change_pct": change_pct(metric, b, o)}
+    if base and other:
+        diff, n = paired_difference(base, other, metric, evals.seed, evals.resamples)
+        row.update(difference=diff.estimate, difference_low=diff.low,
+                   difference_high=diff.high, n_paired=n,
+                   verdict=verdict(metric, diff))
     return row
 
 
-def change_pct(base: float | None, tuned: float | None) -> float | None:
-    """Relative change in percent; undefined when either is missing or the base is 0."""
-    if base is None or tuned is None or pd.isna(base) or pd.isna(tuned) or base == 0:
-        return None
-    return 100.0 * (tuned - base) / abs(base)
-
-
-def comparison_rows(experiments: dict[str, dict], results: Path) -> list[dict]:
+def comparison_rows(configs: dict, results: Path, evals: Evaluations) -> list[dict]:
+    """Each fine-tuned model against its base, metric by metric (paired over the same ids)."""
     rows = []
-    for name, config in experiments.items():
-        base_dir = results / "eval" / "base" / config["base_model"] / config["dataset"]
-        base = read_optional(base_dir / "metrics.json")
-        tuned = read_optional(results / "eval" / name / "metrics.json")
+    for name, config in configs.items():
+        base, tuned = evals.get(config.get("base_eval")), evals.get(Path(results.name) / "eval" / name)
         for metric in EVAL_METRICS:
-            b, t = base.get(metric), tuned.get(metric)
-            values = [name, config["base_model"], config["dataset"], metric, b, t,
-                      change_pct(b, t)]
-            rows.append(dict(zip(COMPARISON_COLUMNS, values)))
+            rows.append(paired_row(name, config, metric, base, tuned, evals)
+                        | {"base_eval": config.get("base_eval")})
+    return rows
+
+
+def quantization_rows(configs: dict, evals: Evaluations) -> list[dict]:
+    """For QLoRA experiments: the 4-bit base ("finetuned" column) against the same base
+    unquantized ("base" column), under the same settings: the cost of quantization."""
+    rows = []
+    for name, config in configs.items():
+        if not config.get("base_eval_unquantized"):
+            continue
+        full, quant = evals.get(config["base_eval_unquantized"]), evals.get(config["base_eval"])
+        for metric in EVAL_METRICS:
+            rows.append(paired_row(name, config, metric, full, quant, evals)
+                        | {"base_eval": config["base_eval_unquantized"]})
+    return rows
+
+
+def ranking_rows(experiments: pd.DataFrame, results: Path, evals: Evaluations) -> list[dict]:
+    """Per (dataset, base model), experiments by test loss; each runner-up's paired loss
+    difference to the first decides whether the first can be called best."""
+    rows = []
+    done = experiments.dropna(subset=["test_loss"])
+    for (dataset, model), group in done.groupby(["dataset", "base_model"], sort=True):
+        ordered = group.sort_values(["test_loss", "experiment"]).to_dict("records")
+        best = evals.get(Path(results.name) / "eval" / ordered[0]["experiment"])
+        for position, exp in enumerate(ordered, start=1):
+            row = {"dataset": dataset, "base_model": model, "position": position,
+                   **{k: exp[k] for k in ("experiment", "test_loss", "test_loss_low",
+                                          "test_loss_high")}}
+            if position > 1:
+                other = evals.get(Path(results.name) / "eval" / exp["experiment"])
+                diff, n = paired_difference(best, other, "loss", evals.seed, evals.resamples)
+                row.update(difference=diff.estimate, difference_low=diff.low,
+                           difference_high=diff.high, n_paired=n,
+                           verdict=verdict("loss", diff))
+            rows.append(row)
     return rows
 
 
@@ -130,14 +187,13 @@ def training_log(experiments: dict[str, dict], results: Path) -> pd.DataFrame:
     columns = ["experiment", "step", "epoch", "loss", "learning_rate", "grad_norm",
                "elapsed_s", "memory_mb", "eval_loss"]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
-    table = table.reindex(columns=columns + [c for c in table.columns if c not in columns])
-    return table
+    return table.reindex(columns=columns + [c for c in table.columns if c not in columns])
 
 
-def data_column_rank(column: str) -> tuple[int, int]:
+def data_column_rank(column_name: str) -> tuple[int, int]:
     """Sort key putting data_stats columns in the order a reader expects."""
-    groups = (i for i, prefix in enumerate(DATA_COLUMN_ORDER) if column.startswith(prefix))
-    suffix = column.rsplit("_", 1)[-1]
+    groups = (i for i, prefix in enumerate(DATA_COLUMN_ORDER) if column_name.startswith(prefix))
+    suffix = column_name.rsplit("_", 1)[-1]
     within = DATA_SUFFIX_ORDER.index(suffix) if suffix in DATA_SUFFIX_ORDER else -1
     return next(groups, len(DATA_COLUMN_ORDER)), within
 
@@ -161,7 +217,8 @@ def data_stats(datasets: dict, results: Path, experiments: dict | None = None) -
     rows = []
     for name in datasets:
         stats = read_optional(results / "data" / name / "stats.json")
-        stats.pop("files", None)
+        for nested in ("files", "per_file", "cleaning"):  # shown elsewhere, or not per dataset
+            stats.pop(nested, None)
         if stats:
             stats.update(token_lengths(name, experiments or {}, results))
         rows.append({"dataset": name, **pd.json_normalize(stats, sep="_").iloc[0].to_dict()}
@@ -176,29 +233,47 @@ def write_tsv(table: pd.DataFrame, path: Path) -> None:
     table.to_csv(path, sep="\t", index=False, na_rep="")
 
 
-def collect(run: dict, results: Path, out_dir: Path) -> None:
-    experiments = run["experiments"]
+def experiment_columns() -> list[str]:
+    return ["experiment", *SETTINGS, *TRAIN_FIELDS, *metric_columns(), *EVAL_EXTRA,
+            "base_eval", "status"]
+
+
+def collect(run: dict, results: Path, out_dir: Path,
+            resamples: int = uncertainty.RESAMPLES) -> None:
+    configs = run["experiments"]
+    evals = Evaluations(results.parent, int(run.get("seed", 0)), resamples)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_tsv(pd.DataFrame([experiment_row(n, c, results) for n, c in experiments.items()],
-                           columns=experiment_columns()), out_dir / "experiments.tsv")
-    base_columns = ["base_model", "dataset", *EVAL_METRICS, *EVAL_EXTRA, "status"]
-    write_tsv(pd.DataFrame([base_row(m, d, results) for m, d in base_pairs(experiments)],
-                           columns=base_columns), out_dir / "base_metrics.tsv")
-    write_tsv(pd.DataFrame(comparison_rows(experiments, results), columns=COMPARISON_COLUMNS),
+    experiments = pd.DataFrame([experiment_row(n, c, results, evals) for n, c in configs.items()],
+                               columns=experiment_columns())
+    write_tsv(experiments, out_dir / "experiments.tsv")
+    base_columns = ["base_eval", "base_model", "dataset", *metric_columns(), *EVAL_EXTRA,
+                    "used_by", "status"]
+    write_tsv(pd.DataFrame([base_row(d, users, configs, evals)
+                            for d, users in base_evals(configs).items()], columns=base_columns),
+              out_dir / "base_metrics.tsv")
+    write_tsv(pd.DataFrame(comparison_rows(configs, results, evals), columns=PAIRED_COLUMNS),
               out_dir / "comparison.tsv")
-    write_tsv(training_log(experiments, results), out_dir / "training_log.tsv")
-    write_tsv(data_stats(run.get("datasets", {}), results, experiments), out_dir / "data_stats.tsv")
-    write_json(out_dir / "experiments.json", experiments)
+    write_tsv(pd.DataFrame(quantization_rows(configs, evals), columns=PAIRED_COLUMNS),
+              out_dir / "quantization.tsv")
+    write_tsv(pd.DataFrame(ranking_rows(experiments, results, evals), columns=RANKING_COLUMNS),
+              out_dir / "ranking.tsv")
+    write_tsv(pd.DataFrame(study_rows(run), columns=["study", "kind", "varies", "experiment"]),
+              out_dir / "studies.tsv")
+    write_tsv(training_log(configs, results), out_dir / "training_log.tsv")
+    write_tsv(data_stats(run.get("datasets", {}), results, configs), out_dir / "data_stats.tsv")
+    write_json(out_dir / "experiments.json", configs)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, type=Path,
-                        help="JSON with experiments, datasets and base_models")
+                        help="the config snapshot (results/metrics/config.json)")
     parser.add_argument("--results", default=Path("results"), type=Path)
     parser.add_argument("--out-dir", default=Path("results/metrics"), type=Path)
+    parser.add_argument("--resamples", default=uncertainty.RESAMPLES, type=int,
+                        help="bootstrap resamples per interval (corpus metrics use fewer)")
     args = parser.parse_args(argv)
-    collect(read_json(args.config), args.results, args.out_dir)
+    collect(read_json(args.config), args.results, args.out_dir, args.resamples)
 
 
 if __name__ == "__main__":

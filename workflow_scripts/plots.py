@@ -2,8 +2,9 @@
 
     python -m workflow_scripts.plots --metrics-dir results/metrics --out-dir results/report/plots
 
-Rank plots are drawn only when some experiments differ in nothing but lora.r;
-`expected_plots` says which files a set of experiments yields.
+Error bars are the 95% bootstrap intervals of collect_metrics. Rank plots are drawn for rank
+studies (sweeps varying lora.r), the method plot for LoRA-vs-QLoRA studies;
+`expected_plots` says which files a studies table yields.
 """
 from __future__ import annotations
 
@@ -14,117 +15,177 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib import font_manager  # noqa: E402
 
-from workflow_scripts.collect_metrics import RANK_KEYS, groups_differing_only_in  # noqa: E402
-from workflow_scripts.io_utils import read_json  # noqa: E402
+from workflow_scripts.report.studies import METHOD, RANK  # noqa: E402
 
-EMA_ALPHA = 0.3
-ALWAYS = ("training_loss", "eval_loss", "base_vs_finetuned")
-RANK_PLOTS = ("rank_metrics", "rank_cost")
+ALWAYS = ("training_loss", "base_vs_finetuned")
+SMOOTH_SHARE = 0.1  # the loss curve is a centred mean over 10% of the logged steps
+VERDICT_COLORS = {"better": "tab:green", "worse": "tab:red"}
+UNCLEAR_COLOR = "tab:gray"
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Source Han Sans SC", "WenQuanYi Zen Hei",
+             "WenQuanYi Micro Hei", "AR PL UMing CN")
 
 
-def expected_plots(experiments: dict[str, dict]) -> list[str]:
-    """Names (without .png) of the plots `draw_all` writes for these experiments."""
-    rank_study = bool(groups_differing_only_in(experiments, RANK_KEYS))
-    return list(ALWAYS) + (list(RANK_PLOTS) if rank_study else [])
+def use_cjk_font() -> str | None:
+    """Put an installed CJK font first, so Chinese dataset or model names draw as text
+    (Debian: fonts-noto-cjk); without one, matplotlib draws boxes for those characters."""
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    found = next((name for name in CJK_FONTS if name in installed), None)
+    if found:
+        plt.rcParams["font.sans-serif"] = [found, *plt.rcParams["font.sans-serif"]]
+    return found
+
+
+def expected_plots(studies: pd.DataFrame) -> list[str]:
+    """Names (without .png) of the plots `draw_all` writes for these studies."""
+    kinds = set(studies["kind"]) if not studies.empty else set()
+    return (list(ALWAYS) + (["rank_metrics", "rank_cost"] if RANK in kinds else [])
+            + (["method_cost"] if METHOD in kinds else []))
 
 
 def save(fig: plt.Figure, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def bars(frame: pd.DataFrame, ax: plt.Axes, rotation: int) -> None:
-    """Grouped bars, or a "no data" note for a table without rows."""
-    if frame.empty:
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-    else:
-        frame.plot.bar(ax=ax, rot=rotation)
+def no_data(ax: plt.Axes) -> None:
+    ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
 
 
-def plot_training_loss(log: pd.DataFrame, path: Path) -> Path:
-    """Raw training loss, faint, under its exponential moving average."""
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    train = log.dropna(subset=["loss"]) if "loss" in log else log.iloc[0:0]
-    for i, (name, rows) in enumerate(train.groupby("experiment", sort=False)):
-        color = f"C{i % 10}"
-        ax.plot(rows["step"], rows["loss"], color=color, alpha=0.25, linewidth=1)
-        smooth = rows["loss"].ewm(alpha=EMA_ALPHA).mean()
-        ax.plot(rows["step"], smooth, color=color, linewidth=2, label=name)
-    ax.set(xlabel="step", ylabel="training loss", title=f"Training loss (EMA alpha={EMA_ALPHA})")
-    if ax.has_data():
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
+def smooth(losses: pd.Series) -> pd.Series:
+    """Centred rolling mean: batches grouped by length make the raw loss a saw-tooth."""
+    window = max(1, int(round(len(losses) * SMOOTH_SHARE)))
+    return losses.rolling(window, center=True, min_periods=1).mean()
+
+
+def plot_training_loss(log: pd.DataFrame, experiments: pd.DataFrame, path: Path) -> Path:
+    """One panel per (dataset, base model): smoothed training loss, raw faint, eval dots."""
+    groups = list(experiments.groupby(["dataset", "base_model"], sort=True)) or [(("", ""), experiments)]
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.2), squeeze=False)
+    for ax, ((dataset, model), members) in zip(axes[0], groups):
+        for i, name in enumerate(members["experiment"]):
+            rows = log[log["experiment"] == name] if not log.empty else log
+            train = rows.dropna(subset=["loss"]) if "loss" in rows else rows.iloc[0:0]
+            if train.empty:
+                continue
+            color = f"C{i % 10}"
+            ax.plot(train["step"], train["loss"], color=color, alpha=0.2, linewidth=0.8)
+            ax.plot(train["step"], smooth(train["loss"]), color=color, linewidth=2, label=name)
+            if "eval_loss" in rows:
+                evals = rows.dropna(subset=["eval_loss"])
+                ax.plot(evals["step"], evals["eval_loss"], "o", color=color, markersize=4)
+        ax.set(xlabel="step", ylabel="loss", title=f"{dataset} / {model}".strip(" /"))
+        if ax.has_data():
+            ax.legend(fontsize="small")
+        else:
+            no_data(ax)
+    fig.suptitle("Training loss (line: centred mean over 10% of steps; dots: validation loss)")
     return save(fig, path)
 
 
-def plot_eval_loss(experiments: pd.DataFrame, path: Path) -> Path:
-    """Validation loss from training and test loss from evaluation, side by side."""
-    table = experiments.set_index("experiment")[["eval_loss", "test_loss"]].astype(float)
-    table.columns = ["validation loss (training)", "test loss (evaluation)"]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    bars(table, ax, 30)
-    ax.set(xlabel="", ylabel="loss", title="Evaluation loss per experiment")
-    if not table.empty:
-        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
-    return save(fig, path)
+def error_bars(values: pd.Series, low: pd.Series, high: pd.Series) -> np.ndarray:
+    """matplotlib's yerr/xerr from an interval; missing bounds give no bar."""
+    lower = (values - low).fillna(0).clip(lower=0)
+    upper = (high - values).fillna(0).clip(lower=0)
+    return np.vstack([lower.to_numpy(float), upper.to_numpy(float)])
 
 
 def plot_base_vs_finetuned(comparison: pd.DataFrame, path: Path) -> Path:
-    metrics = ["bleu4", "rougeL", "chrf"]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(12, 4.5), sharey=False)
-    for ax, metric in zip(axes, metrics):
-        rows = comparison[comparison["metric"] == metric].set_index("experiment")
-        bars(rows[["base", "finetuned"]].astype(float), ax, 45)
-        ax.set(title=metric, xlabel="", ylabel="score (0-100)")
-        ax.tick_params(axis="x", labelsize="small")
-    fig.suptitle("Base model vs fine-tuned")
+    """Paired difference to the base per experiment, coloured by the verdict."""
+    metrics = {"loss": "Δ test loss (lower is better)", "bleu4": "Δ BLEU-4", "rougeL": "Δ ROUGE-L"}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(12, 1.2 + 0.45 * max(
+        1, comparison["experiment"].nunique() if not comparison.empty else 1)), sharey=True)
+    for ax, (metric, label) in zip(axes, metrics.items()):
+        rows = comparison[comparison["metric"] == metric].dropna(subset=["difference"]) \
+            if not comparison.empty else comparison
+        if rows.empty:
+            no_data(ax)
+            continue
+        y = np.arange(len(rows))
+        colors = [VERDICT_COLORS.get(v, UNCLEAR_COLOR) for v in rows["verdict"]]
+        xerr = error_bars(rows["difference"], rows["difference_low"], rows["difference_high"])
+        for i in range(len(rows)):
+            ax.errorbar(rows["difference"].iloc[i], y[i], xerr=xerr[:, i:i + 1], fmt="o",
+                        color=colors[i], capsize=3)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yticks(y, rows["experiment"])
+        ax.invert_yaxis()
+        ax.set(title=label, xlabel="fine-tuned − base")
+    fig.suptitle("Fine-tuned vs base, paired 95% intervals (green better, red worse, grey no clear difference)")
     return save(fig, path)
 
 
-def rank_tables(experiments: pd.DataFrame, configs: dict[str, dict]) -> list[pd.DataFrame]:
-    """One table per group of experiments that differ only in rank, sorted by rank."""
-    by_name = experiments.set_index("experiment")
-    groups = groups_differing_only_in(configs, RANK_KEYS)
-    return [by_name.loc[names].sort_values("r") for names in groups]
+def study_members(studies: pd.DataFrame, experiments: pd.DataFrame, kind: str) -> list[pd.DataFrame]:
+    by_name = experiments.set_index("experiment", drop=False)
+    return [by_name.loc[list(members["experiment"])].assign(study=study)
+            for study, members in studies[studies["kind"] == kind].groupby("study", sort=False)]
 
 
 def plot_against_rank(groups: list[pd.DataFrame], columns: dict[str, str], title: str,
                       path: Path) -> Path:
-    fig, axes = plt.subplots(1, len(columns), figsize=(4 * len(columns), 4))
-    for ax, (column, label) in zip(axes, columns.items()):
+    """Each column against rank, one line per rank study; error bars where intervals exist."""
+    fig, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.8), squeeze=False)
+    for ax, (column, label) in zip(axes[0], columns.items()):
         for group in groups:
-            first = group.iloc[0]
-            ax.plot(group["r"], group[column].astype(float), marker="o",
-                    label=f"{first['base_model']} / {first['dataset']}")
+            group = group.sort_values("r")
+            values = group[column].astype(float)
+            yerr = (error_bars(values, group[f"{column}_low"], group[f"{column}_high"])
+                    if f"{column}_low" in group else None)
+            ax.errorbar(group["r"], values, yerr=yerr, marker="o", capsize=3,
+                        label=group["study"].iloc[0])
         ranks = sorted({int(r) for group in groups for r in group["r"]})
         ax.set_xscale("log", base=2)
         ax.set_xticks(ranks, [str(r) for r in ranks])
         ax.minorticks_off()
-        ax.set(xlabel="LoRA rank r", ylabel=label, title=label)
+        ax.set(xlabel="LoRA rank r", title=label)
         ax.legend(fontsize="small")
     fig.suptitle(title)
     return save(fig, path)
 
 
+def plot_method_cost(groups: list[pd.DataFrame], path: Path) -> Path:
+    """Memory, time and test loss (with interval) per member of each LoRA-vs-QLoRA study."""
+    frame = pd.concat(groups)
+    labels = [f"{m}\n({s})" for m, s in zip(frame["method"], frame["study"])]
+    x = np.arange(len(frame))
+    panels = {"peak_memory_mb": "peak memory (MB)", "wall_time_s": "training time (s)",
+              "test_loss": "test loss"}
+    fig, axes = plt.subplots(1, len(panels), figsize=(12, 3.8))
+    for ax, (column, label) in zip(axes, panels.items()):
+        values = frame[column].astype(float)
+        yerr = (error_bars(values, frame[f"{column}_low"], frame[f"{column}_high"])
+                if f"{column}_low" in frame else None)
+        ax.bar(x, values, yerr=yerr, capsize=4, color=[f"C{i % 10}" for i in range(len(x))])
+        ax.set_xticks(x, labels, fontsize="small")
+        ax.set(title=label)
+    fig.suptitle("LoRA vs QLoRA: cost and test loss")
+    return save(fig, path)
+
+
 def draw_all(metrics_dir: Path, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    experiments = pd.read_csv(metrics_dir / "experiments.tsv", sep="\t")
-    log = pd.read_csv(metrics_dir / "training_log.tsv", sep="\t")
-    comparison = pd.read_csv(metrics_dir / "comparison.tsv", sep="\t")
-    configs = read_json(metrics_dir / "experiments.json")
-    paths = [plot_training_loss(log, out_dir / "training_loss.png"),
-             plot_eval_loss(experiments, out_dir / "eval_loss.png"),
+    use_cjk_font()
+    read = lambda name: pd.read_csv(metrics_dir / f"{name}.tsv", sep="\t")  # noqa: E731
+    experiments, log, comparison, studies = (read(n) for n in (
+        "experiments", "training_log", "comparison", "studies"))
+    paths = [plot_training_loss(log, experiments, out_dir / "training_loss.png"),
              plot_base_vs_finetuned(comparison, out_dir / "base_vs_finetuned.png")]
-    groups = rank_tables(experiments, configs)
-    if groups:
-        quality = {"bleu4": "BLEU-4", "rougeL": "ROUGE-L", "final_loss": "final training loss"}
-        cost = {"wall_time_s": "training time (s)", "peak_memory_mb": "peak memory (MB)"}
-        paths.append(plot_against_rank(groups, quality, "Quality vs rank",
+    if RANK in set(studies["kind"]):
+        groups = study_members(studies, experiments, RANK)
+        quality = {"test_loss": "test loss", "bleu4": "BLEU-4", "rougeL": "ROUGE-L"}
+        cost = {"wall_time_s": "training time (s)", "peak_memory_mb": "peak memory (MB)",
+                "trainable_params": "trainable parameters"}
+        paths.append(plot_against_rank(groups, quality, "Quality vs rank (95% intervals)",
                                        out_dir / "rank_metrics.png"))
         paths.append(plot_against_rank(groups, cost, "Cost vs rank", out_dir / "rank_cost.png"))
+    if METHOD in set(studies["kind"]):
+        paths.append(plot_method_cost(study_members(studies, experiments, METHOD),
+                                      out_dir / "method_cost.png"))
     return paths
 
 

@@ -57,17 +57,38 @@ def mean_interval(values: Sequence[float], resamples: int = RESAMPLES, seed: int
     return percentile_interval(x.mean(), x[draws(x.size, resamples, seed)].mean(axis=1), level)
 
 
+def unpaired_mean_difference(first: Sequence[float], second: Sequence[float],
+                             resamples: int = RESAMPLES, seed: int = 0,
+                             level: float = LEVEL) -> Interval:
+    """Interval for mean(second) - mean(first), two independent sets resampled separately."""
+    a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
+    if not a.size or not b.size:
+        return NO_INTERVAL
+    values = (b[draws(b.size, resamples, seed + 1)].mean(axis=1)
+              - a[draws(a.size, resamples, seed)].mean(axis=1))
+    return percentile_interval(b.mean() - a.mean(), values, level)
+
+
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+def identity(values: np.ndarray) -> np.ndarray:
+    return values
+
+
 def ratio_interval(numerators: Sequence[float], denominators: Sequence[float],
-                   resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL) -> Interval:
-    """Interval for sum(numerators) / sum(denominators), resampling items: a token-weighted
-    loss from per-record loss sums and token counts."""
+                   resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL,
+                   transform: Transform = identity) -> Interval:
+    """Interval for transform(sum(numerators) / sum(denominators)), resampling items: a
+    token-weighted loss (or with np.exp its perplexity) from per-record sums and counts."""
     num, den = np.asarray(numerators, dtype=float), np.asarray(denominators, dtype=float)
     if not num.size or den.sum() == 0:
         return NO_INTERVAL
     idx = draws(num.size, resamples, seed)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        values = num[idx].sum(axis=1) / den[idx].sum(axis=1)
-    return percentile_interval(num.sum() / den.sum(), values, level)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        values = transform(num[idx].sum(axis=1) / den[idx].sum(axis=1))
+        estimate = transform(np.array([num.sum() / den.sum()]))[0]
+    return percentile_interval(estimate, values, level)
 
 
 def paired_mean_difference(base: Sequence[float], other: Sequence[float],
@@ -82,19 +103,25 @@ def paired_mean_difference(base: Sequence[float], other: Sequence[float],
 
 def paired_ratio_difference(base: tuple[Sequence[float], Sequence[float]],
                             other: tuple[Sequence[float], Sequence[float]],
-                            resamples: int = RESAMPLES, seed: int = 0,
-                            level: float = LEVEL) -> Interval:
-    """Interval for ratio(other) - ratio(base), each ratio (numerators, denominators) over
-    the same items, resampled jointly: the difference of two token-weighted losses."""
+                            resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL,
+                            transform: Transform = identity) -> Interval:
+    """Interval for f(other) - f(base), f = transform(sum(numerators) / sum(denominators)),
+    each (numerators, denominators) over the same items, resampled jointly: the difference
+    of two token-weighted losses."""
     (na, da), (nb, db) = ([np.asarray(v, dtype=float) for v in pair] for pair in (base, other))
     if not (na.size == da.size == nb.size == db.size):
         raise ValueError(f"paired records differ in number: {na.size} and {nb.size}")
     if not na.size or da.sum() == 0 or db.sum() == 0:
         return NO_INTERVAL
     idx = draws(na.size, resamples, seed)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        values = nb[idx].sum(axis=1) / db[idx].sum(axis=1) - na[idx].sum(axis=1) / da[idx].sum(axis=1)
-    return percentile_interval(nb.sum() / db.sum() - na.sum() / da.sum(), values, level)
+
+    def gap(rows: np.ndarray) -> np.ndarray:
+        rows = np.atleast_2d(rows)
+        return (transform(nb[rows].sum(axis=1) / db[rows].sum(axis=1))
+                - transform(na[rows].sum(axis=1) / da[rows].sum(axis=1)))
+
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        return percentile_interval(gap(np.arange(na.size))[0], gap(idx), level)
 
 
 CorpusScore = Callable[[list[str], list[str]], float]

@@ -1,0 +1,1 @@
+"""The training report: evaluation intervals, studies, summary sentences, tables and rendering."""

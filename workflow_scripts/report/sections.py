@@ -1,0 +1,238 @@
+"""The report's tables, built from results/metrics/*.tsv and the run's data files."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from workflow_scripts.io_utils import read_json, read_jsonl
+from workflow_scripts.report.formatting import (NA, Table, fmt, fmt_ci, fmt_diff, fmt_pct,
+                                                fmt_share, missing)
+from workflow_scripts.report.studies import HYPERPARAMETERS, METHOD, RANK
+
+SPLITS = ("train", "valid", "test")
+METRIC_LABELS = {"loss": "test loss", "perplexity": "perplexity", "bleu4": "BLEU-4",
+                 "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L",
+                 "sacrebleu": "sacreBLEU", "chrf": "chrF", "distinct1": "distinct-1",
+                 "distinct2": "distinct-2", "nonempty_share": "non-empty answers",
+                 "eot_share": "ended with end-of-turn", "mean_answer_chars": "answer length (chars)"}
+
+
+def ci(row, column: str) -> str:
+    return fmt_ci(row.get(column), row.get(f"{column}_low"), row.get(f"{column}_high"))
+
+
+# Results --------------------------------------------------------------------------------
+
+def ranking_tables(ranking: pd.DataFrame) -> list[Table]:
+    tables = []
+    for (dataset, model), group in ranking.groupby(["dataset", "base_model"], sort=True):
+        table = Table(["#", "experiment", "test loss [95% CI]", "vs first (paired)", "verdict"],
+                      title=f"{dataset} / {model}")
+        for row in group.sort_values("position").to_dict("records"):
+            first = row["position"] == 1
+            table.rows.append([fmt(row["position"]), row["experiment"], ci(row, "test_loss"),
+                               "" if first else fmt_diff(row["difference"], row["difference_low"],
+                                                         row["difference_high"]),
+                               "lowest" if first else ("higher" if row["verdict"] == "worse"
+                                                       else "no clear difference")])
+        tables.append(table)
+    return tables
+
+
+def gains_table(comparison: pd.DataFrame, experiments: pd.DataFrame) -> Table:
+    """One row per experiment: paired differences to its base for the headline metrics."""
+    metrics = ("loss", "bleu4", "rougeL", "chrf")
+    table = Table(["experiment", *(f"Δ {METRIC_LABELS[m]}" for m in metrics),
+                   "end-of-turn: base → tuned"])
+    for name in experiments["experiment"]:
+        rows = comparison[comparison["experiment"] == name].set_index("metric")
+        cells = [name]
+        for metric in metrics:
+            r = rows.loc[metric] if metric in rows.index else {}
+            cell = fmt_diff(r.get("difference"), r.get("difference_low"), r.get("difference_high"))
+            verdict = r.get("verdict")
+            cells.append(f"{cell} {verdict}" if isinstance(verdict, str) else cell)
+        eot = rows.loc["eot_share"] if "eot_share" in rows.index else {}
+        cells.append(f"{fmt_share(eot.get('base'))} → {fmt_share(eot.get('finetuned'))}")
+        table.rows.append(cells)
+    return table
+
+
+def metric_tables(comparison: pd.DataFrame, experiments: pd.DataFrame) -> dict[str, Table]:
+    """Every metric of every experiment against its base, with intervals (the appendix)."""
+    by_name = experiments.set_index("experiment")
+    tables = {}
+    for name in experiments["experiment"]:
+        exp = by_name.loc[name]
+        table = Table(["metric", "base", "fine-tuned [95% CI]", "difference [95% CI]", "verdict",
+                       "change"], title=f"{name} (base: {exp['base_eval']})")
+        for row in comparison[comparison["experiment"] == name].to_dict("records"):
+            column = "test_loss" if row["metric"] == "loss" else row["metric"]
+            table.rows.append([row["metric"], fmt(row["base"]),
+                               fmt_ci(exp.get(column), exp.get(f"{column}_low"), exp.get(f"{column}_high")),
+                               fmt_diff(row["difference"], row["difference_low"], row["difference_high"]),
+                               row["verdict"] if isinstance(row["verdict"], str) else NA,
+                               fmt_pct(row["change_pct"])])
+        tables[name] = table
+    return tables
+
+
+def base_table(base: pd.DataFrame) -> Table:
+    table = Table(["base evaluation", "quantization", "test loss", "BLEU-4", "ROUGE-L",
+                   "end-of-turn", "compared with"])
+    for row in base.to_dict("records"):
+        table.rows.append([row["base_eval"], fmt(row.get("quantization")) if not missing(
+            row.get("quantization")) else "none", ci(row, "test_loss"), ci(row, "bleu4"),
+            ci(row, "rougeL"), fmt_share(row.get("eot_share")), row["used_by"]])
+    return table
+
+
+# Studies --------------------------------------------------------------------------------
+
+STUDY_COLUMNS = {
+    RANK: {"r": "rank", "trainable_params": "trainable params", "wall_time_s": "time (s)",
+           "peak_memory_mb": "memory (MB)", "final_loss": "final train loss",
+           "test_loss": "test loss", "bleu4": "BLEU-4", "rougeL": "ROUGE-L"},
+    HYPERPARAMETERS: {"learning_rate": "learning rate", "batch": "batch x accum",
+                      "epochs": "epochs", "warmup_ratio": "warmup", "wall_time_s": "time (s)",
+                      "eval_loss": "eval loss", "perplexity": "test perplexity"},
+    METHOD: {"method": "method", "r": "rank", "peak_memory_mb": "memory (MB)",
+             "wall_time_s": "time (s)", "final_loss": "final train loss",
+             "test_loss": "test loss", "bleu4": "BLEU-4", "rougeL": "ROUGE-L"},
+}
+WITH_INTERVAL = {"test_loss", "bleu4", "rougeL", "perplexity"}
+
+
+def study_cell(row: dict, column: str) -> str:
+    return ci(row, column) if column in WITH_INTERVAL else fmt(row.get(column))
+
+
+def study_tables(studies: pd.DataFrame, experiments: pd.DataFrame, comparison: pd.DataFrame,
+                 kind: str) -> list[Table]:
+    """One table per sweep of this kind, with each experiment's base end-of-turn share."""
+    if studies.empty:
+        return []
+    frame = experiments.assign(batch=[f"{fmt(b)} x {fmt(a)}" for b, a in
+                                      zip(experiments["batch_size"], experiments["grad_accum"])])
+    by_name = frame.set_index("experiment", drop=False)
+    eot = comparison[comparison["metric"] == "eot_share"].set_index("experiment")
+    columns = STUDY_COLUMNS[kind]
+    tables = []
+    for study, members in studies[studies["kind"] == kind].groupby("study", sort=False):
+        table = Table(["experiment", *columns.values(), "end-of-turn (base)"],
+                      title=f"{study} (varies {members['varies'].iloc[0]})")
+        for name in members["experiment"]:
+            row = by_name.loc[name].to_dict()
+            base_eot = eot.loc[name, "base"] if name in eot.index else None
+            table.rows.append([name, *(study_cell(row, c) for c in columns),
+                               f"{fmt_share(row.get('eot_share'))} ({fmt_share(base_eot)})"])
+        tables.append(table)
+    return tables
+
+
+def quantization_table(quantization: pd.DataFrame) -> Table:
+    table = Table(["experiment", "metric", "base 16/32-bit", "base 4-bit",
+                   "difference [95% CI]", "verdict"])
+    for row in quantization[quantization["metric"].isin(["loss", "bleu4", "rougeL"])].to_dict("records"):
+        table.rows.append([row["experiment"], row["metric"], fmt(row["base"]), fmt(row["finetuned"]),
+                           fmt_diff(row["difference"], row["difference_low"], row["difference_high"]),
+                           row["verdict"] if isinstance(row["verdict"], str) else NA])
+    return table
+
+
+# Training -------------------------------------------------------------------------------
+
+def parameter_table(experiments: pd.DataFrame) -> Table:
+    table = Table(["experiment", "total params", "trainable params", "trainable %", "steps",
+                   "time (s)", "tokens/s", "peak memory (MB)", "final loss", "eval loss"])
+    for row in experiments.to_dict("records"):
+        share = row.get("trainable_share")
+        table.rows.append([row["experiment"], *(fmt(row.get(c)) for c in (
+            "total_params", "trainable_params")), fmt(None if missing(share) else 100 * share),
+            *(fmt(row.get(c)) for c in ("steps", "wall_time_s", "tokens_per_s",
+                                        "peak_memory_mb", "final_loss", "eval_loss"))])
+    return table
+
+
+# Data -----------------------------------------------------------------------------------
+
+def data_tables(datasets: list[str], results: Path) -> list[Table]:
+    """Per dataset: counts, each reject reason that occurred, splits and length percentiles."""
+    tables = []
+    for name in datasets:
+        path = results / "data" / name / "stats.json"
+        if not path.is_file():
+            continue
+        stats = read_json(path)
+        table = Table(["figure", "value"], title=f"{name} ({stats.get('format', NA)})")
+        table.rows += [["raw records", fmt(stats.get("raw"))], ["kept", fmt(stats.get("kept"))]]
+        rejected = sorted(stats.get("rejected", {}).items(), key=lambda item: -item[1])
+        table.rows += [[f"rejected: {reason.replace('_', ' ')}", fmt(n)] for reason, n in rejected if n]
+        splits = stats.get("splits", {})
+        table.rows += [[f"{split} split", fmt(splits.get(split))] for split in SPLITS if split in splits]
+        tables.append(table)
+    return tables
+
+
+def length_table(datasets: list[str], results: Path, stats_table: pd.DataFrame) -> Table:
+    """Length percentiles in characters (prompt, reply) and tokens (per base model)."""
+    table = Table(["dataset", "length of", "mean", "p50", "p90", "p99", "max"])
+    stats = stats_table.set_index("dataset") if not stats_table.empty else stats_table
+    for name in datasets:
+        if name not in stats.index:
+            continue
+        row = stats.loc[name]
+        prefixes = sorted({c.rsplit("_", 1)[0] for c in stats.columns if c.startswith("lengths_")})
+        for prefix in prefixes:
+            if missing(row.get(f"{prefix}_mean")):
+                continue
+            what = prefix.removeprefix("lengths_").replace("_chars", " (chars)")
+            what = what.replace("tokens_", "record tokens: ") if what.startswith("tokens_") else what
+            table.rows.append([name, what, *(fmt(row.get(f"{prefix}_{s}"), 3)
+                                             for s in ("mean", "p50", "p90", "p99", "max"))])
+    return table
+
+
+def rejected_examples(datasets: list[str], results: Path, limit: int = 300) -> Table:
+    """The first rejected record of each reason, per dataset."""
+    table = Table(["dataset", "reason", "detail", "record"])
+    for name in datasets:
+        path = results / "data" / name / "rejects.jsonl"
+        if not path.is_file():
+            continue
+        seen = set()
+        for row in read_jsonl(path):
+            if row["reason"] not in seen:
+                seen.add(row["reason"])
+                record = json.dumps(row.get("record"), ensure_ascii=False)
+                table.rows.append([name, row["reason"].replace("_", " "), str(row.get("detail", "")),
+                                   record if len(record) <= limit else record[:limit] + "…"])
+    return table
+
+
+# Samples --------------------------------------------------------------------------------
+
+def read_predictions(path: Path) -> dict[str, dict]:
+    return {row["id"]: row for row in read_jsonl(path)} if path.is_file() else {}
+
+
+def sample_groups(ranking: pd.DataFrame, configs: dict, workdir: Path, results: Path,
+                  count: int, per_group: int = 4) -> list[dict]:
+    """Per (dataset, base model): the first `count` test prompts, each with the reference,
+    the base answer and the answers of the best `per_group` experiments by test loss."""
+    groups = []
+    for (dataset, model), group in ranking.groupby(["dataset", "base_model"], sort=True):
+        shown = list(group.sort_values("position")["experiment"][:per_group])
+        base = read_predictions(workdir / configs[shown[0]]["base_eval"] / "predictions.jsonl")
+        tuned = {n: read_predictions(results / "eval" / n / "predictions.jsonl") for n in shown}
+        prompts = []
+        for sample_id, row in list(tuned[shown[0]].items())[:count]:
+            answers = [("reference", row["reference"])]
+            answers.append(("base", base[sample_id]["prediction"] if sample_id in base else NA))
+            answers += [(n, tuned[n][sample_id]["prediction"] if sample_id in tuned[n] else NA)
+                        for n in shown]
+            prompts.append({"id": sample_id, "prompt": row["prompt"], "answers": answers})
+        groups.append({"title": f"{dataset} / {model}", "prompts": prompts})
+    return groups

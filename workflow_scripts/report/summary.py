@@ -1,0 +1,144 @@
+"""The summary at the top of the report: every sentence is generated from the metric tables.
+
+Claims follow docs/metrics.md: "best" only where the paired loss interval against every
+runner-up excludes zero; a difference from the base only where its paired interval excludes
+zero; everything else is called "no clear difference".
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from workflow_scripts.report.formatting import fmt, fmt_ci, fmt_diff, names
+from workflow_scripts.uncertainty import BETTER, UNCLEAR, WORSE, unpaired_mean_difference
+
+HEADLINE_METRICS = {"loss": "test loss", "bleu4": "BLEU-4", "rougeL": "ROUGE-L"}
+METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "dora": "DoRA"}
+TREND_SHARE = 0.2  # the loss trend compares the last 20% of logged steps with the 20% before
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def what_was_run(experiments: pd.DataFrame) -> str:
+    methods = experiments["method"].value_counts().sort_index()
+    counts = names([f"{n} {METHOD_NAMES.get(m, m)}" for m, n in methods.items()])
+    samples = sorted({int(v) for v in experiments["n_samples"].dropna()})
+    records = sorted({int(v) for v in experiments["n_records"].dropna()})
+    return (f"{plural(len(experiments), 'fine-tuning experiment')} ({counts}) of "
+            f"{plural(experiments['base_model'].nunique(), 'base model')} on "
+            f"{plural(experiments['dataset'].nunique(), 'dataset')}, each scored on "
+            f"{names([str(r) for r in records]) or 'n/a'} test records (loss) and "
+            f"{names([str(s) for s in samples]) or 'n/a'} generated answers (text metrics). "
+            "Intervals are 95% bootstrap intervals; a difference is claimed only where its "
+            "paired interval excludes zero.")
+
+
+def best_sentence(group: pd.DataFrame) -> str:
+    """The best experiment of one (dataset, base model) ranking, as far as the data allow."""
+    first = group.iloc[0]
+    head = (f"On {first['dataset']} with {first['base_model']}, the lowest test loss is "
+            f"{first['experiment']}'s, {fmt_ci(first['test_loss'], first['test_loss_low'], first['test_loss_high'])}")
+    rest = group.iloc[1:]
+    if rest.empty:
+        return head + " (the only experiment)."
+    ties = rest[rest["verdict"] != WORSE]
+    if ties.empty:
+        return f"{head}: it is the best, clearly lower than each of the other {len(rest)}."
+    gaps = [f"{r['experiment']} ({fmt_diff(r['difference'], r['difference_low'], r['difference_high'])})"
+            for _, r in ties.iterrows()]
+    clear = len(rest) - len(ties)
+    tail = f"; it is clearly lower than the other {clear}" if clear else ""
+    return f"{head}, but it cannot be told apart from {names(gaps)}{tail}."
+
+
+def gain_sentence(experiment: str, comparison: pd.DataFrame) -> str:
+    """The best experiment's change against its base, metric by metric."""
+    rows = comparison[comparison["experiment"] == experiment].set_index("metric")
+    parts = []
+    for metric, label in HEADLINE_METRICS.items():
+        if metric not in rows.index:
+            continue
+        r = rows.loc[metric]
+        parts.append(f"{label} {fmt(r['base'])} → {fmt(r['finetuned'])}, "
+                     f"{fmt_diff(r['difference'], r['difference_low'], r['difference_high'])} "
+                     f"({r['verdict'] if isinstance(r['verdict'], str) else 'n/a'})")
+    return f"Against its base model, {experiment}: " + "; ".join(parts) + "." if parts else ""
+
+
+def best_per_group(ranking: pd.DataFrame, comparison: pd.DataFrame) -> list[str]:
+    lines = []
+    for _, group in ranking.groupby(["dataset", "base_model"], sort=True):
+        group = group.sort_values("position")
+        lines.append(best_sentence(group))
+        gain = gain_sentence(group.iloc[0]["experiment"], comparison)
+        if gain:
+            lines.append(gain)
+    return lines
+
+
+def verdict_counts(comparison: pd.DataFrame) -> list[str]:
+    """Per headline metric: how many fine-tuned models differ clearly from their base."""
+    lines = []
+    for metric, label in HEADLINE_METRICS.items():
+        rows = comparison[(comparison["metric"] == metric) & comparison["verdict"].notna()]
+        if rows.empty:
+            continue
+        by = {v: sorted(rows.loc[rows["verdict"] == v, "experiment"]) for v in (BETTER, WORSE, UNCLEAR)}
+        parts = [f"{label}: better than the base in {len(by[BETTER])} of {len(rows)} experiments"]
+        if by[WORSE]:
+            parts.append(f"worse in {len(by[WORSE])} ({names(by[WORSE])})")
+        if by[UNCLEAR]:
+            parts.append(f"no clear difference (noise) in {len(by[UNCLEAR])} ({names(by[UNCLEAR])})")
+        lines.append(", ".join(parts) + ".")
+    return lines
+
+
+def loss_trend(log: pd.DataFrame, name: str) -> str | None:
+    """"falling", "flat" or "rising": last 20% of logged training losses against the 20%
+    before, with an interval on the difference of their means."""
+    losses = log[(log["experiment"] == name)]["loss"].dropna().astype(float)
+    k = int(len(losses) * TREND_SHARE)
+    if k < 2:
+        return None
+    diff = unpaired_mean_difference(losses.iloc[-2 * k:-k], losses.iloc[-k:])
+    return "falling" if diff.high < 0 else "rising" if diff.low > 0 else "flat"
+
+
+def trend_sentence(experiments: pd.DataFrame, log: pd.DataFrame) -> str | None:
+    trends: dict[str, list[str]] = {}
+    for name in experiments["experiment"]:
+        trend = loss_trend(log, name) if not log.empty else None
+        if trend:
+            trends.setdefault(trend, []).append(name)
+    if not trends:
+        return None
+    words = {"falling": "still falling at the end of training (more steps may help)",
+             "flat": "flat at the end of training (no clear change)",
+             "rising": "rising at the end of training"}
+    parts = [f"{words[t]} for {names(trends[t])}" for t in ("falling", "flat", "rising") if t in trends]
+    return ("Training loss (mean of the last 20% of logged steps against the 20% before) was "
+            + "; ".join(parts) + ".")
+
+
+def quantization_sentence(quantization: pd.DataFrame) -> str | None:
+    rows = quantization[quantization["metric"] == "loss"].drop_duplicates("base_eval")
+    if rows.empty:
+        return None
+    parts = [f"{r['dataset']}/{r['base_model']} test loss {fmt(r['base'])} → {fmt(r['finetuned'])}, "
+             f"{fmt_diff(r['difference'], r['difference_low'], r['difference_high'])} ({r['verdict']})"
+             for _, r in rows.iterrows()]
+    return "Loading the base model in 4 bits (QLoRA) changes its own " + "; ".join(parts) + "."
+
+
+def summary(experiments: pd.DataFrame, comparison: pd.DataFrame, ranking: pd.DataFrame,
+            quantization: pd.DataFrame, log: pd.DataFrame) -> dict:
+    """{"run": sentence, "best": [sentences], "findings": [sentences]}."""
+    if experiments.empty:
+        return {"run": "No experiment is configured.", "best": [], "findings": []}
+    findings = verdict_counts(comparison) if not comparison.empty else []
+    findings += [s for s in (quantization_sentence(quantization) if not quantization.empty
+                             else None, trend_sentence(experiments, log)) if s]
+    return {"run": what_was_run(experiments),
+            "best": best_per_group(ranking, comparison) if not ranking.empty else [],
+            "findings": findings}
