@@ -96,7 +96,8 @@ def train_metrics(config: dict, rows: list[dict]) -> dict:
     return {"trainable_params": trainable, "total_params": total,
             "trainable_share": trainable / total, "steps": STEPS,
             "wall_time_s": 30.0 + r + (12.0 if qlora else 0.0), "train_tokens": 48_000,
-            "tokens_per_s": 48_000 / (30.0 + r), "peak_memory_mb": (250.0 if qlora else 360.0) + r * 2,
+            "tokens_per_s": 48_000 / (30.0 + r),
+            "peak_memory_mb": (250.0 if qlora else 360.0) + r * 2,
             "final_loss": [row["loss"] for row in rows if "loss" in row][-1],
             "eval_loss": eval_losses[-1] if eval_losses else None,
             "device": "cpu", "method": config["method"],
@@ -148,7 +149,8 @@ def write_eval(directory: Path, samples: list, quality: float, dialogue: bool,
     loss = sum(r["loss_sum"] for r in losses) / sum(r["n_tokens"] for r in losses)
     metrics.update({"loss": loss, "perplexity": math.exp(loss),
                     "n_loss_tokens": sum(r["n_tokens"] for r in losses),
-                    "n_records": len(losses), "eot_share": sum(r["ended"] for r in rows) / len(rows),
+                    "n_records": len(losses),
+                    "eot_share": sum(r["ended"] for r in rows) / len(rows),
                     "gen_time_per_sample_s": 0.2, "n_samples": len(rows),
                     "quantization": quantization,
                     "settings_key": NF4_KEY if quantization else FULL_KEY})
@@ -269,16 +271,18 @@ def summary_problems(metrics_dir: Path, md: str) -> list[str]:
     lines, problems = summary_lines(md), []
     for (dataset, model), group in ranking.groupby(["dataset", "base_model"]):
         group = group.sort_values("position")
-        start = f"On {dataset} with {model}, the lowest test loss is {group.iloc[0]['experiment']}'s"
+        best = group.iloc[0]["experiment"]
+        start = f"On {dataset} with {model}, the lowest test loss is {best}'s"
         line = next((x for x in lines if x.startswith(start)), None)
         if line is None:
             problems.append(f"no summary line starts with {start!r}")
             continue
         ties = set(group[(group["position"] > 1) & (group["verdict"] != "worse")]["experiment"])
-        named = set(re.findall(r"([\w.-]+) \([+-]", line.split("cannot be told apart from", 1)[-1])) \
-            if "cannot be told apart" in line else set()
+        tail = line.split("cannot be told apart from", 1)[1] if "cannot be told apart" in line else ""
+        named = set(re.findall(r"([\w.-]+) \([+-]", tail))
         if named != ties:
-            problems.append(f"{dataset}/{model}: summary ties {sorted(named)}, table {sorted(ties)}")
+            problems.append(f"{dataset}/{model}: summary ties {sorted(named)}, "
+                            f"table {sorted(ties)}")
         if not ties and len(group) > 1 and "it is the best" not in line:
             problems.append(f"{dataset}/{model}: a clear best is not called best")
     for label, metric in (("test loss", "loss"), ("BLEU-4", "bleu4"), ("ROUGE-L", "rougeL")):

@@ -97,7 +97,8 @@ def test_no_percent_change_against_a_near_zero_base(built):
     small = rows.loc[("rank-study-r8", "bleu4")]  # the base scores 0.67 of 100
     assert 0 < small["base"] < 5 and math.isnan(small["change_pct"])
     loss = rows.loc[("rank-study-r8", "loss")]
-    assert loss["change_pct"] == pytest.approx(100 * (loss["finetuned"] - loss["base"]) / loss["base"])
+    relative = 100 * (loss["finetuned"] - loss["base"]) / loss["base"]
+    assert loss["change_pct"] == pytest.approx(relative)
     for text in both(built):
         assert not re.search(r"[+-]\d{5,}(\.\d)?%", text)  # no +1586031564.7%
 
@@ -130,7 +131,8 @@ def test_summary_claims_match_the_tables(built):
 
 
 def test_summary_notices_a_wrong_claim(built):
-    wrong = built["md"].replace("better than the base in 11 of 11", "better than the base in 9 of 11")
+    wrong = built["md"].replace("better than the base in 11 of 11",
+                                "better than the base in 9 of 11")
     assert summary_problems(built["metrics"], wrong)
 
 
@@ -159,7 +161,8 @@ def test_data_section_is_readable(built):
     data = md.split("## 4 Data", 1)[1].split("## 5 Samples", 1)[0]
     assert "per file" not in data and "too long" not in data
     assert "| rejected: empty response | 12 |" in data and "| rejected: duplicate | 8 |" in data
-    assert data.index("| train split |") < data.index("| valid split |") < data.index("| test split |")
+    order = [data.index(f"| {split} split |") for split in ("train", "valid", "test")]
+    assert order == sorted(order)
     assert "| alpaca_zh | record tokens: tiny-zh | 30.5 | 28 | 50 | 70 | 90 |" in data
     examples = data.split("### Rejected records", 1)[1]
     assert examples.count("| alpaca_zh | empty response |") == 1
@@ -197,7 +200,8 @@ def test_missing_optional_files_render_as_na(tmp_path):
     build_results(tmp_path)
     results = tmp_path / "results"
     (results / "eval" / "rank-study-r4" / "metrics.json").unlink()
-    (results / "eval" / "base" / "tiny-zh" / "lccc" / "full-0123456789" / "predictions.jsonl").unlink()
+    base = results / "eval" / "base" / "tiny-zh" / "lccc" / "full-0123456789"
+    (base / "predictions.jsonl").unlink()
     (results / "adapters" / "lccc-r8" / "run_info.json").unlink()
     run_pipeline(tmp_path, resamples=50)
     experiments = pd.read_csv(results / "metrics" / "experiments.tsv", sep="\t")

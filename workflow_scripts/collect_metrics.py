@@ -81,9 +81,8 @@ class Evaluations:
         row = {}
         for metric in EVAL_METRICS:
             row[column(metric)] = run.metrics.get(metric)
-            iv = interval(run, metric, self.seed, self.resamples) if run.samples or run.records else None
-            row[f"{column(metric)}_low"] = iv.low if iv else None
-            row[f"{column(metric)}_high"] = iv.high if iv else None
+            iv = interval(run, metric, self.seed, self.resamples)
+            row[f"{column(metric)}_low"], row[f"{column(metric)}_high"] = iv.low, iv.high
         return row | {key: run.metrics.get(key) for key in EVAL_EXTRA}
 
 
@@ -135,7 +134,8 @@ def comparison_rows(configs: dict, results: Path, evals: Evaluations) -> list[di
     """Each fine-tuned model against its base, metric by metric (paired over the same ids)."""
     rows = []
     for name, config in configs.items():
-        base, tuned = evals.get(config.get("base_eval")), evals.get(Path(results.name) / "eval" / name)
+        base = evals.get(config.get("base_eval"))
+        tuned = evals.get(Path(results.name) / "eval" / name)
         for metric in EVAL_METRICS:
             rows.append(paired_row(name, config, metric, base, tuned, evals)
                         | {"base_eval": config.get("base_eval")})

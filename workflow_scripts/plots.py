@@ -65,7 +65,8 @@ def smooth(losses: pd.Series) -> pd.Series:
 
 def plot_training_loss(log: pd.DataFrame, experiments: pd.DataFrame, path: Path) -> Path:
     """One panel per (dataset, base model): smoothed training loss, raw faint, eval dots."""
-    groups = list(experiments.groupby(["dataset", "base_model"], sort=True)) or [(("", ""), experiments)]
+    groups = list(experiments.groupby(["dataset", "base_model"], sort=True))
+    groups = groups or [(("", ""), experiments)]
     fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 4.2), squeeze=False)
     for ax, ((dataset, model), members) in zip(axes[0], groups):
         for i, name in enumerate(members["experiment"]):
@@ -97,7 +98,8 @@ def error_bars(values: pd.Series, low: pd.Series, high: pd.Series) -> np.ndarray
 
 def plot_base_vs_finetuned(comparison: pd.DataFrame, path: Path) -> Path:
     """Paired difference to the base per experiment, coloured by the verdict."""
-    metrics = {"loss": "Δ test loss (lower is better)", "bleu4": "Δ BLEU-4", "rougeL": "Δ ROUGE-L"}
+    metrics = {"loss": "Δ test loss (lower is better)", "bleu4": "Δ BLEU-4",
+               "rougeL": "Δ ROUGE-L"}
     fig, axes = plt.subplots(1, len(metrics), figsize=(12, 1.2 + 0.45 * max(
         1, comparison["experiment"].nunique() if not comparison.empty else 1)), sharey=True)
     for ax, (metric, label) in zip(axes, metrics.items()):
@@ -116,11 +118,13 @@ def plot_base_vs_finetuned(comparison: pd.DataFrame, path: Path) -> Path:
         ax.set_yticks(y, rows["experiment"])
         ax.invert_yaxis()
         ax.set(title=label, xlabel="fine-tuned − base")
-    fig.suptitle("Fine-tuned vs base, paired 95% intervals (green better, red worse, grey no clear difference)")
+    fig.suptitle("Fine-tuned vs base, paired 95% intervals "
+                 "(green better, red worse, grey no clear difference)")
     return save(fig, path)
 
 
-def study_members(studies: pd.DataFrame, experiments: pd.DataFrame, kind: str) -> list[pd.DataFrame]:
+def study_members(studies: pd.DataFrame, experiments: pd.DataFrame,
+                  kind: str) -> list[pd.DataFrame]:
     by_name = experiments.set_index("experiment", drop=False)
     return [by_name.loc[list(members["experiment"])].assign(study=study)
             for study, members in studies[studies["kind"] == kind].groupby("study", sort=False)]

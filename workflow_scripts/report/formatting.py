@@ -54,6 +54,16 @@ def fmt_diff(value, low, high) -> str:
     return f"{fmt_signed(value)} [{fmt_signed(low)}, {fmt_signed(high)}]"
 
 
+def ci(row, column: str) -> str:
+    """`column` of a table row with its `_low`/`_high` interval."""
+    return fmt_ci(row.get(column), row.get(f"{column}_low"), row.get(f"{column}_high"))
+
+
+def diff(row) -> str:
+    """A table row's paired difference with its interval."""
+    return fmt_diff(row.get("difference"), row.get("difference_low"), row.get("difference_high"))
+
+
 def fmt_pct(value) -> str:
     return "" if missing(value) else f"{value:+.1f}%"
 

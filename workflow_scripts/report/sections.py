@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from workflow_scripts.io_utils import read_json, read_jsonl
-from workflow_scripts.report.formatting import (NA, Table, fmt, fmt_ci, fmt_diff, fmt_pct,
-                                                fmt_share, missing)
+from workflow_scripts.report.formatting import (NA, Table, ci, diff, fmt, fmt_pct, fmt_share,
+                                                missing)
 from workflow_scripts.report.studies import HYPERPARAMETERS, METHOD, RANK
 
 SPLITS = ("train", "valid", "test")
@@ -16,11 +16,8 @@ METRIC_LABELS = {"loss": "test loss", "perplexity": "perplexity", "bleu4": "BLEU
                  "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L",
                  "sacrebleu": "sacreBLEU", "chrf": "chrF", "distinct1": "distinct-1",
                  "distinct2": "distinct-2", "nonempty_share": "non-empty answers",
-                 "eot_share": "ended with end-of-turn", "mean_answer_chars": "answer length (chars)"}
-
-
-def ci(row, column: str) -> str:
-    return fmt_ci(row.get(column), row.get(f"{column}_low"), row.get(f"{column}_high"))
+                 "eot_share": "ended with end-of-turn",
+                 "mean_answer_chars": "answer length (chars)"}
 
 
 # Results --------------------------------------------------------------------------------
@@ -33,8 +30,7 @@ def ranking_tables(ranking: pd.DataFrame) -> list[Table]:
         for row in group.sort_values("position").to_dict("records"):
             first = row["position"] == 1
             table.rows.append([fmt(row["position"]), row["experiment"], ci(row, "test_loss"),
-                               "" if first else fmt_diff(row["difference"], row["difference_low"],
-                                                         row["difference_high"]),
+                               "" if first else diff(row),
                                "lowest" if first else ("higher" if row["verdict"] == "worse"
                                                        else "no clear difference")])
         tables.append(table)
@@ -51,7 +47,7 @@ def gains_table(comparison: pd.DataFrame, experiments: pd.DataFrame) -> Table:
         cells = [name]
         for metric in metrics:
             r = rows.loc[metric] if metric in rows.index else {}
-            cell = fmt_diff(r.get("difference"), r.get("difference_low"), r.get("difference_high"))
+            cell = diff(r)
             verdict = r.get("verdict")
             cells.append(f"{cell} {verdict}" if isinstance(verdict, str) else cell)
         eot = rows.loc["eot_share"] if "eot_share" in rows.index else {}
@@ -65,14 +61,12 @@ def metric_tables(comparison: pd.DataFrame, experiments: pd.DataFrame) -> dict[s
     by_name = experiments.set_index("experiment")
     tables = {}
     for name in experiments["experiment"]:
-        exp = by_name.loc[name]
+        exp = by_name.loc[name].to_dict()
         table = Table(["metric", "base", "fine-tuned [95% CI]", "difference [95% CI]", "verdict",
                        "change"], title=f"{name} (base: {exp['base_eval']})")
         for row in comparison[comparison["experiment"] == name].to_dict("records"):
             column = "test_loss" if row["metric"] == "loss" else row["metric"]
-            table.rows.append([row["metric"], fmt(row["base"]),
-                               fmt_ci(exp.get(column), exp.get(f"{column}_low"), exp.get(f"{column}_high")),
-                               fmt_diff(row["difference"], row["difference_low"], row["difference_high"]),
+            table.rows.append([row["metric"], fmt(row["base"]), ci(exp, column), diff(row),
                                row["verdict"] if isinstance(row["verdict"], str) else NA,
                                fmt_pct(row["change_pct"])])
         tables[name] = table
@@ -135,9 +129,10 @@ def study_tables(studies: pd.DataFrame, experiments: pd.DataFrame, comparison: p
 def quantization_table(quantization: pd.DataFrame) -> Table:
     table = Table(["experiment", "metric", "base 16/32-bit", "base 4-bit",
                    "difference [95% CI]", "verdict"])
-    for row in quantization[quantization["metric"].isin(["loss", "bleu4", "rougeL"])].to_dict("records"):
-        table.rows.append([row["experiment"], row["metric"], fmt(row["base"]), fmt(row["finetuned"]),
-                           fmt_diff(row["difference"], row["difference_low"], row["difference_high"]),
+    shown = quantization[quantization["metric"].isin(["loss", "bleu4", "rougeL"])]
+    for row in shown.to_dict("records"):
+        table.rows.append([row["experiment"], row["metric"], fmt(row["base"]),
+                           fmt(row["finetuned"]), diff(row),
                            row["verdict"] if isinstance(row["verdict"], str) else NA])
     return table
 
@@ -169,9 +164,10 @@ def data_tables(datasets: list[str], results: Path) -> list[Table]:
         table = Table(["figure", "value"], title=f"{name} ({stats.get('format', NA)})")
         table.rows += [["raw records", fmt(stats.get("raw"))], ["kept", fmt(stats.get("kept"))]]
         rejected = sorted(stats.get("rejected", {}).items(), key=lambda item: -item[1])
-        table.rows += [[f"rejected: {reason.replace('_', ' ')}", fmt(n)] for reason, n in rejected if n]
+        table.rows += [[f"rejected: {reason.replace('_', ' ')}", fmt(n)]
+                       for reason, n in rejected if n]
         splits = stats.get("splits", {})
-        table.rows += [[f"{split} split", fmt(splits.get(split))] for split in SPLITS if split in splits]
+        table.rows += [[f"{split} split", fmt(splits[split])] for split in SPLITS if split in splits]
         tables.append(table)
     return tables
 
@@ -189,7 +185,8 @@ def length_table(datasets: list[str], results: Path, stats_table: pd.DataFrame) 
             if missing(row.get(f"{prefix}_mean")):
                 continue
             what = prefix.removeprefix("lengths_").replace("_chars", " (chars)")
-            what = what.replace("tokens_", "record tokens: ") if what.startswith("tokens_") else what
+            if what.startswith("tokens_"):
+                what = what.replace("tokens_", "record tokens: ")
             table.rows.append([name, what, *(fmt(row.get(f"{prefix}_{s}"), 3)
                                              for s in ("mean", "p50", "p90", "p99", "max"))])
     return table
@@ -207,8 +204,8 @@ def rejected_examples(datasets: list[str], results: Path, limit: int = 300) -> T
             if row["reason"] not in seen:
                 seen.add(row["reason"])
                 record = json.dumps(row.get("record"), ensure_ascii=False)
-                table.rows.append([name, row["reason"].replace("_", " "), str(row.get("detail", "")),
-                                   record if len(record) <= limit else record[:limit] + "…"])
+                table.rows.append([name, row["reason"].replace("_", " "),
+                                   str(row.get("detail", "")), record if len(record) <= limit else record[:limit] + "…"])
     return table
 
 

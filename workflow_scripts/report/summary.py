@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from workflow_scripts.report.formatting import fmt, fmt_ci, fmt_diff, names
+from workflow_scripts.report.formatting import ci, diff, fmt, names
 from workflow_scripts.uncertainty import BETTER, UNCLEAR, WORSE, unpaired_mean_difference
 
 HEADLINE_METRICS = {"loss": "test loss", "bleu4": "BLEU-4", "rougeL": "ROUGE-L"}
@@ -38,15 +38,14 @@ def best_sentence(group: pd.DataFrame) -> str:
     """The best experiment of one (dataset, base model) ranking, as far as the data allow."""
     first = group.iloc[0]
     head = (f"On {first['dataset']} with {first['base_model']}, the lowest test loss is "
-            f"{first['experiment']}'s, {fmt_ci(first['test_loss'], first['test_loss_low'], first['test_loss_high'])}")
+            f"{first['experiment']}'s, {ci(first, 'test_loss')}")
     rest = group.iloc[1:]
     if rest.empty:
         return head + " (the only experiment)."
     ties = rest[rest["verdict"] != WORSE]
     if ties.empty:
         return f"{head}: it is the best, clearly lower than each of the other {len(rest)}."
-    gaps = [f"{r['experiment']} ({fmt_diff(r['difference'], r['difference_low'], r['difference_high'])})"
-            for _, r in ties.iterrows()]
+    gaps = [f"{r['experiment']} ({diff(r)})" for _, r in ties.iterrows()]
     clear = len(rest) - len(ties)
     tail = f"; it is clearly lower than the other {clear}" if clear else ""
     return f"{head}, but it cannot be told apart from {names(gaps)}{tail}."
@@ -60,8 +59,7 @@ def gain_sentence(experiment: str, comparison: pd.DataFrame) -> str:
         if metric not in rows.index:
             continue
         r = rows.loc[metric]
-        parts.append(f"{label} {fmt(r['base'])} → {fmt(r['finetuned'])}, "
-                     f"{fmt_diff(r['difference'], r['difference_low'], r['difference_high'])} "
+        parts.append(f"{label} {fmt(r['base'])} → {fmt(r['finetuned'])}, {diff(r)} "
                      f"({r['verdict'] if isinstance(r['verdict'], str) else 'n/a'})")
     return f"Against its base model, {experiment}: " + "; ".join(parts) + "." if parts else ""
 
@@ -84,12 +82,14 @@ def verdict_counts(comparison: pd.DataFrame) -> list[str]:
         rows = comparison[(comparison["metric"] == metric) & comparison["verdict"].notna()]
         if rows.empty:
             continue
-        by = {v: sorted(rows.loc[rows["verdict"] == v, "experiment"]) for v in (BETTER, WORSE, UNCLEAR)}
+        by = {v: sorted(rows.loc[rows["verdict"] == v, "experiment"])
+              for v in (BETTER, WORSE, UNCLEAR)}
         parts = [f"{label}: better than the base in {len(by[BETTER])} of {len(rows)} experiments"]
         if by[WORSE]:
             parts.append(f"worse in {len(by[WORSE])} ({names(by[WORSE])})")
         if by[UNCLEAR]:
-            parts.append(f"no clear difference (noise) in {len(by[UNCLEAR])} ({names(by[UNCLEAR])})")
+            noise = by[UNCLEAR]
+            parts.append(f"no clear difference (noise) in {len(noise)} ({names(noise)})")
         lines.append(", ".join(parts) + ".")
     return lines
 
@@ -116,7 +116,7 @@ def trend_sentence(experiments: pd.DataFrame, log: pd.DataFrame) -> str | None:
     words = {"falling": "still falling at the end of training (more steps may help)",
              "flat": "flat at the end of training (no clear change)",
              "rising": "rising at the end of training"}
-    parts = [f"{words[t]} for {names(trends[t])}" for t in ("falling", "flat", "rising") if t in trends]
+    parts = [f"{words[t]} for {names(trends[t])}" for t in words if t in trends]
     return ("Training loss (mean of the last 20% of logged steps against the 20% before) was "
             + "; ".join(parts) + ".")
 
@@ -125,8 +125,8 @@ def quantization_sentence(quantization: pd.DataFrame) -> str | None:
     rows = quantization[quantization["metric"] == "loss"].drop_duplicates("base_eval")
     if rows.empty:
         return None
-    parts = [f"{r['dataset']}/{r['base_model']} test loss {fmt(r['base'])} → {fmt(r['finetuned'])}, "
-             f"{fmt_diff(r['difference'], r['difference_low'], r['difference_high'])} ({r['verdict']})"
+    parts = [f"{r['dataset']}/{r['base_model']} test loss {fmt(r['base'])} → "
+             f"{fmt(r['finetuned'])}, {diff(r)} ({r['verdict']})"
              for _, r in rows.iterrows()]
     return "Loading the base model in 4 bits (QLoRA) changes its own " + "; ".join(parts) + "."
 
