@@ -109,6 +109,26 @@ def _cancel_criteria(cancel: threading.Event):
     return Cancelled()
 
 
+_IMPORT_LOCK = threading.Lock()
+_IMPORTED = threading.Event()
+
+
+def heavy_imports() -> None:
+    """Import torch, transformers and peft once, in one thread: transformers resolves its
+    names lazily, and two threads resolving them at once can see a half-made module."""
+    if _IMPORTED.is_set():
+        return
+    with _IMPORT_LOCK:
+        if _IMPORTED.is_set():
+            return
+        import torch  # noqa: F401
+        from peft import PeftModel  # noqa: F401
+        from transformers import (AutoModelForCausalLM, AutoTokenizer,  # noqa: F401
+                                  BitsAndBytesConfig, GenerationConfig, StoppingCriteria)
+
+        _IMPORTED.set()
+
+
 class ModelPool:
     """Loads base models and adapters on first use and serves generations from them."""
 
@@ -152,6 +172,7 @@ class ModelPool:
     def prepare(self, model_id: str, messages: list[dict], decoding: Decoding) -> PreparedChat:
         """Render and tokenize the conversation and check it against the limits (400)."""
         target = self.resolve(model_id)
+        heavy_imports()
         if decoding.max_tokens is not None and decoding.max_tokens > self.max_tokens_cap:
             raise BadRequest(f"max_tokens {decoding.max_tokens} is above this studio's cap of "
                              f"{self.max_tokens_cap}", param="max_tokens")
@@ -196,10 +217,10 @@ class ModelPool:
         return Outcome(len(chat.input_ids), len(new), reason)
 
     # Loading.
-    def warm_up(self) -> None:
+    @staticmethod
+    def warm_up() -> None:
         """Import the heavy libraries ahead of the first chat (seconds on a busy CPU)."""
-        import peft  # noqa: F401
-        import transformers  # noqa: F401
+        heavy_imports()
 
     def _tokenizer(self, base_model: str):
         from workflow_scripts.model_loading import load_tokenizer
@@ -214,6 +235,7 @@ class ModelPool:
     def _base(self, target: Target) -> LoadedBase:
         from workflow_scripts.model_loading import load_model, load_tokenizer
 
+        heavy_imports()
         key = (target.base_model, target.quantized)
         with self._load_lock:
             if key not in self.loaded:
