@@ -95,6 +95,8 @@ def create_app(settings: StudioSettings, pool: ModelPool | None = None) -> FastA
     app = FastAPI(title="LoRA workflow studio", docs_url="/api/docs", redoc_url=None,
                   lifespan=lifespan)
     app.state.catalog, app.state.pool, app.state.settings = catalog, pool, settings
+    # Set before the server stops, so that pushes end instead of holding the shutdown up.
+    app.state.stopping = threading.Event()
     _error_handlers(app)
     if settings.token:
         _token_guard(app, settings.token)
@@ -118,6 +120,10 @@ def _pages(app: FastAPI, catalog: Catalog) -> None:
     app.get("/", response_class=HTMLResponse)(page("experiments"))
     for name in PAGES:
         app.get(f"/{name}", response_class=HTMLResponse)(page(name))
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(status_code=204)
 
     @app.get("/report/view")
     def report_view() -> Response:
@@ -154,7 +160,7 @@ def _experiment_api(app: FastAPI, catalog: Catalog, settings: StudioSettings) ->
     @app.get("/api/live/events")
     async def live_events(request: Request) -> StreamingResponse:
         async def events() -> AsyncIterator[str]:
-            while not await request.is_disconnected():
+            while not (app.state.stopping.is_set() or await request.is_disconnected()):
                 payload = await asyncio.to_thread(lambda: {"time": time.time(), "running": catalog.live()})
                 yield f"data: {json.dumps(payload)}\n\n"
                 await asyncio.sleep(settings.push_interval_s)
@@ -207,7 +213,7 @@ def _data_and_logs_api(app: FastAPI, catalog: Catalog, settings: StudioSettings)
 
         async def events() -> AsyncIterator[str]:
             position = offset
-            while not await request.is_disconnected():
+            while not (app.state.stopping.is_set() or await request.is_disconnected()):
                 text, position = await asyncio.to_thread(read_from, path, position, 1 << 20)
                 if text:
                     yield f"data: {json.dumps({'text': text, 'offset': position})}\n\n"

@@ -19,7 +19,7 @@ class BackgroundServer:
     """A real uvicorn serving `app` until the `with` block ends; `url` is its base address."""
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int | None = None):
-        self.host, self.port = host, port or free_port(host)
+        self.app, self.host, self.port = app, host, port or free_port(host)
         config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning",
                                 timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
@@ -39,5 +39,9 @@ class BackgroundServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        stopping = getattr(self.app.state, "stopping", None)
+        if stopping is not None:  # ends the studio's live pushes
+            stopping.set()
+            time.sleep(self.app.state.settings.push_interval_s + 0.5)
         self.server.should_exit = True
         self.thread.join(timeout=10)
