@@ -12,7 +12,8 @@ from workflow_scripts.chat_templates import CHATML_TOOLS_TEMPLATE
 from workflow_scripts.data_formats import get_normalizer
 from workflow_scripts.tool_calls import (ToolCall, call_format, parse_tool_calls,
                                          reference_calls, score_calls)
-from workflow_scripts.tool_eval import evaluate_tool_calls, tool_call_samples
+from workflow_scripts.tool_eval import (evaluate_tool_calls, plain_reply_records,
+                                        tool_call_samples)
 
 DATA = Path(__file__).resolve().parent / "data"
 WEATHER = ToolCall("get_weather", {"city": "北京", "date": "明天"})
@@ -164,3 +165,9 @@ def test_records_without_calls_give_no_tool_metrics():
     metrics, rows = evaluate_tool_calls(SimpleNamespace(chat_template=None), records,
                                         {"samples": 5}, lambda p, t: called.append(p) or [])
     assert (metrics, rows, called) == ({}, [], [])
+
+
+def test_records_ending_with_a_call_are_left_to_the_tool_metrics():
+    records = prepared_records()
+    ending = {"id": "call", "messages": records[0]["messages"][:2], "tools": records[0]["tools"]}
+    assert plain_reply_records(records + [ending]) == records

@@ -41,6 +41,12 @@ def tool_call_samples(records: list[dict], limit: int | None = None) -> list[Too
     return samples[:limit]
 
 
+def plain_reply_records(records: list[dict]) -> list[dict]:
+    """The records whose last turn is a text reply: the ones text metrics score (a record
+    that ends with a call is scored here instead)."""
+    return [r for r in records if not r["messages"][-1].get("tool_calls")]
+
+
 def last_user_text(messages: list[dict]) -> str:
     return next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
 
