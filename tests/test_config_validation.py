@@ -66,6 +66,11 @@ BAD_CONFIGS: dict[str, tuple[Edit, list[str]]] = {
         set_in("base_models.qwen", {"source": "hub", "id": "Qwen/Qwen2-0.5B", "revision": "main"}),
         ["base_models.qwen.revision: 'main' is not a full 40-character commit hash",
          "allow_moving_revision"]),
+    "sweep with neither grid nor points": (
+        lambda c: c["sweeps"]["rank"].pop("grid"), ["sweeps.rank: give exactly one of grid or points"]),
+    "sweep with both grid and points": (
+        lambda c: c["sweeps"]["rank"].update(points=[{"lora.r": 8}]),
+        ["sweeps.rank: give exactly one of grid or points"]),
     "duplicate sweep experiment": (set_in("experiments.rank-r2", {"base_model": "tiny"}),
                                    ["sweeps.rank", "'rank-r2' is already taken"]),
 }
@@ -156,6 +161,19 @@ def test_sweep_grid_points_are_named_after_their_values():
         "lr-study-lr0.0001-r16", "lr-study-lr0.0002-r8", "lr-study-lr0.0002-r16"])
     point = experiments["lr-study-lr0.0002-r16"]
     assert point["training"]["learning_rate"] == 2.0e-4 and point["lora"]["r"] == 16
+
+
+def test_sweep_points_are_hand_picked_rounds():
+    config = smoke_config()
+    config["sweeps"] = {"hp": {"base": {"base_model": "tiny", "dataset": "alpaca_zh"}, "points": [
+        {"training.learning_rate": 1.0e-3},
+        {"training.learning_rate": 3.0e-3, "training.warmup_ratio": 0.1},
+        {"training.batch_size": 2, "training.grad_accum": 2}]}}
+    experiments = resolved(config)
+    assert sorted(experiments) == ["hp-bs2-ga2", "hp-lr0.001", "hp-lr0.003-wu0.1", "lccc-qlora"]
+    third = experiments["hp-bs2-ga2"]["training"]
+    assert (third["batch_size"], third["grad_accum"], third["learning_rate"]) == (2, 2, 1.0e-3)
+    assert experiments["hp-lr0.003-wu0.1"]["training"]["warmup_ratio"] == 0.1
 
 
 def test_from_sweep_inherits_the_experiment():

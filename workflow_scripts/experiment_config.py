@@ -25,6 +25,7 @@ SWEEP_ABBREVIATIONS = {
     "training.epochs": "ep",
     "training.batch_size": "bs",
     "training.grad_accum": "ga",
+    "training.warmup_ratio": "wu",
     "training.max_length": "len",
     "method": "",
 }
@@ -80,6 +81,10 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return f"unknown key {keys} (allowed here: {', '.join(sorted(allowed))})"
     if "propertyNames" in error.relative_schema_path:
         return (f"{_key_path(error)}: name {error.instance!r} is not allowed: {NAME_RULE}")
+    alternatives = [b.get("required") for b in error.schema.get("oneOf", [])] if error.validator == "oneOf" else []
+    if alternatives and all(len(r or ()) == 1 for r in alternatives):
+        keys = " or ".join(r[0] for r in alternatives)
+        return f"{_key_path(error)}: give exactly one of {keys}"
     if error.validator == "oneOf" and error.context:
         # Explain the branch the user meant: the one whose discriminating `const` matched.
         mismatched = {e.relative_schema_path[0] for e in error.context if e.validator == "const"}
@@ -152,6 +157,14 @@ def sweep_experiment_name(sweep: str, point: dict[str, Any]) -> str:
     return "-".join(parts)
 
 
+def sweep_points(spec: dict) -> list[dict[str, Any]]:
+    """A sweep's points: every combination of a `grid`, or the listed `points`."""
+    if "points" in spec:
+        return [dict(point) for point in spec["points"]]
+    keys = list(spec["grid"])
+    return [dict(zip(keys, values)) for values in itertools.product(*(spec["grid"][k] for k in keys))]
+
+
 def raw_experiments(config: dict) -> dict[str, dict]:
     """Experiments as written plus every sweep grid point, before defaults are applied."""
     experiments = dict(config.get("experiments", {}))
@@ -162,9 +175,7 @@ def raw_experiments(config: dict) -> dict[str, dict]:
                 raise ConfigError(f"sweeps.{sweep}.from: no experiment named {spec['from']!r}")
             start = config["experiments"][spec["from"]]
         start = deep_merge(start, spec.get("base", {}))
-        keys = list(spec["grid"])
-        for values in itertools.product(*(spec["grid"][k] for k in keys)):
-            point = dict(zip(keys, values))
+        for point in sweep_points(spec):
             experiment = copy.deepcopy(start)
             for key, value in point.items():
                 _set_dotted(experiment, key, value)
