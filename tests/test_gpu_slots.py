@@ -116,8 +116,9 @@ def test_the_workflow_starts_each_job_through_its_slots(tmp_path):
               for c in commands if "train_adapter" in c}
     assert set(trains) == {"rank-r2", "rank-r4", "lccc-qlora"}
     for name in ("rank-r2", "rank-r4"):
-        assert "--gpus 2 --total 2 -- python -m torch.distributed.run --standalone " \
-               "--nproc-per-node 2 -m workflow_scripts.train_adapter" in trains[name]
+        assert "--gpus 2 --total 2 -- env GLOO_SOCKET_IFNAME=lo NCCL_SOCKET_IFNAME=lo python -m " \
+               "torch.distributed.run --standalone --nproc-per-node 2 -m workflow_scripts.train_adapter" \
+               in trains[name]
         assert "--threads 1 " in trains[name]  # the rule's 2 threads over two processes
     assert "--gpus 1 --total 2 -- python -m workflow_scripts.train_adapter" in trains["lccc-qlora"]
     merges = [c for c in commands if "merge_adapter" in c]

@@ -62,16 +62,19 @@ def multi_node_resources(experiment: dict) -> dict:
 
 def train_launcher(training: dict) -> str:
     """The command that runs `-m workflow_scripts.train_adapter`: python for one process,
-    torchrun for training.devices processes, srun + torchrun across training.nodes with the
-    allocation's first node as the rendezvous."""
+    torchrun for training.devices processes, srun + torchrun across training.nodes.
+
+    Across nodes the command runs in the job's batch step, on the allocation's first node,
+    which is the rendezvous (the plugin strips SLURM_JOB_NODELIST, so: `hostname`)."""
     devices, nodes = training["devices"], training["nodes"]
     if nodes > 1:
-        head = '"$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"'
         return (f"srun --nodes {nodes} --ntasks-per-node 1 python -m torch.distributed.run "
                 f"--nnodes {nodes} --nproc-per-node {devices} --rdzv-backend c10d "
-                f'--rdzv-id "$SLURM_JOB_ID" --rdzv-endpoint {head}:$((29500 + SLURM_JOB_ID % 1000))')
+                '--rdzv-id "$SLURM_JOB_ID" --rdzv-endpoint "$(hostname)":$((29500 + SLURM_JOB_ID % 1000))')
     if devices > 1:
-        return f"python -m torch.distributed.run --standalone --nproc-per-node {devices}"
+        # One node: the processes' gloo/NCCL sockets listen on the loopback interface only.
+        return ("env GLOO_SOCKET_IFNAME=lo NCCL_SOCKET_IFNAME=lo python -m torch.distributed.run "
+                f"--standalone --nproc-per-node {devices}")
     return "python"
 
 
