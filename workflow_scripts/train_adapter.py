@@ -1,33 +1,65 @@
 """Train one PEFT adapter (LoRA, QLoRA or DoRA) with the transformers Trainer.
 
 Checkpoints go to a directory outside the rule's outputs, keyed by a hash of the job's
-config, so a killed job resumes where it stopped and a changed config never resumes from a
-stale checkpoint. Batches are length-grouped with dynamic padding, or packed
-(`training.packing`, see workflow_scripts/packing.py). See docs/training.md.
+config, its data files and its base model's files, so a killed job resumes where it stopped
+and a changed config, data file or model never resumes from a stale checkpoint. Batches are
+length-grouped with dynamic padding (workflow_scripts/length_sampler.py), or packed
+(`training.packing`, see workflow_scripts/packing.py). Every reported validation loss is the
+token-weighted loss of workflow_scripts/token_loss.py. Under a data-parallel launch
+(torchrun, WORLD_SIZE > 1) only the global rank 0 writes. See docs/training.md.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import math
+import os
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-from workflow_scripts.io_utils import canonical_json, read_jsonl, write_json, write_jsonl
-from workflow_scripts.resource_usage import peak_memory_mb
+from workflow_scripts.io_utils import canonical_json, file_sha256, read_jsonl, write_json, write_jsonl
 from workflow_scripts.run_info import write_run_info
 
 LOG_KEYS = ("loss", "learning_rate", "grad_norm", "eval_loss")
+TIMING_KEYS = ("elapsed_s", "memory_mb")
 # Non-reentrant checkpointing back-propagates into the adapters although the frozen
 # embeddings' outputs need no gradient.
 CHECKPOINTING_KWARGS = {"use_reentrant": False}
+FINAL_LOSS_SHARE = 0.1  # final_loss: the mean training loss over the last 10% of the steps
 
 
-def config_hash(job_config: dict) -> str:
-    return hashlib.sha256(canonical_json(job_config).encode()).hexdigest()[:16]
+def is_main_process() -> bool:
+    """Global rank 0, or a single-process run."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def rank_device() -> str | None:
+    """This rank's own GPU under a data-parallel launch on CUDA; None (the default) otherwise."""
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return None
+
+
+def model_files(model_dir: str | Path) -> list[Path]:
+    """Every file of a model directory, hidden ones (download caches) left out."""
+    root = Path(model_dir)
+    return sorted(p for p in root.rglob("*") if p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def checkpoint_key(job: dict, data_files: list[Path], model_dir: str | Path) -> str:
+    """Hash of the job's config and the content of its data files and base model files."""
+    digest = hashlib.sha256(canonical_json(job).encode())
+    for path in data_files:
+        digest.update(f"{path.name}:{file_sha256(path) if path.exists() else 'absent'}\n".encode())
+    for path in model_files(model_dir):
+        digest.update(f"{path.relative_to(model_dir)}:{file_sha256(path)}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def lora_config(method: str, lora: dict):
@@ -45,13 +77,14 @@ def lora_config(method: str, lora: dict):
 
 
 def build_peft_model(model_dir: str, experiment: dict, trust_remote_code: bool):
-    """Base model (4-bit for QLoRA) wrapped with the experiment's adapter."""
+    """Base model (4-bit for QLoRA) wrapped with the experiment's adapter, on this rank's device."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     from workflow_scripts.model_loading import load_model
 
     quantization = "4bit" if experiment["method"] == "qlora" else None
-    model = load_model(model_dir, trust_remote_code=trust_remote_code, quantization=quantization)
+    model = load_model(model_dir, trust_remote_code=trust_remote_code, quantization=quantization,
+                       device=rank_device())
     if quantization:
         model = prepare_model_for_kbit_training(
             model,
@@ -61,16 +94,23 @@ def build_peft_model(model_dir: str, experiment: dict, trust_remote_code: bool):
     return get_peft_model(model, lora_config(experiment["method"], experiment["lora"]))
 
 
-def load_split(tokenizer, path: Path, training: dict):
+def tokenize_split(tokenizer, path: Path, training: dict):
+    """The split's features and tokenization stats; no features for a missing or empty file."""
+    from workflow_scripts.chat_tokenize import TokenizeStats, tokenize_records
+
+    if not path.exists():
+        return [], TokenizeStats()
+    records = list(read_jsonl(path))
+    return tokenize_records(tokenizer, records, training["max_length"], training.get("overflow", "truncate"))
+
+
+def training_dataset(tokenizer, path: Path, training: dict):
+    """The train split as a Dataset (packed if configured) with a `length` column."""
     from datasets import Dataset
 
-    from workflow_scripts.chat_tokenize import tokenize_records
     from workflow_scripts.packing import pack_features
 
-    records = list(read_jsonl(path))
-    features, stats = tokenize_records(
-        tokenizer, records, training["max_length"], training.get("overflow", "truncate")
-    )
+    features, stats = tokenize_split(tokenizer, path, training)
     if not features:
         raise SystemExit(f"{path}: no record left to train on after tokenization ({stats.as_dict()})")
     if training.get("packing", False):
@@ -81,9 +121,9 @@ def load_split(tokenizer, path: Path, training: dict):
     return Dataset.from_list(features), stats
 
 
-def training_arguments(experiment: dict, seed: int, checkpoint_dir: Path, tensorboard_dir: Path):
-    import os
-
+def training_arguments(experiment: dict, seed: int, checkpoint_dir: Path, tensorboard_dir: Path,
+                       evaluate: bool = True):
+    """The Trainer's arguments; `evaluate` False (no validation records) turns evaluation off."""
     import torch
     from transformers import TrainingArguments
 
@@ -94,6 +134,7 @@ def training_arguments(experiment: dict, seed: int, checkpoint_dir: Path, tensor
     t = experiment["training"]
     packing = t.get("packing", False)
     bf16 = compute_dtype() == torch.bfloat16
+    eval_steps = t["eval_steps"] if evaluate else 0
     return TrainingArguments(
         output_dir=str(checkpoint_dir),
         per_device_train_batch_size=t["batch_size"],
@@ -109,13 +150,13 @@ def training_arguments(experiment: dict, seed: int, checkpoint_dir: Path, tensor
         activation_checkpointing=t["gradient_checkpointing"],
         activation_checkpointing_kwargs=CHECKPOINTING_KWARGS,
         logging_steps=t["logging_steps"],
-        eval_strategy="steps" if t["eval_steps"] else "no",
-        eval_steps=t["eval_steps"] or None,
+        eval_strategy="steps" if eval_steps else "no",
+        eval_steps=eval_steps or None,
         save_strategy="steps",
         save_steps=t["save_steps"],
         save_total_limit=2,
-        # Packed rows are all about max_length long: nothing to group.
-        train_sampling_strategy="random" if packing else "group_by_length",
+        # WorkflowTrainer's sampler: batches of similar length in random order, seeded per epoch.
+        train_sampling_strategy="group_by_length",
         include_num_input_tokens_seen="no" if packing else "non_padding",
         bf16=bf16,
         use_cpu=not torch.cuda.is_available(),
@@ -126,38 +167,6 @@ def training_arguments(experiment: dict, seed: int, checkpoint_dir: Path, tensor
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
-
-
-class StepTimer:
-    """Trainer callback that records wall time and memory per logged step.
-
-    The rows are kept next to the checkpoints, so a resumed run continues the clock.
-    """
-
-    def __init__(self, path: Path):
-        from transformers import TrainerCallback
-
-        self.path = path
-        self.rows = {r["step"]: r for r in read_jsonl(path)} if path.exists() else {}
-        self.offset = 0.0
-        self.start = time.perf_counter()
-        timer = self
-
-        class _Callback(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kwargs):
-                done = [r for s, r in timer.rows.items() if s <= state.global_step]
-                timer.offset = max((r["elapsed_s"] for r in done), default=0.0)
-                timer.start = time.perf_counter()
-
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                elapsed = timer.offset + time.perf_counter() - timer.start
-                row = {"step": state.global_step, "elapsed_s": round(elapsed, 3),
-                       "memory_mb": round(peak_memory_mb(), 1)}
-                timer.rows[state.global_step] = row
-                with open(timer.path, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(row) + "\n")
-
-        self.callback = _Callback()
 
 
 def quiet_progress():
@@ -174,8 +183,9 @@ def quiet_progress():
     class QuietProgress(ProgressCallback):
         def on_train_begin(self, args, state, control, **kwargs):
             self.current_step = state.global_step
-            self.training_bar = tqdm(total=state.max_steps, initial=state.global_step,
-                                     dynamic_ncols=True, mininterval=0.1 if interactive else 60)
+            if state.is_world_process_zero:
+                self.training_bar = tqdm(total=state.max_steps, initial=state.global_step,
+                                         dynamic_ncols=True, mininterval=0.1 if interactive else 60)
 
         def on_prediction_step(self, args, state, control, **kwargs):
             if interactive:
@@ -189,23 +199,76 @@ def quiet_progress():
     return QuietProgress()
 
 
-def token_counting_trainer():
-    """A Trainer that counts packed batches' real tokens from the collator's count.
+def workflow_trainer_class():
+    """The Trainer with this workflow's sampler, validation loss, token count and clock.
 
-    With a 4D mask the Trainer's own non-padding count (the 2D mask's sum) does not apply.
+    Defined in a function so that importing this module needs no transformers.
     """
+    import torch
     from transformers import Trainer
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+    from workflow_scripts.length_sampler import EpochSeededLengthSampler
     from workflow_scripts.packing import NUM_TOKENS_KEY
+    from workflow_scripts.token_loss import mean_loss, record_loss_sums
+    from workflow_scripts.train_progress import save_clock
 
-    class TokenCountingTrainer(Trainer):
+    class WorkflowTrainer(Trainer):
+        """`eval_features` are unpacked tokenized validation records, `eval_collate` pads them
+        as the test-loss code does; `clock` is the run's RunClock."""
+
+        def __init__(self, *args, eval_features, eval_collate, clock, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.eval_features, self.eval_collate, self.clock = eval_features, eval_collate, clock
+
+        def _get_train_sampler(self, train_dataset=None):
+            if self.args.train_sampling_strategy != "group_by_length":
+                return super()._get_train_sampler(train_dataset)
+            args = self.args
+            group = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
+            return EpochSeededLengthSampler(self.train_dataset["length"], group, args.data_seed)
+
         def compute_loss(self, model, inputs, *args, **kwargs):
+            # A packed batch's 4D mask does not say how many real tokens it holds: the
+            # collator's count does (the Trainer's own count is off for packing).
             n_tokens = inputs.pop(NUM_TOKENS_KEY, None)
             if n_tokens is not None and model.training:
-                self.state.num_input_tokens_seen += int(n_tokens)
+                n_tokens = torch.as_tensor(n_tokens, device=self.args.device)
+                self.state.num_input_tokens_seen += int(self.accelerator.reduce(n_tokens, "sum"))
             return super().compute_loss(model, inputs, *args, **kwargs)
 
-    return TokenCountingTrainer
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            """Token-weighted loss over the validation records' assistant tokens, each rank
+            scoring its share with the unwrapped model (no collective inside the loop)."""
+            args = self.args
+            shard = self.eval_features[args.process_index::args.world_size]
+            sums = record_loss_sums(self.model, shard, self.eval_collate, args.per_device_eval_batch_size)
+            if args.world_size > 1:
+                totals = torch.tensor([sum(s for s, _ in sums), sum(n for _, n in sums)],
+                                      dtype=torch.float64, device=args.device)
+                totals = self.accelerator.reduce(totals, "sum")
+                sums = [(float(totals[0]), int(totals[1]))]
+            metrics = {f"{metric_key_prefix}_loss": mean_loss(sums)}
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(args, self.state, self.control, metrics)
+            return metrics
+
+        def _maybe_log_save_evaluate(self, *args, **kwargs):
+            # Called after every optimizer step: the training-step clock stops for logging,
+            # evaluation and saving.
+            self.clock.step_end()
+            try:
+                return super()._maybe_log_save_evaluate(*args, **kwargs)
+            finally:
+                self.clock.step_begin()
+
+        def _save_checkpoint(self, model, trial):
+            if self.args.should_save:
+                folder = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+                save_clock(Path(self._get_output_dir(trial=trial)) / folder, self.clock)
+            super()._save_checkpoint(model, trial)
+
+    return WorkflowTrainer
 
 
 def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
@@ -217,6 +280,14 @@ def last_complete_checkpoint(checkpoint_dir: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
+def remove_other_checkpoints(checkpoint_root: Path, key: str) -> None:
+    """Checkpoints of other keys (an older config, data or model) can never be resumed."""
+    if checkpoint_root.is_dir():
+        for path in checkpoint_root.iterdir():
+            if path.is_dir() and path.name != key:
+                shutil.rmtree(path, ignore_errors=True)
+
+
 def log_rows(log_history: list[dict], timings: dict[int, dict]) -> list[dict]:
     """trainer_log.jsonl rows: the Trainer's own log history plus wall time and memory."""
     rows = []
@@ -225,9 +296,25 @@ def log_rows(log_history: list[dict], timings: dict[int, dict]) -> list[dict]:
             continue
         row = {"step": entry["step"], "epoch": round(entry.get("epoch", 0.0), 4)}
         row.update({k: entry[k] for k in LOG_KEYS if k in entry})
-        row.update({k: v for k, v in timings.get(entry["step"], {}).items() if k != "step"})
+        row.update({k: v for k, v in timings.get(entry["step"], {}).items() if k in TIMING_KEYS})
         rows.append(row)
     return rows
+
+
+def final_training_loss(rows: list[dict], steps: int) -> tuple[float | None, int]:
+    """Mean logged training loss over the last 10% of `steps` (at least the last logged
+    window), each logged value weighted by the steps it covers; and how many steps that is."""
+    logged = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    if not logged:
+        return None, 0
+    window_start = min(steps - max(1, math.ceil(FINAL_LOSS_SHARE * steps)), logged[-1][0] - 1)
+    previous, weighted = 0, []
+    for step, loss in logged:
+        if step > window_start:
+            weighted.append((loss, step - previous))
+        previous = step
+    covered = sum(n for _, n in weighted)
+    return sum(loss * n for loss, n in weighted) / covered, covered
 
 
 def last_value(rows: list[dict], key: str) -> float | None:
@@ -235,22 +322,27 @@ def last_value(rows: list[dict], key: str) -> float | None:
     return values[-1] if values else None
 
 
-def train_metrics(model, trainer, rows, wall_time, stats, method) -> dict[str, Any]:
+def train_metrics(model, trainer, rows, recorder, stats, method) -> dict[str, Any]:
     import torch
 
     trainable, total = model.get_nb_trainable_parameters()
     tokens = int(trainer.state.num_input_tokens_seen)
+    clock = recorder.clock
+    step_time = round(clock.step_time, 3)
+    final_loss, window = final_training_loss(rows, trainer.state.global_step)
     return {
         "method": method,
         "trainable_params": int(trainable),
         "total_params": int(total),
         "trainable_share": trainable / total,
         "steps": trainer.state.global_step,
-        "wall_time_s": round(wall_time, 3),
+        "wall_time_s": round(clock.elapsed(), 3),
         "train_tokens": tokens,
-        "tokens_per_s": round(tokens / wall_time, 2) if wall_time else None,
-        "peak_memory_mb": round(peak_memory_mb(), 1),
-        "final_loss": last_value(rows, "loss"),
+        "train_step_time_s": step_time,
+        "tokens_per_s": round(tokens / step_time, 2) if step_time else None,
+        **recorder.peaks(),
+        "final_loss": final_loss,
+        "final_loss_window_steps": window,
         "eval_loss": last_value(rows, "eval_loss"),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "tokenization": stats.as_dict(),
@@ -259,40 +351,70 @@ def train_metrics(model, trainer, rows, wall_time, stats, method) -> dict[str, A
 
 def data_collator(tokenizer, training: dict, model):
     """Dynamic padding to the batch's longest sample, or packed rows with their 4D mask."""
-    from transformers import DataCollatorForSeq2Seq
-
     from workflow_scripts.packing import PackedCollator
 
     if training.get("packing", False):
         return PackedCollator(tokenizer.pad_token_id, model.config._attn_implementation)
+    return padding_collator(tokenizer)
+
+
+def padding_collator(tokenizer):
+    """Right padding to the longest sample, labels padded with -100 (as the test loss)."""
+    from transformers import DataCollatorForSeq2Seq
+
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
 
 
-def build_trainer(job: dict, model, tokenizer, data_dir: Path, out_dir: Path, checkpoint_dir: Path):
-    """The configured Trainer and the tokenization stats of the train split."""
+def build_trainer(job: dict, model, tokenizer, data_dir: Path, out_dir: Path, checkpoint_dir: Path,
+                  clock=None):
+    """The configured Trainer and the tokenization stats of the train split.
+
+    Without validation records (an empty or missing valid.jsonl) the Trainer never evaluates.
+    """
     from transformers.trainer_callback import ProgressCallback
+
+    from workflow_scripts.train_progress import RunClock
 
     experiment = job["experiment"]
     training = experiment["training"]
-    train_set, stats = load_split(tokenizer, data_dir / "train.jsonl", training)
-    valid_set, _ = load_split(tokenizer, data_dir / "valid.jsonl", training)
-    trainer = token_counting_trainer()(
+    train_set, stats = training_dataset(tokenizer, data_dir / "train.jsonl", training)
+    valid_features, _ = tokenize_split(tokenizer, data_dir / "valid.jsonl", training)
+    args = training_arguments(experiment, job["seed"], checkpoint_dir, out_dir / "tensorboard",
+                              evaluate=bool(valid_features))
+    trainer = workflow_trainer_class()(
         model=model,
-        args=training_arguments(experiment, job["seed"], checkpoint_dir, out_dir / "tensorboard"),
+        args=args,
         train_dataset=train_set,
-        eval_dataset=valid_set,
+        eval_dataset=valid_features or None,
         data_collator=data_collator(tokenizer, training, model),
         processing_class=tokenizer,
+        eval_features=valid_features,
+        eval_collate=padding_collator(tokenizer),
+        clock=clock or RunClock(),
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(quiet_progress())
     return trainer, stats
 
 
-def train(job: dict, model_dir: str, data_dir: Path, out_dir: Path, checkpoint_root: Path) -> dict:
+def prepare_checkpoints(job: dict, model_dir: str, data_dir: Path, checkpoint_root: Path) -> Path:
+    """This job's checkpoint directory; the main process removes those of other keys."""
+    data_files = [data_dir / "train.jsonl", data_dir / "valid.jsonl"]
+    key = checkpoint_key(job, data_files, model_dir)
+    checkpoint_dir = checkpoint_root / key
+    if is_main_process():
+        remove_other_checkpoints(checkpoint_root, key)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    return checkpoint_dir
+
+
+def train(job: dict, model_dir: str, data_dir: Path, out_dir: Path, checkpoint_root: Path,
+          progress_file: Path | None = None) -> dict | None:
+    """Train, evaluate and write the adapter and its logs; the metrics (None off rank 0)."""
     from transformers import set_seed
 
     from workflow_scripts.model_loading import load_tokenizer
+    from workflow_scripts.train_progress import ProgressFile, RunClock, RunRecorder, load_clock
 
     experiment, seed = job["experiment"], job["seed"]
     trust = job["base_model"].get("trust_remote_code", False)
@@ -300,24 +422,28 @@ def train(job: dict, model_dir: str, data_dir: Path, out_dir: Path, checkpoint_r
     tokenizer = load_tokenizer(model_dir, trust_remote_code=trust)
     model = build_peft_model(model_dir, experiment, trust)
 
-    checkpoint_dir = checkpoint_root / config_hash(job)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    trainer, stats = build_trainer(job, model, tokenizer, data_dir, out_dir, checkpoint_dir)
-    timer = StepTimer(checkpoint_dir / "timings.jsonl")
-    trainer.add_callback(timer.callback)
+    checkpoint_dir = prepare_checkpoints(job, model_dir, data_dir, checkpoint_root)
     checkpoint = last_complete_checkpoint(checkpoint_dir)
-    resume = checkpoint is not None
-    started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=str(checkpoint) if resume else None)
-    trainer.evaluate()
-    wall_time = timer.offset + time.perf_counter() - started
+    clock = RunClock(load_clock(checkpoint))
+    trainer, stats = build_trainer(job, model, tokenizer, data_dir, out_dir, checkpoint_dir, clock)
+    main = trainer.is_world_process_zero()
+    progress = ProgressFile(progress_file if main else None)
+    recorder = RunRecorder(clock, checkpoint_dir / "timings.jsonl", progress, checkpoint is not None)
+    trainer.add_callback(recorder)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    evaluated = [e["step"] for e in trainer.state.log_history if "eval_loss" in e]
+    if trainer.eval_features and evaluated[-1:] != [trainer.state.global_step]:
+        trainer.evaluate()
+    if not main:
+        return None
 
-    rows = log_rows(trainer.state.log_history, timer.rows)
+    rows = log_rows(trainer.state.log_history, recorder.rows)
     model.save_pretrained(out_dir)
     write_jsonl(out_dir / "trainer_log.jsonl", rows)
-    metrics = train_metrics(model, trainer, rows, wall_time, stats, experiment["method"])
-    metrics["resumed_from_checkpoint"] = resume
+    metrics = train_metrics(model, trainer, rows, recorder, stats, experiment["method"])
+    metrics["resumed_from_checkpoint"] = checkpoint is not None
     write_json(out_dir / "train_metrics.json", metrics)
+    progress.write("end", step=metrics["steps"], wall_time_s=metrics["wall_time_s"])
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return metrics
 
@@ -329,6 +455,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--out-dir", required=True, type=Path)
     parser.add_argument("--checkpoint-dir", required=True, type=Path)
+    parser.add_argument("--progress-file", type=Path, default=None,
+                        help="JSON lines appended as training goes (start, log, eval, end)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     job = json.loads(args.config)
@@ -336,10 +464,14 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = train(job, args.model_dir, args.data_dir, args.out_dir, args.checkpoint_dir)
-    write_run_info(args.out_dir, job, job["seed"],
-                   [args.data_dir / "train.jsonl", args.data_dir / "valid.jsonl"])
+    if is_main_process():
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = train(job, args.model_dir, args.data_dir, args.out_dir, args.checkpoint_dir,
+                    args.progress_file)
+    if metrics is None:
+        return
+    data_files = [args.data_dir / name for name in ("train.jsonl", "valid.jsonl")]
+    write_run_info(args.out_dir, job, job["seed"], [p for p in data_files if p.exists()])
     print(json.dumps({k: metrics[k] for k in ("steps", "final_loss", "eval_loss", "wall_time_s")}))
 
 
