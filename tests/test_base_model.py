@@ -108,6 +108,20 @@ def test_pretraining_loss_decreases(model_dir):
     assert info["tokens_seen"] == 40 * 4 * 32 and info["parameters"] > 0
 
 
+def test_pretraining_sees_plain_text_only(model_dir, data_file):
+    """The base model learns the language, not the chat format: no template, no role names,
+    no special token but the document separator in what it is pretrained on."""
+    from workflow_scripts.build_base_model import pack_blocks, read_conversations
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    blocks = pack_blocks(tokenizer, read_conversations([data_file]), seq_len=32)
+    special = set(tokenizer.all_special_ids) - {tokenizer.pad_token_id}
+    assert tokenizer.pad_token == "<|endoftext|>"
+    assert not special & set(blocks.flatten().tolist())
+    text = tokenizer.decode(blocks.flatten())
+    assert "user" not in text and "assistant" not in text and "你喜欢天气吗" in text
+
+
 def test_same_seed_gives_identical_weights(model_dir, data_file, tmp_path):
     build("toy", SPEC, seed=7, data_files=[data_file], out_dir=str(tmp_path), threads=1)
     first = load_file(f"{model_dir}/model.safetensors")

@@ -1,8 +1,10 @@
 """Build a `source: scratch` base model from the corpus.
 
 A byte-level BPE tokenizer with ChatML special tokens, a small randomly initialised Qwen2,
-and a short causal-LM pretraining on the chat records rendered with the template, saved as
-an ordinary Hugging Face model directory (see docs/artifacts.md).
+and a short causal-LM pretraining on the plain text of the training records (no chat
+template, no special tokens but the document separator), saved as an ordinary Hugging Face
+model directory (see docs/artifacts.md). Like a real base model, it knows the language and
+not the conversation format: that is what the adapters learn.
 """
 from __future__ import annotations
 
@@ -48,11 +50,18 @@ def train_tokenizer(conversations: list[list[dict]], vocab_size: int):
     return tokenizer
 
 
+def plain_text(messages: list[dict]) -> str:
+    """A conversation as a plain document: its turns on separate lines, with no role names,
+    chat template or special tokens, so that the base model learns the language and leaves
+    the conversation format to fine-tuning, as a real base model does."""
+    return "\n".join(m["content"] for m in messages)
+
+
 def pack_blocks(tokenizer, conversations: list[list[dict]], seq_len: int):
-    """ChatML-rendered conversations joined by <|endoftext|>, cut into seq_len blocks."""
+    """Plain-text documents joined by <|endoftext|>, cut into seq_len blocks."""
     import torch
 
-    texts = [tokenizer.apply_chat_template(m, tokenize=False) for m in conversations]
+    texts = [plain_text(m) for m in conversations]
     rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
     ids = [i for row in rows for i in row + [tokenizer.pad_token_id]]
     n_blocks = len(ids) // seq_len
