@@ -109,8 +109,9 @@ def test_roles_are_part_of_the_content():
 
 
 def call_turn(name: str, text: str = "", **arguments) -> dict:
+    function = {"name": name, "arguments": arguments}
     return {"role": "assistant", "content": text,
-            "tool_calls": [{"type": "function", "function": {"name": name, "arguments": arguments}}]}
+            "tool_calls": [{"type": "function", "function": function}]}
 
 
 TOOL_CHAT = [{"role": "user", "content": "天气呢"}, call_turn("get_weather", city="北京"),
