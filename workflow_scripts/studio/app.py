@@ -135,11 +135,12 @@ def _pages(app: FastAPI, catalog: Catalog) -> None:
 
 
 def _experiment_api(app: FastAPI, catalog: Catalog, settings: StudioSettings) -> None:
+    # Big answers skip FastAPI's per-value encoder: they are plain JSON types already.
     @app.get("/api/experiments")
-    def experiments() -> dict:
+    def experiments() -> JSONResponse:
         rows = catalog.rows()
         counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
-        return {"experiments": rows, "counts": counts, "config": str(catalog.config_path)}
+        return JSONResponse({"experiments": rows, "counts": counts, "config": str(catalog.config_path)})
 
     @app.get("/api/experiments/{name}")
     def experiment(name: str) -> dict:
@@ -147,11 +148,11 @@ def _experiment_api(app: FastAPI, catalog: Catalog, settings: StudioSettings) ->
                 "curves": catalog.curves(name)}
 
     @app.get("/api/compare")
-    def compare(e: list[str] = Query(..., min_length=1, description="experiment names")) -> dict:
+    def compare(e: list[str] = Query(..., min_length=1, description="experiment names")) -> JSONResponse:
         names = list(dict.fromkeys(e))
         for name in names:
             catalog.experiment(name)
-        return comparison(catalog, names)
+        return JSONResponse(comparison(catalog, names))
 
     @app.get("/api/live")
     def live() -> dict:

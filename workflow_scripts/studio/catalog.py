@@ -101,6 +101,7 @@ class Catalog:
         self.experiments: dict[str, dict] = resolve_experiments(config, str(self.config_path))
         self.base_models: dict[str, dict] = dict(config["base_models"])
         self.datasets: dict[str, dict] = dict(config["datasets"])
+        self._paths: dict[str, ExperimentPaths] = {}
         self._loaded_signature = signature
 
     # Lookups: the only way a request's name becomes a path.
@@ -115,15 +116,17 @@ class Catalog:
         return self.datasets[name]
 
     def paths(self, name: str) -> ExperimentPaths:
-        self.experiment(name)
-        root = self.workdir
-        return ExperimentPaths(
-            adapter=root / "results" / "adapters" / name,
-            eval=root / "results" / "eval" / name,
-            progress=root / "logs" / "train_adapter" / f"{name}.progress.jsonl",
-            train_log=root / "logs" / "train_adapter" / f"{name}.log",
-            eval_log=root / "logs" / "evaluate" / f"{name}.log",
-        )
+        if name not in self._paths:
+            self.experiment(name)
+            root = self.workdir
+            self._paths[name] = ExperimentPaths(
+                adapter=root / "results" / "adapters" / name,
+                eval=root / "results" / "eval" / name,
+                progress=root / "logs" / "train_adapter" / f"{name}.progress.jsonl",
+                train_log=root / "logs" / "train_adapter" / f"{name}.log",
+                eval_log=root / "logs" / "evaluate" / f"{name}.log",
+            )
+        return self._paths[name]
 
     def model_dir(self, base_model: str) -> Path:
         if base_model not in self.base_models:
@@ -145,10 +148,15 @@ class Catalog:
         return (self.model_dir(base_model) / "config.json").is_file()
 
     # What has happened to an experiment.
-    def status(self, name: str, progress: Progress | None, now: float) -> str:
+    def status(self, name: str, progress: Progress | None, now: float,
+               trained: bool | None = None, evaluated: bool | None = None) -> str:
+        """planned, running, done, failed or incomplete (trained but not evaluated, or a
+        training that stopped without failing: killed, or waiting to resume)."""
         paths = self.paths(name)
-        trained = (paths.adapter / "train_metrics.json").is_file()
-        evaluated = (paths.eval / "metrics.json").is_file()
+        if trained is None:
+            trained = (paths.adapter / "train_metrics.json").is_file()
+        if evaluated is None:
+            evaluated = (paths.eval / "metrics.json").is_file()
         if trained and evaluated:
             return "done"
         log = paths.eval_log if trained else paths.train_log
@@ -173,7 +181,7 @@ class Catalog:
         train = read_json_cached(paths.adapter / "train_metrics.json")
         metrics = read_json_cached(paths.eval / "metrics.json")
         training = exp.get("training", {})
-        status = self.status(name, progress, now)
+        status = self.status(name, progress, now, trained=bool(train), evaluated=bool(metrics))
         live = progress.summary(now, with_curve=False) if progress else {}
         return {
             "experiment": name, "status": status,
@@ -190,9 +198,8 @@ class Catalog:
             "test_loss": metric_value(metrics, "loss"),
             "perplexity": metric_value(metrics, "perplexity"),
             "metrics": {m: metric_value(metrics, m) for m in TEXT_METRICS},
-            "intervals": {m: metric_interval(metrics, m) for m in TEXT_METRICS
-                          if metric_interval(metrics, m) is not None},
-            "adapter_ready": self.adapter_ready(name),
+            "intervals": {m: interval for m in TEXT_METRICS
+                          if (interval := metric_interval(metrics, m)) is not None},
         }
 
     def rows(self) -> list[dict]:

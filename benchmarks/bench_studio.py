@@ -1,0 +1,308 @@
+"""The studio's speed and memory, each next to a baseline measured in the same run.
+
+    python benchmarks/bench_studio.py [--workdir DIR] [--adapters 4] [--max-tokens 32]
+
+- Pages: latency of the Experiments and Compare pages (HTML plus the JSON the page
+  fetches) over 200 experiments with fabricated results (200-row trainer logs, 50
+  predictions each), first request and warm median/p95; baseline: a static file from the
+  same server. Target: under 300 ms.
+- Chat: time to first token and tokens/s for 1, 4 and 16 concurrent streamed chats through
+  /v1/chat/completions on the default base model (`tiny-zh` of config/config.yaml) with
+  random LoRA adapters; baseline: `model.generate` called directly, no server. Target:
+  first token under 250 ms at one client.
+- Memory: one base with N adapters attached (the studio's way) against N separately
+  loaded base+adapter models, in fresh processes: resident memory added by loading, and
+  the bytes of distinct weight tensors.
+
+The default base model is built with the workflow (`snakemake results/models/tiny-zh`,
+minutes) into a scratch directory unless --workdir names one that has it.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from workflow_scripts.studio.app import StudioSettings, create_app  # noqa: E402
+from workflow_scripts.studio.background import BackgroundServer  # noqa: E402
+
+MODEL = "tiny-zh"
+PAGE_TARGET_MS, TTFT_TARGET_MS = 300, 250
+GRID = {"lora.r": [4, 8, 16, 32, 64], "training.learning_rate": [1e-4, 2e-4, 5e-4, 1e-3, 2e-3],
+        "lora.alpha": [8, 16, 32, 64]}
+PROMPTS = ["你好，请介绍一下你自己", "给我讲一个关于猫的故事", "今天天气怎么样？", "如何学习编程？"]
+
+
+def default_config() -> dict:
+    with open(ROOT / "config" / "config.yaml", encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# ---------------------------------------------------------------- pages
+def fabricate_results(root: Path, config: dict) -> list[str]:
+    """A config with 200 experiments and plausible files for each; returns their names."""
+    from workflow_scripts.experiment_config import resolve_experiments, validate
+
+    config = {**config, "experiments": {}, "merge": [],
+              "sweeps": {f"bench-{ds}": {"base": {"base_model": MODEL, "dataset": ds}, "grid": GRID}
+                         for ds in ("alpaca_zh", "lccc")}}
+    (root / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    names = list(resolve_experiments(validate(config, "bench"), "bench"))
+    rng = random.Random(0)
+    for name in names:
+        adapter, evaluation = root / "results/adapters" / name, root / "results/eval" / name
+        adapter.mkdir(parents=True)
+        evaluation.mkdir(parents=True)
+        rows = [{"step": s, "epoch": s / 200, "loss": 3 + rng.random(), "learning_rate": 1e-4,
+                 "grad_norm": 1.0, "elapsed_s": s * 0.1, "memory_mb": 500.0} for s in range(1, 201)]
+        rows += [{"step": s, "eval_loss": 3 + rng.random()} for s in range(50, 201, 50)]
+        (adapter / "trainer_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (adapter / "train_metrics.json").write_text(json.dumps({
+            "steps": 200, "wall_time_s": 20.0, "tokens_per_s": 5000.0, "peak_memory_mb": 600.0,
+            "final_loss": 3.1, "eval_loss": 3.2}))
+        metrics = {m: rng.random() * 30 for m in ("bleu4", "rouge1", "rouge2", "rougeL", "chrf")}
+        metrics.update({f"{m}_ci": [v - 1, v + 1] for m, v in list(metrics.items())}, loss=3.0)
+        (evaluation / "metrics.json").write_text(json.dumps(metrics))
+        (evaluation / "predictions.jsonl").write_text("".join(json.dumps(
+            {"id": f"{i:04d}", "prompt": PROMPTS[i % 4] * 3, "reference": "参考答案" * 10,
+             "prediction": "模型回答" * 10}, ensure_ascii=False) + "\n" for i in range(50)))
+    return names
+
+
+def time_get(http, url: str) -> float:
+    started = time.perf_counter()
+    response = http.get(url)
+    response.raise_for_status()
+    return (time.perf_counter() - started) * 1000
+
+
+def bench_pages(repeats: int) -> None:
+    import httpx2
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        names = fabricate_results(root, default_config())
+        picked = "&".join(f"e={n}" for n in names[:4])
+        pages = {"Experiments": ["/experiments", "/api/experiments"],
+                 "Compare (4 of 200)": [f"/compare?{picked}", f"/api/compare?{picked}"],
+                 "baseline: static file": ["/static/uPlot.iife.min.js"]}
+        app = create_app(StudioSettings(config=root / "config.yaml", workdir=root))
+        with BackgroundServer(app) as server, httpx2.Client(base_url=server.url, timeout=60) as http:
+            print(f"pages over {len(names)} experiments ({repeats} warm requests each)")
+            for label, urls in pages.items():
+                first = sum(time_get(http, u) for u in urls)
+                cpu_started = time.process_time()
+                warm = [sum(time_get(http, u) for u in urls) for _ in range(repeats)]
+                # CPU of server and client together: a busy machine's wall time is not ours.
+                cpu = (time.process_time() - cpu_started) * 1000 / repeats
+                verdict = "" if label.startswith("baseline") else (
+                    "  ok" if percentile(warm, 0.95) < PAGE_TARGET_MS else f"  OVER {PAGE_TARGET_MS} ms")
+                print(f"  {label:24s} first {first:7.1f} ms   warm median {statistics.median(warm):7.1f} ms"
+                      f"   p95 {percentile(warm, 0.95):7.1f} ms   CPU {cpu:6.1f} ms{verdict}")
+
+
+# ---------------------------------------------------------------- chat
+def build_default_model(scratch: Path) -> Path:
+    from workflow_runner import make_workflow
+
+    print(f"building {MODEL} with the workflow in {scratch} ...", flush=True)
+    started = time.perf_counter()
+    make_workflow(scratch, ROOT / "config" / "config.yaml").run("--cores", "2", f"results/models/{MODEL}")
+    print(f"  built in {time.perf_counter() - started:.0f} s")
+    return scratch / "work"
+
+
+def random_adapters(model_dir: Path, root: Path, count: int) -> list[str]:
+    """Save `count` random (untrained, non-zero) LoRA adapters of the default settings."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from workflow_scripts.model_loading import load_model
+
+    names = []
+    for i in range(count):
+        torch.manual_seed(i)
+        model = get_peft_model(load_model(str(model_dir)), LoraConfig(
+            r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
+        name = f"adapter-{i}"
+        model.save_pretrained(root / "results/adapters" / name)
+        names.append(name)
+    return names
+
+
+def chat_workdir(model_dir: Path, root: Path, adapters: int) -> list[str]:
+    config = default_config()
+    config["base_models"] = {MODEL: {"source": "path", "path": str(model_dir)}}
+    names = random_adapters(model_dir, root, adapters)
+    config.update(experiments={n: {"base_model": MODEL, "dataset": "alpaca_zh"} for n in names},
+                  sweeps={}, merge=[])
+    (root / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return names
+
+
+async def one_chat(client, model: str, prompt: str, max_tokens: int, seed: int) -> tuple[float, int, float]:
+    """(seconds to the first token, completion tokens, seconds in all) of one streamed chat."""
+    started, first = time.perf_counter(), None
+    stream = await client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
+        temperature=1.0, seed=seed, stream=True)
+    tokens = 0
+    async for chunk in stream:
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter() - started
+        if chunk.usage:
+            tokens = chunk.usage.completion_tokens
+    return (first if first is not None else float("nan")), tokens, time.perf_counter() - started
+
+
+def direct_generate(model_dir: Path, max_tokens: int, repeats: int = 5) -> tuple[float, float]:
+    """Baseline: (first-token latency, tokens/s) of model.generate in this process."""
+    import torch
+    from transformers import TextIteratorStreamer
+
+    from workflow_scripts.model_loading import load_model, load_tokenizer
+
+    tokenizer, model = load_tokenizer(str(model_dir)), load_model(str(model_dir)).eval()
+    firsts, rates = [], []
+    for i in range(repeats):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": PROMPTS[i % 4]}],
+                                             tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True)
+        torch.manual_seed(i)
+        started, first = time.perf_counter(), None
+        import threading
+
+        worker = threading.Thread(target=model.generate, kwargs=dict(
+            **ids, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=True,
+            top_k=0, streamer=streamer))
+        worker.start()
+        for piece in streamer:
+            if first is None and piece:
+                first = time.perf_counter() - started
+        worker.join()
+        firsts.append(first or float("nan"))
+        rates.append(max_tokens / (time.perf_counter() - started))
+    return statistics.median(firsts), statistics.median(rates)
+
+
+def bench_chat(workdir: Path | None, adapters: int, max_tokens: int) -> Path:
+    import openai
+
+    if workdir is None:
+        workdir = build_default_model(Path(tempfile.mkdtemp(prefix="bench-studio-")))
+    model_dir = workdir / "results" / "models" / MODEL
+    first, rate = direct_generate(model_dir, max_tokens)
+    print(f"\nchat on {MODEL} ({max_tokens} new tokens, sampled)")
+    print(f"  baseline: model.generate, no server    first token {first * 1000:6.1f} ms   {rate:7.1f} tokens/s")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        names = chat_workdir(model_dir, root, adapters)
+        app = create_app(StudioSettings(config=root / "config.yaml", workdir=root))
+        with BackgroundServer(app) as server:
+            async def run(concurrency: int):
+                client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="-", max_retries=0, timeout=600)
+                models = [MODEL, *names]
+                return await asyncio.gather(*(one_chat(client, models[i % len(models)], PROMPTS[i % 4],
+                                                       max_tokens, i) for i in range(concurrency)))
+
+            asyncio.run(run(len(names) + 1))  # load the base and every adapter once
+            for concurrency in (1, 4, 16):
+                started = time.perf_counter()
+                results = asyncio.run(run(concurrency))
+                wall = time.perf_counter() - started
+                firsts = [r[0] * 1000 for r in results]
+                tokens = sum(r[1] for r in results)
+                verdict = ("  ok" if statistics.median(firsts) < TTFT_TARGET_MS else
+                           f"  OVER {TTFT_TARGET_MS} ms") if concurrency == 1 else ""
+                print(f"  studio, {concurrency:2d} concurrent chat(s)      first token median "
+                      f"{statistics.median(firsts):7.1f} ms (max {max(firsts):7.1f})   "
+                      f"{tokens / wall:7.1f} tokens/s in all{verdict}")
+            print(f"  base copies in memory: {len(app.state.pool.loaded)} "
+                  f"(adapters attached: {sum(len(b.adapters) for b in app.state.pool.loaded.values())})")
+    return workdir
+
+
+# ---------------------------------------------------------------- memory
+MEMORY_SCRIPT = r"""
+import gc, json, sys, psutil
+from pathlib import Path
+from peft import PeftModel
+from workflow_scripts.model_loading import load_model
+mode, model_dir, adapters = sys.argv[1], sys.argv[2], sys.argv[3:]
+process = psutil.Process()
+gc.collect(); before = process.memory_info().rss
+models = []
+if mode == "shared":
+    model = PeftModel.from_pretrained(load_model(model_dir), adapters[0], adapter_name="a0")
+    for i, a in enumerate(adapters[1:], 1):
+        model.load_adapter(a, adapter_name=f"a{i}")
+    models.append(model)
+else:
+    for a in adapters:
+        models.append(PeftModel.from_pretrained(load_model(model_dir), a))
+gc.collect()
+storages = {}
+for m in models:
+    for t in list(m.parameters()) + list(m.buffers()):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+print(json.dumps({"rss_mb": (process.memory_info().rss - before) / 2**20,
+                  "weights_mb": sum(storages.values()) / 2**20}))
+"""
+
+
+def measure_memory(mode: str, model_dir: Path, adapter_dirs: list[Path]) -> dict:
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, mode, str(model_dir),
+                          *map(str, adapter_dirs)], capture_output=True, text=True, check=True,
+                         cwd=ROOT)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_memory(workdir: Path, adapters: int) -> None:
+    model_dir = workdir / "results" / "models" / MODEL
+    with tempfile.TemporaryDirectory() as tmp:
+        names = random_adapters(model_dir, Path(tmp), adapters)
+        dirs = [Path(tmp) / "results/adapters" / n for n in names]
+        shared = measure_memory("shared", model_dir, dirs)
+        separate = measure_memory("separate", model_dir, dirs)
+    print(f"\nmemory with {adapters} adapters (fresh process each, added by loading)")
+    print(f"  baseline: {adapters} separate models     RSS +{separate['rss_mb']:7.1f} MB   "
+          f"weights {separate['weights_mb']:7.2f} MB")
+    print(f"  studio: one base + {adapters} adapters    RSS +{shared['rss_mb']:7.1f} MB   "
+          f"weights {shared['weights_mb']:7.2f} MB   "
+          f"({shared['weights_mb'] / separate['weights_mb']:.2f}x the weights)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, help=f"a working directory with results/models/{MODEL}")
+    parser.add_argument("--adapters", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=20)
+    args = parser.parse_args()
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (wall times grow with it)")
+    bench_pages(args.repeats)
+    workdir = bench_chat(args.workdir, args.adapters, args.max_tokens)
+    bench_memory(workdir, args.adapters)
+
+
+if __name__ == "__main__":
+    main()
