@@ -185,8 +185,8 @@ def test_samples_show_reference_base_and_finetuned_answers_escaped(built):
 def test_html_embeds_every_plot_and_md_links_them(built):
     md, html = both(built)
     plots = expected_plots(table(built, "studies"))
-    assert set(plots) == {"training_loss", "base_vs_finetuned", "rank_metrics", "rank_cost",
-                          "method_cost"}
+    assert set(plots) == {"training_loss", "test_loss", "base_vs_finetuned", "rank_metrics",
+                          "rank_cost", "method_cost"}
     sources = re.findall(r'<img src="([^"]+)"', html)
     assert len(sources) == len(plots)
     assert all(s.startswith("data:image/png;base64,") for s in sources)

@@ -71,7 +71,7 @@ def checked_dom(binary: str, html: Path, tmp_path: Path, width: int) -> dict[str
 def test_every_image_loads_and_nothing_scrolls_sideways(chromium, report_html, tmp_path, width):
     found = checked_dom(chromium, report_html, tmp_path, width)
     expected = report_html.read_text(encoding="utf-8").count("<img ")
-    assert expected == 5
+    assert expected == 6
     assert found["images"] == found["loaded"] == expected
     assert found["overflow"] <= 0, f"the page is {found['overflow']} px wider than {width} px"
 

@@ -21,7 +21,7 @@ from matplotlib import font_manager  # noqa: E402
 
 from workflow_scripts.report.studies import METHOD, RANK  # noqa: E402
 
-ALWAYS = ("training_loss", "base_vs_finetuned")
+ALWAYS = ("training_loss", "test_loss", "base_vs_finetuned")
 SMOOTH_SHARE = 0.1  # the loss curve is a centred mean over 10% of the logged steps
 VERDICT_COLORS = {"better": "tab:green", "worse": "tab:red"}
 UNCLEAR_COLOR = "tab:gray"
@@ -123,6 +123,31 @@ def plot_base_vs_finetuned(comparison: pd.DataFrame, path: Path) -> Path:
     return save(fig, path)
 
 
+def plot_test_loss(ranking: pd.DataFrame, path: Path) -> Path:
+    """Test loss with its interval per experiment, one panel per (dataset, base model),
+    ordered as ranked; experiments clearly worse than the first are drawn grey."""
+    groups = list(ranking.groupby(["dataset", "base_model"], sort=True)) if not ranking.empty \
+        else [(("", ""), ranking)]
+    height = 1.2 + 0.4 * max(len(g) for _, g in groups)
+    fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), height), squeeze=False)
+    for ax, ((dataset, model), group) in zip(axes[0], groups):
+        if group.empty:
+            no_data(ax)
+            continue
+        group = group.sort_values("position")
+        y = np.arange(len(group))
+        colors = ["tab:gray" if v == "worse" else "tab:blue" for v in group["verdict"]]
+        xerr = error_bars(group["test_loss"], group["test_loss_low"], group["test_loss_high"])
+        for i in range(len(group)):
+            ax.errorbar(group["test_loss"].iloc[i], y[i], xerr=xerr[:, i:i + 1], fmt="o",
+                        color=colors[i], capsize=3)
+        ax.set_yticks(y, group["experiment"])
+        ax.invert_yaxis()
+        ax.set(title=f"{dataset} / {model}", xlabel="test loss")
+    fig.suptitle("Test loss with 95% intervals (blue: lowest, or not clearly higher than it)")
+    return save(fig, path)
+
+
 def study_members(studies: pd.DataFrame, experiments: pd.DataFrame,
                   kind: str) -> list[pd.DataFrame]:
     by_name = experiments.set_index("experiment", drop=False)
@@ -175,9 +200,10 @@ def draw_all(metrics_dir: Path, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     use_cjk_font()
     read = lambda name: pd.read_csv(metrics_dir / f"{name}.tsv", sep="\t")  # noqa: E731
-    experiments, log, comparison, studies = (read(n) for n in (
-        "experiments", "training_log", "comparison", "studies"))
+    experiments, log, comparison, studies, ranking = (read(n) for n in (
+        "experiments", "training_log", "comparison", "studies", "ranking"))
     paths = [plot_training_loss(log, experiments, out_dir / "training_loss.png"),
+             plot_test_loss(ranking, out_dir / "test_loss.png"),
              plot_base_vs_finetuned(comparison, out_dir / "base_vs_finetuned.png")]
     if RANK in set(studies["kind"]):
         groups = study_members(studies, experiments, RANK)

@@ -222,7 +222,9 @@ def sample_groups(ranking: pd.DataFrame, configs: dict, workdir: Path, results: 
     groups = []
     for (dataset, model), group in ranking.groupby(["dataset", "base_model"], sort=True):
         shown = list(group.sort_values("position")["experiment"][:per_group])
-        base = read_predictions(workdir / configs[shown[0]]["base_eval"] / "predictions.jsonl")
+        first = configs[shown[0]]  # the unquantized base where the first is a QLoRA run
+        base_dir = first.get("base_eval_unquantized") or first["base_eval"]
+        base = read_predictions(workdir / base_dir / "predictions.jsonl")
         tuned = {n: read_predictions(results / "eval" / n / "predictions.jsonl") for n in shown}
         prompts = []
         for sample_id, row in list(tuned[shown[0]].items())[:count]:
