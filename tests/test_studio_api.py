@@ -20,7 +20,6 @@ from workflow_scripts.studio.app import PAGES, StudioSettings, create_app
 from workflow_scripts.studio.background import BackgroundServer
 
 pytestmark = pytest.mark.slow
-EXPERIMENTS = {"lccc-qlora", "rank-r2", "rank-r4"}
 HELLO = [{"role": "user", "content": "你好"}]
 
 
@@ -29,6 +28,12 @@ def workdir(request) -> Path:
     """The smoke run's working directory (its config is `config.yaml` there)."""
     reuse = os.environ.get("STUDIO_TEST_WORKDIR")
     return Path(reuse) if reuse else request.getfixturevalue("smoke_run").workdir
+
+
+@pytest.fixture(scope="module")
+def experiments(app) -> set[str]:
+    """Every experiment of the smoke config (all of them ran)."""
+    return set(app.state.catalog.experiments)
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +82,10 @@ def test_static_assets_are_served_locally_with_the_chart_licence(client):
     assert "MIT" in client.get("/static/uPlot.LICENSE").text
 
 
-def test_experiments_table_has_every_experiment_with_its_figures(client):
+def test_experiments_table_has_every_experiment_with_its_figures(client, experiments):
     body = client.get("/api/experiments").json()
     rows = {r["experiment"]: r for r in body["experiments"]}
-    assert set(rows) == EXPERIMENTS and body["counts"]["done"] == 3
+    assert set(rows) == experiments and body["counts"]["done"] == len(experiments)
     r2 = rows["rank-r2"]
     assert (r2["status"], r2["method"], r2["r"], r2["alpha"], r2["steps"]) == ("done", "lora", 2, 8, 4)
     for key in ("wall_time_s", "tokens_per_s", "peak_memory_mb", "final_loss", "eval_loss", "test_loss"):
@@ -89,12 +94,12 @@ def test_experiments_table_has_every_experiment_with_its_figures(client):
     assert rows["lccc-qlora"]["method"] == "qlora"
 
 
-def test_experiment_detail_and_an_unknown_one(client):
+def test_experiment_detail_and_an_unknown_one(client, experiments):
     body = client.get("/api/experiments/rank-r4").json()
     assert body["config"]["lora"]["r"] == 4 and len(body["curves"]["train"]) == 4
     response = client.get("/api/experiments/rank-r9")
     assert response.status_code == 404
-    assert response.json()["error"]["known"] == sorted(EXPERIMENTS)
+    assert response.json()["error"]["known"] == sorted(experiments)
 
 
 def test_compare_gives_curves_differences_metrics_and_predictions(client):
@@ -144,9 +149,9 @@ def test_report_is_served(client):
     assert response.status_code == 200 and "<html" in response.text.lower()
 
 
-def test_openai_client_lists_models(oai):
+def test_openai_client_lists_models(oai, experiments):
     ids = {m.id for m in oai.models.list().data}
-    assert ids == EXPERIMENTS | {"tiny"}
+    assert ids == experiments | {"tiny"}
     with pytest.raises(openai.NotFoundError, match="rank-r9"):
         oai.models.retrieve("rank-r9")
 
@@ -180,11 +185,12 @@ def test_qlora_adapter_runs_on_its_4bit_base(app, oai):
     assert ("tiny", True) in app.state.pool.loaded
 
 
-def test_limits_are_400_with_the_limit(oai):
+def test_limits_are_400_with_the_limit(app, oai):
     with pytest.raises(openai.BadRequestError, match="cap of 240"):
         oai.chat.completions.create(model="rank-r2", messages=HELLO, max_tokens=241)
-    long_prompt = [{"role": "user", "content": "你好" * 400}]
-    with pytest.raises(openai.BadRequestError, match="context is 256 tokens"):
+    context = app.state.pool.context_length("tiny")
+    long_prompt = [{"role": "user", "content": "你好" * context}]
+    with pytest.raises(openai.BadRequestError, match=f"context is {context} tokens"):
         oai.chat.completions.create(model="tiny", messages=long_prompt, max_tokens=4)
     with pytest.raises(openai.NotFoundError, match="rank-r9"):
         oai.chat.completions.create(model="rank-r9", messages=HELLO)

@@ -117,8 +117,10 @@ def test_status_of_each_stage(workdir):
     os.utime(logs / "rank-r4.progress.jsonl", (now - 999, now - 999))
     # lccc-qlora: training failed
     (logs / "lccc-qlora.log").write_text("Traceback (most recent call last):\n  boom\n")
-    assert {r["experiment"]: r["status"] for r in catalog.rows()} == {
+    statuses = {r["experiment"]: r["status"] for r in catalog.rows()}
+    assert {name: statuses.pop(name) for name in ("rank-r2", "rank-r4", "lccc-qlora")} == {
         "rank-r2": "running", "rank-r4": "incomplete", "lccc-qlora": "failed"}
+    assert set(statuses.values()) <= {"planned"}  # the config's other experiments
     for name in ("rank-r4", "lccc-qlora"):
         (workdir / "results/adapters" / name).mkdir(parents=True)
         (workdir / "results/adapters" / name / "train_metrics.json").write_text('{"steps": 4}')
@@ -130,11 +132,25 @@ def test_status_of_each_stage(workdir):
     assert rows["lccc-qlora"]["status"] == "incomplete"  # trained, not evaluated
 
 
+def test_intervals_come_from_the_metrics_table_when_metrics_json_has_none(workdir):
+    catalog = Catalog(workdir / "config.yaml", workdir)
+    (workdir / "results/eval/rank-r2").mkdir(parents=True)
+    (workdir / "results/eval/rank-r2/metrics.json").write_text('{"bleu4": 2.0, "loss": 3.0}')
+    (workdir / "results/metrics").mkdir(parents=True)
+    (workdir / "results/metrics/experiments.tsv").write_text(
+        "experiment\tbleu4\tbleu4_low\tbleu4_high\ttest_loss_low\ttest_loss_high\tchrf_low\tchrf_high\n"
+        "rank-r2\t2.0\t1.0\t3.5\t2.9\t3.1\t\t\n")
+    row = catalog.row("rank-r2")
+    assert row["intervals"] == {"bleu4": [1.0, 3.5], "test_loss": [2.9, 3.1]}
+    assert catalog.row("rank-r4")["intervals"] == {}
+
+
 def test_planned_experiments_are_listed_before_anything_ran(client):
     body = client.get("/api/experiments").json()
-    assert {r["experiment"]: r["status"] for r in body["experiments"]} == {
-        "lccc-qlora": "planned", "rank-r2": "planned", "rank-r4": "planned"}
-    assert body["counts"]["planned"] == 3
+    names = {r["experiment"] for r in body["experiments"]}
+    assert {"lccc-qlora", "rank-r2", "rank-r4"} <= names  # the sweep expanded, too
+    assert {r["status"] for r in body["experiments"]} == {"planned"}
+    assert body["counts"]["planned"] == len(names)
 
 
 @pytest.mark.parametrize("url", [

@@ -6,6 +6,7 @@ only ever looked up in these tables, never joined to a path.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,8 @@ import yaml
 from workflow_scripts.experiment_config import resolve_experiments, validate
 from workflow_scripts.model_loading import resolve_model_dir
 from workflow_scripts.studio.errors import UnknownName
-from workflow_scripts.studio.files import modified_ago, read_json_cached, read_tail
+from workflow_scripts.studio.files import (modified_ago, read_json_cached, read_tail,
+                                           read_tsv_cached)
 from workflow_scripts.studio.progress import Progress, curves_from_trainer_log, read_progress
 
 TEXT_METRICS = ("bleu4", "rouge1", "rouge2", "rougeL", "sacrebleu", "chrf", "distinct1",
@@ -49,6 +51,15 @@ def metric_interval(metrics: dict, name: str) -> list[float] | None:
                 isinstance(v, (int, float)) for v in value):
             return [float(value[0]), float(value[1])]
     return None
+
+
+def table_interval(row: dict[str, str], column: str) -> list[float] | None:
+    """`{column}_low`/`{column}_high` of a results/metrics table row, if both are numbers."""
+    try:
+        low, high = float(row[f"{column}_low"]), float(row[f"{column}_high"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return None if math.isnan(low) or math.isnan(high) else [low, high]
 
 
 def metric_value(metrics: dict, name: str) -> float | None:
@@ -87,6 +98,8 @@ class Catalog:
         self.config_path = config_path if config_path.is_absolute() else self.workdir / config_path
         self.stale_after_s = stale_after_s
         self._loaded_signature: float | None = None
+        self._table_source: list | None = None
+        self._table_index: dict[str, dict] = {}
         self.reload()
 
     def reload(self) -> None:
@@ -198,9 +211,27 @@ class Catalog:
             "test_loss": metric_value(metrics, "loss"),
             "perplexity": metric_value(metrics, "perplexity"),
             "metrics": {m: metric_value(metrics, m) for m in TEXT_METRICS},
-            "intervals": {m: interval for m in TEXT_METRICS
-                          if (interval := metric_interval(metrics, m)) is not None},
+            "intervals": self._intervals(name, metrics),
         }
+
+    def _intervals(self, name: str, metrics: dict) -> dict[str, list[float]]:
+        """95% intervals of the test loss and text metrics: from metrics.json if it has
+        them, else from results/metrics/experiments.tsv (collect_metrics's bootstrap)."""
+        table = self._table_row(name)
+        out = {}
+        for metric in ("test_loss", *TEXT_METRICS):
+            source = "loss" if metric == "test_loss" else metric
+            interval = metric_interval(metrics, source) or table_interval(table, metric)
+            if interval is not None:
+                out[metric] = interval
+        return out
+
+    def _table_row(self, name: str) -> dict[str, str]:
+        rows = read_tsv_cached(self.workdir / "results" / "metrics" / "experiments.tsv")
+        if self._table_source is not rows:  # the table changed: index it again
+            self._table_index = {row.get("experiment"): row for row in rows}
+            self._table_source = rows
+        return self._table_index.get(name, {})
 
     def rows(self) -> list[dict]:
         self.reload()

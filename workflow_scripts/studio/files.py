@@ -7,6 +7,7 @@ of experiments stats its files instead of re-parsing them.
 from __future__ import annotations
 
 import codecs
+import csv
 import json
 import os
 import threading
@@ -74,6 +75,26 @@ def read_jsonl_cached(path: Path) -> list[dict]:
     if hit and hit[0] == signature:
         return hit[1]
     rows = list(read_jsonl_tolerant(path))
+    with _CACHE_LOCK:
+        _CACHE[key] = (signature, rows)
+    return rows
+
+
+def read_tsv_cached(path: Path) -> list[dict[str, str]]:
+    """The rows of a tab-separated table with a header line, parsed once per change."""
+    signature = _signature(path)
+    if signature is None:
+        return []
+    key = path.with_name(path.name + "#tsv")
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+    if hit and hit[0] == signature:
+        return hit[1]
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+    except (OSError, csv.Error):
+        return []
     with _CACHE_LOCK:
         _CACHE[key] = (signature, rows)
     return rows

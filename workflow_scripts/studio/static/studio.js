@@ -120,9 +120,9 @@ async function experimentsPage() {
         if (key === "status") return el("td", {}, el("span", { class: `status status-${value}` }, value));
         if (key === "wall_time_s") return el("td", { class: "num" }, duration(value));
         if (key === "steps") return el("td", { class: "num" }, r.max_steps ? `${fmt(value)} / ${fmt(r.max_steps)}` : fmt(value));
-        if (key.startsWith("m.")) {
-          const ci = r.intervals[key.slice(2)];
-          return el("td", { class: "num" }, fmt(value), ci ? el("span", { class: "ci" }, ` [${fmt(ci[0], 3)}, ${fmt(ci[1], 3)}]`) : null);
+        const ci = r.intervals[key.startsWith("m.") ? key.slice(2) : key];
+        if (ci) {
+          return el("td", { class: "num" }, fmt(value), el("span", { class: "ci" }, ` [${fmt(ci[0], 3)}, ${fmt(ci[1], 3)}]`));
         }
         return el("td", { class: typeof value === "number" ? "num" : "" }, fmt(value));
       }))));
