@@ -12,9 +12,9 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-_CACHE: dict[Path, tuple[tuple[int, int], Any]] = {}
+_CACHE: dict[tuple[Path, str], tuple[tuple[int, int], Any]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -26,22 +26,28 @@ def _signature(path: Path) -> tuple[int, int] | None:
     return st.st_mtime_ns, st.st_size
 
 
-def read_json_cached(path: Path) -> Any:
-    """The parsed file, or {} if it is missing or half-written."""
+def _cached(path: Path, kind: str, parse: Callable[[Path], Any], empty: Any) -> Any:
+    """`parse(path)`, reused until the file's modification time or size changes; `empty`
+    when the file is missing or cannot be parsed (yet)."""
     signature = _signature(path)
     if signature is None:
-        return {}
+        return empty
     with _CACHE_LOCK:
-        hit = _CACHE.get(path)
+        hit = _CACHE.get((path, kind))
     if hit and hit[0] == signature:
         return hit[1]
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+        value = parse(path)
+    except (OSError, ValueError, csv.Error):
+        return empty
     with _CACHE_LOCK:
-        _CACHE[path] = (signature, value)
+        _CACHE[(path, kind)] = (signature, value)
     return value
+
+
+def read_json_cached(path: Path) -> Any:
+    """The parsed file, or {} if it is missing or half-written."""
+    return _cached(path, "json", lambda p: json.loads(p.read_text(encoding="utf-8")), {})
 
 
 def read_jsonl_tolerant(path: Path, limit: int | None = None) -> Iterator[dict]:
@@ -65,39 +71,18 @@ def read_jsonl_tolerant(path: Path, limit: int | None = None) -> Iterator[dict]:
 
 
 def read_jsonl_cached(path: Path) -> list[dict]:
-    """All complete rows of a JSON Lines file, parsed once per change of the file."""
-    signature = _signature(path)
-    if signature is None:
-        return []
-    key = path.with_name(path.name + "#rows")
-    with _CACHE_LOCK:
-        hit = _CACHE.get(key)
-    if hit and hit[0] == signature:
-        return hit[1]
-    rows = list(read_jsonl_tolerant(path))
-    with _CACHE_LOCK:
-        _CACHE[key] = (signature, rows)
-    return rows
+    """All complete rows of a JSON Lines file."""
+    return _cached(path, "jsonl", lambda p: list(read_jsonl_tolerant(p)), [])
+
+
+def _tsv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh, delimiter="\t"))
 
 
 def read_tsv_cached(path: Path) -> list[dict[str, str]]:
-    """The rows of a tab-separated table with a header line, parsed once per change."""
-    signature = _signature(path)
-    if signature is None:
-        return []
-    key = path.with_name(path.name + "#tsv")
-    with _CACHE_LOCK:
-        hit = _CACHE.get(key)
-    if hit and hit[0] == signature:
-        return hit[1]
-    try:
-        with open(path, encoding="utf-8", newline="") as fh:
-            rows = list(csv.DictReader(fh, delimiter="\t"))
-    except (OSError, csv.Error):
-        return []
-    with _CACHE_LOCK:
-        _CACHE[key] = (signature, rows)
-    return rows
+    """The rows of a tab-separated table with a header line."""
+    return _cached(path, "tsv", _tsv_rows, [])
 
 
 def modified_ago(path: Path, now: float) -> float | None:
