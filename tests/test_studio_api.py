@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -65,6 +67,31 @@ def loaded_model_copies() -> int:
     gc.collect()
     return sum(1 for o in gc.get_objects() if isinstance(o, PreTrainedModel)
                and type(o).__name__.endswith("ForCausalLM"))
+
+
+def test_the_documented_command_serves_the_working_directory(workdir):
+    import httpx2
+
+    from workflow_scripts.studio.background import free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "workflow_scripts.studio", "--config", "config.yaml",
+                             "--port", str(port)], cwd=workdir, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "the studio did not answer within 120 s"
+            try:
+                response = httpx2.get(f"http://127.0.0.1:{port}/api/experiments", timeout=5)
+                break
+            except httpx2.TransportError:
+                time.sleep(0.5)
+        assert response.status_code == 200
+        assert {r["status"] for r in response.json()["experiments"]} == {"done"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 @pytest.mark.parametrize("page", ["", *PAGES])

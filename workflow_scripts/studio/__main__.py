@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings_from(args)
     app = create_app(settings)
     print(f"studio: http://{args.host}:{args.port}/ over {settings.workdir}", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # Open live pushes would hold a shutdown up; they are cut after a few seconds.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                timeout_graceful_shutdown=3)
 
 
 if __name__ == "__main__":
