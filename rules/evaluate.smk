@@ -1,6 +1,7 @@
 EVAL_CODE = ("evaluate_model", "chat_tokenize", "model_loading", "text_metrics", "token_loss",
-             "run_info")
-EVAL_OUTPUTS = ("metrics.json", "predictions.jsonl", "record_losses.jsonl", "run_info.json")
+             "run_info", "tool_eval", "tool_calls", "data_formats")
+EVAL_OUTPUTS = ("metrics.json", "predictions.jsonl", "record_losses.jsonl", "tool_calls.jsonl",
+                "run_info.json")
 
 
 rule evaluate:

@@ -8,7 +8,7 @@ rule build_base_model:
             "results/data/{dataset}/train.jsonl",
             dataset=model_spec(w.model)["pretrain"]["datasets"],
         ),
-        code=code("build_base_model", "model_loading", "run_info"),
+        code=code("build_base_model", "chat_templates", "data_cleaning", "model_loading", "run_info"),
     output:
         directory("results/models/{model}"),
     wildcard_constraints:

@@ -138,6 +138,7 @@ def evaluation_commands(tmp_path, config: dict) -> dict[str, dict]:
 
 def test_every_experiment_has_a_base_scored_under_its_own_settings(tmp_path):
     config = yaml.safe_load(SMOKE_CONFIG.read_text(encoding="utf-8"))
+    config["experiments"] = {"lccc-qlora": config["experiments"]["lccc-qlora"]}
     config["experiments"]["lccc-lora-long"] = {
         "base_model": "tiny", "dataset": "lccc", "evaluation": {"max_new_tokens": 16, "max_length": 96}}
     jobs = evaluation_commands(tmp_path, config)

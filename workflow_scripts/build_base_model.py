@@ -17,7 +17,8 @@ from typing import Iterable, Iterator
 
 from workflow_scripts.run_info import write_run_info
 from workflow_scripts.io_utils import read_jsonl, write_json, write_jsonl
-from workflow_scripts.model_loading import CHATML_TEMPLATE
+from workflow_scripts.chat_templates import CHATML_TOOLS_TEMPLATE
+from workflow_scripts.data_cleaning import message_text
 
 END_OF_TEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -32,7 +33,7 @@ def read_conversations(data_files: Iterable[str]) -> list[list[dict]]:
 def message_texts(conversations: list[list[dict]]) -> Iterator[str]:
     for messages in conversations:
         for message in messages:
-            yield message["content"]
+            yield message_text(message)
 
 
 def train_tokenizer(conversations: list[list[dict]], vocab_size: int):
@@ -46,7 +47,7 @@ def train_tokenizer(conversations: list[list[dict]], vocab_size: int):
     )
     tokenizer.eos_token = IM_END
     tokenizer.pad_token = END_OF_TEXT
-    tokenizer.chat_template = CHATML_TEMPLATE
+    tokenizer.chat_template = CHATML_TOOLS_TEMPLATE
     return tokenizer
 
 
@@ -54,7 +55,7 @@ def plain_text(messages: list[dict]) -> str:
     """A conversation as a plain document: its turns on separate lines, with no role names,
     chat template or special tokens, so that the base model learns the language and leaves
     the conversation format to fine-tuning, as a real base model does."""
-    return "\n".join(m["content"] for m in messages)
+    return "\n".join(message_text(m) for m in messages)
 
 
 def pack_blocks(tokenizer, conversations: list[list[dict]], seq_len: int):

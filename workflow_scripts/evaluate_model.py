@@ -35,18 +35,22 @@ def record_losses(model, tokenizer, records: list[dict], max_length: int, batch_
     from workflow_scripts.chat_tokenize import tokenize_records
     from workflow_scripts.token_loss import record_loss_sums
 
-    features, kept = [], []
+    features, owners = [], []
     truncated = 0
     for record in records:
+        # one feature, or one per assistant turn for templates that rewrite earlier turns
         encoded, stats = tokenize_records(tokenizer, [record], max_length)
         truncated += stats.truncated
-        if encoded:  # a record whose reply is cut off entirely has no token to score
-            features += encoded
-            kept.append(record["id"])
+        features += encoded  # none when the reply is cut off entirely: nothing to score
+        owners += [record["id"]] * len(encoded)
     collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
     sums = record_loss_sums(model, features, collate, batch_size)
-    rows = [{"id": rid, "loss_sum": s, "n_tokens": n} for rid, (s, n) in zip(kept, sums)]
-    return rows, truncated
+    rows: dict[str, dict] = {}
+    for rid, (s, n) in zip(owners, sums):
+        row = rows.setdefault(rid, {"id": rid, "loss_sum": 0.0, "n_tokens": 0})
+        row["loss_sum"] += s
+        row["n_tokens"] += n
+    return list(rows.values()), truncated
 
 
 def loss_metrics(rows: list[dict], truncated: int, n_records: int) -> dict:
@@ -118,15 +122,18 @@ def only_configured_decoding(model):
         inner.generation_config = saved
 
 
-def render_prompt(tokenizer, messages: list[dict]) -> list[int]:
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def render_prompt(tokenizer, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+    from workflow_scripts.chat_tokenize import render
+
+    text = render(tokenizer, messages, generation_prompt=True, tools=tools)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def fit_prompt(tokenizer, messages: list[dict], budget: int) -> tuple[list[int], str]:
+def fit_prompt(tokenizer, messages: list[dict], budget: int,
+               tools: list[dict] | None = None) -> tuple[list[int], str]:
     """Prompt tokens that fit `budget`: the oldest turns go first (a system message stays),
     then the start of the last user turn; the last user turn is never dropped."""
-    ids = render_prompt(tokenizer, messages)
+    ids = render_prompt(tokenizer, messages, tools)
     if len(ids) <= budget:
         return ids, "whole"
     system = [m for m in messages[:1] if m["role"] == "system"]
@@ -135,18 +142,18 @@ def fit_prompt(tokenizer, messages: list[dict], budget: int) -> tuple[list[int],
         turns = turns[1:]
         while len(turns) > 1 and turns[0]["role"] != "user":
             turns = turns[1:]
-        ids = render_prompt(tokenizer, system + turns)
+        ids = render_prompt(tokenizer, system + turns, tools)
         if len(ids) <= budget:
             return ids, "dropped_turns"
     last = turns[-1]
     content_ids = tokenizer(last["content"], add_special_tokens=False)["input_ids"]
-    overhead = len(render_prompt(tokenizer, [{**last, "content": ""}]))
+    overhead = len(render_prompt(tokenizer, [{**last, "content": ""}], tools))
     keep = budget - overhead
     if keep <= 0:
         raise ValueError(f"no room for the prompt: {budget} tokens left for it, the chat "
                          f"template alone takes {overhead}")
     content = tokenizer.decode(content_ids[-keep:])
-    ids = render_prompt(tokenizer, [{**last, "content": content}])
+    ids = render_prompt(tokenizer, [{**last, "content": content}], tools)
     return ids[-budget:], "truncated"
 
 
@@ -159,7 +166,8 @@ class Generation:
 
 
 def generate(model, tokenizer, prompts: list[list[dict]], settings: dict, seed: int,
-             context: int | None = None) -> tuple[list[Generation], float]:
+             context: int | None = None, tools: list[list[dict] | None] | None = None
+             ) -> tuple[list[Generation], float]:
     """Answers to chat prompts (lists of messages ending with a user turn), generated in
     left-padded batches; also returns the seconds per prompt. `context` defaults to the
     settings' max_length capped at the model's context."""
@@ -177,7 +185,9 @@ def generate(model, tokenizer, prompts: list[list[dict]], settings: dict, seed: 
     set_seed(seed)
     out, started = [], time.perf_counter()
     for start in range(0, len(prompts), settings["batch_size"]):
-        fitted = [fit_prompt(tokenizer, p, budget) for p in prompts[start:start + settings["batch_size"]]]
+        stop = start + settings["batch_size"]
+        fitted = [fit_prompt(tokenizer, p, budget, t) for p, t in
+                  zip(prompts[start:stop], (tools or [None] * len(prompts))[start:stop])]
         width = max(len(ids) for ids, _ in fitted)
         input_ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(ids)) + ids for ids, _ in fitted])
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in fitted])
@@ -224,6 +234,7 @@ def sample_rows(sample: list[dict], generations: list[Generation]) -> list[dict]
 
 def evaluate(job: dict, model_dir: str, adapter_dir: str | None, test_file: Path, out_dir: Path) -> dict:
     from workflow_scripts.text_metrics import compute_text_metrics
+    from workflow_scripts.tool_eval import evaluate_tool_calls, plain_reply_records
 
     settings, seed = job["evaluation"], job["seed"]
     trust = job["base_model"].get("trust_remote_code", False)
@@ -234,9 +245,14 @@ def evaluate(job: dict, model_dir: str, adapter_dir: str | None, test_file: Path
     context = model_context(model, settings["max_length"])
     losses, truncated = record_losses(model, tokenizer, records, context, settings["batch_size"])
     metrics = loss_metrics(losses, truncated, len(records))
-    sample = records[: settings["samples"]]
+    sample = plain_reply_records(records)[: settings["samples"]]
     generations, per_sample = generate(model, tokenizer, [r["messages"][:-1] for r in sample],
-                                       settings, seed, context)
+                                       settings, seed, context, [r.get("tools") for r in sample])
+    tool_metrics, tool_rows = evaluate_tool_calls(
+        tokenizer, records, settings, lambda prompts, tools: [g.text for g in generate(
+            model, tokenizer, prompts, settings, seed, context, tools)[0]])
+    metrics.update(tool_metrics)
+    write_jsonl(out_dir / "tool_calls.jsonl", tool_rows)
     rows = sample_rows(sample, generations)
     metrics.update(compute_text_metrics([r["prediction"] for r in rows],
                                         [r["reference"] for r in rows],
