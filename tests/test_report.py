@@ -10,7 +10,7 @@ import pytest
 from report_fixtures import REPO, build_results, run_pipeline, summary_lines, summary_problems
 
 from workflow_scripts import collect_metrics
-from workflow_scripts.io_utils import read_json, read_jsonl
+from workflow_scripts.io_utils import read_json, read_jsonl, write_jsonl
 from workflow_scripts.plots import expected_plots
 from workflow_scripts.uncertainty import ratio_interval
 
@@ -203,12 +203,16 @@ def test_missing_optional_files_render_as_na(tmp_path):
     base = results / "eval" / "base" / "tiny-zh" / "lccc" / "full-0123456789"
     (base / "predictions.jsonl").unlink()
     (results / "adapters" / "lccc-r8" / "run_info.json").unlink()
+    answers = list(read_jsonl(results / "eval" / "lccc-r8" / "predictions.jsonl"))
+    write_jsonl(results / "eval" / "lccc-r8" / "predictions.jsonl",
+                [{**answers[0], "prediction": ""}, *answers[1:]])
     run_pipeline(tmp_path, resamples=50)
     experiments = pd.read_csv(results / "metrics" / "experiments.tsv", sep="\t")
     assert experiments.set_index("experiment").loc["rank-study-r4", "status"] == "trained"
     md = (results / "report" / "training_report.md").read_text(encoding="utf-8")
     assert "| rank-study-r4 | 4 | 14336 | 34 | 368 | 0.9297 | n/a | n/a | n/a |" in md
-    assert "| base | n/a |" in md.split("### lccc / tiny-zh", 1)[1]
+    lccc = md.split("### lccc / tiny-zh", 1)[1]
+    assert "| base | n/a |" in lccc and "| lccc-r8 | (empty answer) |" in lccc
 
 
 def test_cli_runs_as_a_module_and_is_deterministic(built, tmp_path):
@@ -233,3 +237,14 @@ def test_data_stats_add_token_lengths_per_base_model(tmp_path):
     experiments = {"exp": {"base_model": "tiny", "dataset": "ds"}}
     row = data_stats({"ds": {}}, tmp_path, experiments).iloc[0]
     assert row["lengths_tokens_tiny_mean"] == 12.5 and row["lengths_tokens_tiny_max"] == 21
+
+
+def test_cells_read_naturally():
+    from workflow_scripts.report.formatting import fmt_ci, fmt_diff, fmt_pct
+
+    assert fmt_diff(0.0, 0.0, 0.0) == "0 [0, 0]"
+    assert fmt_diff(0.00163, -0.00547, 0.0071) == "+0.00163 [-0.00547, +0.0071]"
+    assert fmt_diff(1.2e-4, None, None) == "+1.20e-04"
+    assert fmt_pct(-0.031) == "-0.03%" and fmt_pct(12.34) == "+12.3%" and fmt_pct(None) == ""
+    assert fmt_ci(2.2416, 2.1692, 2.3147) == "2.242 [2.169, 2.315]"
+    assert fmt_ci(2.2416, float("nan"), float("nan")) == "2.242"

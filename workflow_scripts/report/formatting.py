@@ -34,8 +34,12 @@ def fmt(value, digits: int = 4) -> str:
 
 
 def fmt_signed(value, digits: int = 3) -> str:
-    return NA if missing(value) else f"{value:+.{digits}g}" if abs(value) >= 1e-3 or value == 0 \
-        else f"{value:+.2e}"
+    """+0.0123, -1.5e-04, and 0 without a sign."""
+    if missing(value):
+        return NA
+    if value == 0:
+        return "0"
+    return f"{value:+.{digits}g}" if abs(value) >= 1e-3 else f"{value:+.2e}"
 
 
 def fmt_ci(value, low, high, digits: int = 4) -> str:
@@ -65,7 +69,10 @@ def diff(row) -> str:
 
 
 def fmt_pct(value) -> str:
-    return "" if missing(value) else f"{value:+.1f}%"
+    """"+12.3%", with two decimals below 1% so that a small change does not read -0.0%."""
+    if missing(value):
+        return ""
+    return f"{value:+.1f}%" if abs(value) >= 1 else f"{value:+.2f}%"
 
 
 def fmt_share(value) -> str:

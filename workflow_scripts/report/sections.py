@@ -211,6 +211,15 @@ def rejected_examples(datasets: list[str], results: Path, limit: int = 300) -> T
 
 # Samples --------------------------------------------------------------------------------
 
+EMPTY_ANSWER = "(empty answer)"
+
+
+def answer(rows: dict[str, dict], sample_id: str) -> str:
+    if sample_id not in rows:
+        return NA
+    return rows[sample_id]["prediction"] or EMPTY_ANSWER
+
+
 def read_predictions(path: Path) -> dict[str, dict]:
     return {row["id"]: row for row in read_jsonl(path)} if path.is_file() else {}
 
@@ -229,9 +238,8 @@ def sample_groups(ranking: pd.DataFrame, configs: dict, workdir: Path, results: 
         prompts = []
         for sample_id, row in list(tuned[shown[0]].items())[:count]:
             answers = [("reference", row["reference"])]
-            answers.append(("base", base[sample_id]["prediction"] if sample_id in base else NA))
-            answers += [(n, tuned[n][sample_id]["prediction"] if sample_id in tuned[n] else NA)
-                        for n in shown]
+            answers.append(("base", answer(base, sample_id)))
+            answers += [(n, answer(tuned[n], sample_id)) for n in shown]
             prompts.append({"id": sample_id, "prompt": row["prompt"], "answers": answers})
         groups.append({"title": f"{dataset} / {model}", "prompts": prompts})
     return groups

@@ -44,7 +44,9 @@ def best_sentence(group: pd.DataFrame) -> str:
         return head + " (the only experiment)."
     ties = rest[rest["verdict"] != WORSE]
     if ties.empty:
-        return f"{head}: it is the best, clearly lower than each of the other {len(rest)}."
+        others = (f"{rest.iloc[0]['experiment']}'s" if len(rest) == 1
+                  else f"each of the other {len(rest)}")
+        return f"{head}: it is the best, clearly lower than {others}."
     gaps = [f"{r['experiment']} ({diff(r)})" for _, r in ties.iterrows()]
     clear = len(rest) - len(ties)
     tail = f"; it is clearly lower than the other {clear}" if clear else ""
