@@ -13,11 +13,16 @@ account, resources capped to the node, no GPU (the node has none). What it check
   COMPLETED in `scontrol`), and no local rule did;
 * each job's sbatch request (partition, --mem, -t, --cpus-per-task) is the resources that
   Snakemake resolved from the profile and the config, and Slurm granted exactly that;
-* with the profile's GPU request left in, the training jobs' sbatch lines carry `--gpus=N`
-  (this CPU node then refuses them: Slurm's answer is checked too).
+* the rank sweep trains with `training.devices: 2`: two processes (torchrun, gloo) in one
+  Slurm job, which saw twice the samples per step;
+* with the GPU requests left in, each training job's sbatch line asks for what its experiment
+  uses: `--gpus=N` for training.devices N, and across `training.nodes: 2` one task and
+  `--gres=gpu:N` per node (this CPU node then refuses them: Slurm's answer is checked too).
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import shutil
@@ -31,7 +36,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "slurm"))
-from make_test_profile import REAL_PROFILE, write_test_profile  # noqa: E402
+from make_test_profile import write_test_profile  # noqa: E402
 
 SNAKEFILE = REPO / "Snakefile"
 SMOKE_CONFIG = REPO / "tests" / "configs" / "smoke.yaml"
@@ -67,13 +72,14 @@ def slurm_cluster() -> str:
     return state
 
 
-def _snakemake(workdir: Path, profile: Path, *args: str, check: bool = True, timeout=600):
+def _snakemake(workdir: Path, profile: Path, *args: str, check: bool = True, timeout=600,
+               config: Path = SMOKE_CONFIG):
     env = dict(os.environ)
     # Jobs get this environment (sbatch --export=ALL): the venv's python and snakemake first.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("SLURM_JOB_ID", None)
     cmd = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(workdir),
-           "--configfile", str(SMOKE_CONFIG), "--profile", str(profile), *args]
+           "--configfile", str(config), "--profile", str(profile), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir, env=env,
                           timeout=timeout)
     out = proc.stdout + proc.stderr
@@ -86,7 +92,9 @@ def _sbatch_flags(call: str) -> dict[str, str]:
     flags = {}
     for key, pattern in {"partition": r" -p (\S+)", "mem_mb": r" --mem (\d+)",
                          "runtime": r" -t (\d+)", "cpus": r" --cpus-per-task=(\d+)",
-                         "gpus": r" --gpus=(\S+)", "comment": r" --comment (\S+)",
+                         "gpus": r" --gpus=(\S+)", "gres": r" --gres=(\S+)",
+                         "nodes": r" --nodes=(\d+)", "tasks": r" --ntasks=(\d+)",
+                         "comment": r" --comment (\S+)",
                          "output": r" --output (\S+)"}.items():
         m = re.search(pattern, call)
         if m:
@@ -109,6 +117,14 @@ def _minutes(limit: str) -> int:
     return int(days or 0) * 1440 + parts[0] * 60 + parts[1] + (parts[2] > 0)
 
 
+def _config_with_two_process_training(path: Path) -> Path:
+    """The smoke config with the rank sweep trained by two processes per experiment."""
+    config = yaml.safe_load(SMOKE_CONFIG.read_text())
+    config["sweeps"]["rank"]["base"].setdefault("training", {})["devices"] = 2
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 @pytest.mark.slow
 def test_smoke_workflow_runs_through_slurm(slurm_cluster, tmp_path):
     if not SNAKEFILE.exists() or not SMOKE_CONFIG.exists():
@@ -118,14 +134,15 @@ def test_smoke_workflow_runs_through_slurm(slurm_cluster, tmp_path):
     (workdir / "data").symlink_to(REPO / "data")  # the smoke config's paths are relative
     profile = tmp_path / "profile"
     derived = write_test_profile(profile)
+    config = _config_with_two_process_training(tmp_path / "config.yaml")
 
     # Every output of the DAG, listed before anything runs.
-    _, summary = _snakemake(workdir, profile, "--summary")
+    _, summary = _snakemake(workdir, profile, "--summary", config=config)
     outputs = [line.split("\t")[0] for line in summary.splitlines()[1:] if "\t" in line]
     assert outputs, summary[-3000:]
 
     started = time.monotonic()
-    _, log = _snakemake(workdir, profile, "--verbose")
+    _, log = _snakemake(workdir, profile, "--verbose", config=config, timeout=1200)
     (tmp_path / "snakemake.log").write_text(log)
     print(f"\nsmoke workflow through Slurm: {time.monotonic() - started:.0f} s")
 
@@ -135,7 +152,7 @@ def test_smoke_workflow_runs_through_slurm(slurm_cluster, tmp_path):
     for out in ["results/report/training_report.md", "results/report/training_report.html"]:
         assert (workdir / out).is_file(), out
     assert list((workdir / "results" / "metrics").glob("*.tsv"))
-    _, again = _snakemake(workdir, profile, "--dry-run")
+    _, again = _snakemake(workdir, profile, "--dry-run", config=config)
     assert "Nothing to be done" in again, again[-3000:]
 
     # The jobs as Snakemake announced them, with the resources it resolved for each.
@@ -158,24 +175,49 @@ def test_smoke_workflow_runs_through_slurm(slurm_cluster, tmp_path):
     for job in trains:
         assert job["resources"]["cpus_per_task"] == str(derived["set-threads"]["train_adapter"])
         assert "gpu" not in job["resources"] or job["resources"]["gpu"] == "0"
+    _check_two_process_trainings(workdir, log)
+    _check_gpu_requests(workdir, tmp_path, config, len(trains))
 
-    # With the profile's GPU request left in, the training jobs' sbatch asks for it.
-    gpus = yaml.safe_load(REAL_PROFILE.read_text())["set-resources"]["train_adapter"].get("gpu")
-    if gpus:
-        gpu_profile = tmp_path / "profile-gpu"
-        write_test_profile(gpu_profile, keep_gpu=True)
-        _, gpu_log = _snakemake(workdir, gpu_profile, "--verbose", "--forcerun", "train_adapter",
-                                "--until", "train_adapter", check=False)
-        gpu_calls = [c for c in SBATCH_CALL.findall(gpu_log) if "rule_train_adapter" in c]
-        assert len(gpu_calls) == len(trains), gpu_log[-5000:]
-        for call in gpu_calls:
-            assert _sbatch_flags(call).get("gpus") == str(gpus), call
-        # This node has no GPU, so Slurm refuses the request: proof that it reached Slurm.
-        # (On a test cluster with GPUs the jobs are accepted and Slurm records the GPU.)
-        ids = [i for _, i, logfile in SUBMITTED.findall(gpu_log) if "rule_train_adapter" in logfile]
-        assert "Invalid generic resource" in gpu_log or (ids and all(
-            "gpu" in _scontrol(i).get("TresPerNode", "") + _scontrol(i).get("TresPerJob", "")
-            for i in ids)), gpu_log[-5000:]
+
+def _check_two_process_trainings(workdir: Path, log: str) -> None:
+    """The rank sweep's jobs ran torchrun with two processes, each step taking 2 x 4 samples."""
+    launched = re.findall(r"--nproc-per-node 2 -m workflow_scripts.train_adapter .*?"
+                          r"--out-dir results/adapters/(\S+)", log)
+    assert set(launched) == {"rank-r2", "rank-r4"}, log[-5000:]
+    for name in ("rank-r2", "rank-r4"):
+        adapter = workdir / "results/adapters" / name
+        samples = json.loads((adapter / "train_metrics.json").read_text())["tokenization"]["kept"]
+        rows = [json.loads(line) for line in (adapter / "trainer_log.jsonl").read_text().splitlines()]
+        last = [r for r in rows if "loss" in r][-1]
+        # an epoch is ceil(samples / 8) steps for 2 x 4 samples a step, twice that for one process
+        assert last["step"] == 4
+        assert last["epoch"] == pytest.approx(4 / math.ceil(samples / 8), abs=1e-3), (samples, last)
+
+
+def _check_gpu_requests(workdir: Path, tmp_path: Path, config: Path, n_trains: int) -> None:
+    """With the GPU requests left in, each training's sbatch asks for its experiment's GPUs.
+
+    This node has no GPU, so Slurm refuses them: proof that they reached Slurm. (On a test
+    cluster with GPUs the jobs are accepted and Slurm records the GPUs.)"""
+    gpu_profile = tmp_path / "profile-gpu"
+    write_test_profile(gpu_profile, keep_gpu=True)
+    gpu_config = yaml.safe_load(config.read_text())
+    gpu_config["experiments"]["two-nodes"] = {"base_model": "tiny", "dataset": "alpaca_zh",
+                                              "training": {"devices": 2, "nodes": 2}}
+    (tmp_path / "gpu-config.yaml").write_text(yaml.safe_dump(gpu_config))
+    _, gpu_log = _snakemake(workdir, gpu_profile, "--verbose", "--forcerun", "train_adapter",
+                            "--until", "train_adapter", check=False,
+                            config=tmp_path / "gpu-config.yaml")
+    calls = {_sbatch_flags(c)["comment"].rsplit("_", 1)[-1]: _sbatch_flags(c)
+             for c in SBATCH_CALL.findall(gpu_log) if "rule_train_adapter" in c}
+    assert len(calls) == n_trains + 1, gpu_log[-5000:]
+    for name, gpus in {"rank-r2": "2", "rank-r4": "2", "lccc-qlora": "1"}.items():
+        assert calls[name].get("gpus") == gpus and "nodes" not in calls[name], calls[name]
+    across = calls["two-nodes"]
+    assert (across.get("nodes"), across.get("tasks"), across.get("gres")) == ("2", "2", "gpu:2")
+    assert "gpus" not in across, across
+    assert "Invalid generic resource" in gpu_log or "node configuration is not available" \
+        in gpu_log, gpu_log[-5000:]
 
 
 def _announced_jobs(log: str) -> list[dict]:

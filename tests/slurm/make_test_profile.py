@@ -9,7 +9,8 @@ sizes a cluster changes:
   (no slurmdbd, so the plugin could not validate an account);
 * ``mem_mb``, ``cpus_per_task``, ``set-threads`` and ``max-threads`` are capped at half a
   node, so that two jobs run side by side (the smoke jobs spend most of their time starting Python);
-* ``gpu`` / ``gres`` / ``gpu_model`` are dropped (the node has no GPU) unless ``--keep-gpu``;
+* ``gpu`` / ``gres`` / ``gpu_model`` are dropped and the rules that take their GPUs from the
+  experiments' config are told ``gpu: 0`` (the node has no GPU), unless ``--keep-gpu``;
 * status queries use ``squeue`` (``sacct`` needs slurmdbd) and are polled every few seconds.
 
     python tests/slurm/make_test_profile.py OUT_DIR [--partition debug] [--keep-gpu]
@@ -27,6 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 REAL_PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 SITE_KEYS = ("slurm_partition", "slurm_account")
 GPU_KEYS = ("gpu", "gres", "gpu_model", "cpus_per_gpu", "tasks_per_gpu")
+# Rules whose GPU request comes from the config (training.devices, resources.*.gpu).
+GPU_RULES = ("train_adapter", "evaluate", "evaluate_base", "merge_adapter")
 
 
 def node_capacity() -> tuple[int, int]:
@@ -67,6 +70,9 @@ def derive(profile: dict, *, partition: str, cpus: int, mem_mb: int, keep_gpu: b
         rule: _fit(res, partition, cpus, mem_mb, keep_gpu)
         for rule, res in profile.get("set-resources", {}).items()
     }
+    if not keep_gpu:
+        for rule in GPU_RULES:
+            out["set-resources"].setdefault(rule, {})["gpu"] = 0
     out["set-resources"] = {rule: res for rule, res in out["set-resources"].items() if res}
     out["set-threads"] = {rule: min(n, max(1, cpus // 2)) for rule, n in profile.get("set-threads", {}).items()}
     out["max-threads"] = max(1, cpus // 2)
