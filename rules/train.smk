@@ -5,7 +5,7 @@
 from workflow_scripts.gpu_slots import multi_node_resources, stage_resources, train_launcher
 
 TRAIN_CODE = ("train_adapter", "chat_tokenize", "packing", "model_loading", "resource_usage",
-              "run_info", "token_loss")
+              "run_info", "token_loss", "length_sampler", "train_progress")
 
 
 rule train_adapter:
