@@ -76,10 +76,30 @@ def test_greedy_ignores_the_models_own_generation_defaults(tiny):
     for prompt, gen in zip(prompts, plain):
         expected = greedy_by_hand(model, render_prompt(tokenizer, prompt), SETTINGS["max_new_tokens"], stop)
         ended = expected[-1] in stop
-        assert gen.ended == ended
+        assert gen.stopped == ended
+        assert gen.ended == (ended and expected[-1] == tokenizer.convert_tokens_to_ids("<|im_end|>"))
         body = expected[:-1] if ended else expected
         assert gen.text == tokenizer.decode(body, skip_special_tokens=True).strip()
         assert gen.new_tokens == len(body)
+
+
+@pytest.mark.parametrize("token, ended", [("<|im_end|>", True), ("<|endoftext|>", False)])
+def test_an_answer_ends_on_the_end_of_turn_token_or_only_stops(token, ended):
+    """A model that always says `token`: generation stops at once either way, and only the
+    template's end-of-turn token counts as ending the turn."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    tokenizer = train_tokenizer(chats(), vocab_size=300)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                         eos_token_id=[tokenizer.eos_token_id, tokenizer.pad_token_id])
+    model = AutoModelForCausalLM.from_config(config).eval()
+    model.model.norm.weight.data.zero_()  # every hidden state is 0, so the bias decides
+    model.lm_head = torch.nn.Linear(16, len(tokenizer), bias=True)
+    model.lm_head.bias.data.zero_()
+    model.lm_head.bias.data[tokenizer.convert_tokens_to_ids(token)] = 1.0
+    (gen,), _ = generate(model, tokenizer, [chats()[0][:1]], SETTINGS, seed=1)
+    assert (gen.stopped, gen.ended, gen.new_tokens, gen.text) == (True, ended, 0, "")
 
 
 def test_stop_tokens_are_the_end_of_turn_and_every_eos(tiny):

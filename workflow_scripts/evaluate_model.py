@@ -160,9 +160,10 @@ def fit_prompt(tokenizer, messages: list[dict], budget: int,
 @dataclass
 class Generation:
     text: str
-    ended: bool  # stopped on an end token before max_new_tokens
+    ended: bool  # stopped on the template's end-of-turn token before max_new_tokens
     new_tokens: int
     prompt_fit: str  # whole | dropped_turns | truncated
+    stopped: bool = False  # on any stop token (end of turn, or another eos) before the limit
 
 
 def generate(model, tokenizer, prompts: list[list[dict]], settings: dict, seed: int,
@@ -181,6 +182,7 @@ def generate(model, tokenizer, prompts: list[list[dict]], settings: dict, seed: 
         raise SystemExit(f"evaluation.max_new_tokens ({settings['max_new_tokens']}) leaves no "
                          f"room for a prompt in a context of {context} tokens")
     stop_ids = stop_token_ids(model, tokenizer)
+    end_of_turn = end_of_turn_ids(tokenizer) or set(stop_ids)
     config = generation_config(settings, stop_ids, tokenizer.pad_token_id)
     set_seed(seed)
     out, started = [], time.perf_counter()
@@ -198,7 +200,9 @@ def generate(model, tokenizer, prompts: list[list[dict]], settings: dict, seed: 
             end = next((i for i, t in enumerate(row) if t in stop_ids), None)
             tokens = row if end is None else row[:end]
             text = tokenizer.decode(tokens, skip_special_tokens=True).strip()
-            out.append(Generation(text, end is not None, len(tokens), fit))
+            stopped = end is not None
+            out.append(Generation(text, stopped and row[end] in end_of_turn, len(tokens), fit,
+                                  stopped))
     return out, (time.perf_counter() - started) / max(len(prompts), 1)
 
 
@@ -259,6 +263,7 @@ def evaluate(job: dict, model_dir: str, adapter_dir: str | None, test_file: Path
                                         dialogue=job.get("dialogue", False), per_sample=rows))
     metrics.update(
         eot_share=sum(g.ended for g in generations) / max(len(generations), 1),
+        stopped_share=sum(g.stopped for g in generations) / max(len(generations), 1),
         prompts_shortened=sum(g.prompt_fit != "whole" for g in generations),
         gen_time_per_sample_s=round(per_sample, 4), n_samples=len(sample), context_tokens=context,
         quantization=job.get("quantization"), settings_key=evaluation_key(job),
