@@ -114,13 +114,14 @@ def test_the_workflow_starts_each_job_through_its_slots(tmp_path):
     commands = [line for line in proc.stdout.splitlines() if "workflow_scripts.gpu_slots" in line]
     trains = {re.search(r"--out-dir results/adapters/(\S+)", c).group(1): c
               for c in commands if "train_adapter" in c}
-    assert set(trains) == {"rank-r2", "rank-r4", "lccc-qlora"}
+    assert set(trains) >= {"rank-r2", "rank-r4", "lccc-qlora"}
     for name in ("rank-r2", "rank-r4"):
         assert "--gpus 2 --total 2 -- env GLOO_SOCKET_IFNAME=lo NCCL_SOCKET_IFNAME=lo python -m " \
                "torch.distributed.run --standalone --nproc-per-node 2 -m workflow_scripts.train_adapter" \
                in trains[name]
         assert "--threads 1 " in trains[name]  # the rule's 2 threads over two processes
-    assert "--gpus 1 --total 2 -- python -m workflow_scripts.train_adapter" in trains["lccc-qlora"]
+    for name in set(trains) - {"rank-r2", "rank-r4"}:  # one device: one process on one GPU
+        assert "--gpus 1 --total 2 -- python -m workflow_scripts.train_adapter" in trains[name]
     merges = [c for c in commands if "merge_adapter" in c]
     assert len(merges) == 1 and "--gpus 1 --total 2 -- python -m" in merges[0]
 
