@@ -257,7 +257,7 @@ class Catalog:
             if modified_ago(paths.progress, now) is None:
                 continue
             progress = read_progress(paths.progress)
-            if progress is None or self.status(name, progress, now) != "running":
+            if progress is None or progress.ended or self.status(name, progress, now) != "running":
                 continue
             out.append({"experiment": name, **progress.summary(now)})
         return out

@@ -141,25 +141,31 @@ class ModelPool:
         self._tokenizers: dict[str, tuple[Any, threading.Lock]] = {}
 
     # Names.
+    def target(self, model_id: str) -> Target | None:
+        """What a model id stands for, if it is ready to chat (None otherwise)."""
+        catalog = self.catalog
+        if model_id in catalog.experiments:
+            exp = catalog.experiments[model_id]
+            if catalog.adapter_ready(model_id) and catalog.base_model_ready(exp["base_model"]):
+                return Target(model_id, exp["base_model"], exp["method"] == "qlora", model_id)
+        elif model_id in catalog.base_models and catalog.base_model_ready(model_id):
+            return Target(model_id, model_id, False)
+        return None
+
     def available(self) -> dict[str, Target]:
         """Every model id a request may name: built base models and trained adapters."""
         self.catalog.reload()
-        ids = {name: Target(name, name, False) for name in self.catalog.base_models
-               if self.catalog.base_model_ready(name)}
-        for name, exp in self.catalog.experiments.items():
-            if self.catalog.adapter_ready(name) and self.catalog.base_model_ready(exp["base_model"]):
-                ids[name] = Target(name, exp["base_model"], exp["method"] == "qlora", name)
-        return ids
+        names = [*self.catalog.base_models, *self.catalog.experiments]
+        return {name: target for name in names if (target := self.target(name)) is not None}
 
     def resolve(self, model_id: str) -> Target:
-        available = self.available()
-        if model_id in available:
-            return available[model_id]
+        self.catalog.reload()
+        target = self.target(model_id)
+        if target is not None:
+            return target
         known = set(self.catalog.experiments) | set(self.catalog.base_models)
-        if model_id in known:
-            raise UnknownName("model", model_id, available,
-                              reason="not trained or built yet:")
-        raise UnknownName("model", model_id, available)
+        reason = "not trained or built yet:" if model_id in known else ""
+        raise UnknownName("model", model_id, self.available(), reason=reason)
 
     # Requests.
     def context_length(self, base_model: str) -> int:
