@@ -7,7 +7,8 @@ import pytest
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from rouge_chinese import Rouge
 
-from workflow_scripts.text_metrics import compute_text_metrics, sample_scores
+from workflow_scripts.text_metrics import (compute_text_metrics, corpus_scores, corpus_statistics,
+                                           sample_scores, score_from_statistics)
 
 PREDICTIONS = [
     "北京是中国的首都。",
@@ -170,3 +171,14 @@ def test_precomputed_per_sample_scores_give_the_same_means():
     assert given["rouge1"] == pytest.approx(sum(r["rouge1"] for r in rows) / len(rows))
     with pytest.raises(ValueError, match="1 per-sample scores for 6 predictions"):
         compute_text_metrics(PREDICTIONS, REFERENCES, dialogue=False, per_sample=rows[:1])
+
+
+def test_corpus_scores_from_summed_statistics_equal_sacrebleu():
+    direct = corpus_scores(PREDICTIONS, REFERENCES)
+    rows = [0, 0, 3, 5, 1]  # a resample: duplicates allowed
+    for key in ("sacrebleu", "chrf"):
+        stats = corpus_statistics(key, PREDICTIONS, REFERENCES)
+        assert stats.shape[0] == len(PREDICTIONS)
+        assert score_from_statistics(key, stats.sum(axis=0)) == pytest.approx(direct[key])
+        drawn = corpus_scores([PREDICTIONS[i] for i in rows], [REFERENCES[i] for i in rows])
+        assert score_from_statistics(key, stats[rows].sum(axis=0)) == pytest.approx(drawn[key])

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from workflow_scripts.text_metrics import corpus_scores
+from workflow_scripts.text_metrics import corpus_scores, corpus_statistics, score_from_statistics
 from workflow_scripts.uncertainty import (BETTER, UNCLEAR, WORSE, Interval, corpus_interval,
                                           mean_interval, paired_corpus_difference,
                                           paired_mean_difference, paired_ratio_difference,
@@ -69,13 +69,15 @@ def test_an_interval_that_includes_zero_claims_nothing():
 def test_corpus_metrics_are_recomputed_on_each_draw():
     refs = ["北京是中国的首都。", "机器学习让计算机学习规律。", "推荐《红楼梦》。", "好的，明天见。"]
     preds = ["北京是首都。", "机器学习很难。", "推荐一本书。", "好的。"]
-    chrf = lambda p, r: corpus_scores(p, r)["chrf"]  # noqa: E731
-    interval = corpus_interval(preds, refs, chrf, resamples=50, seed=2)
+    chrf = lambda totals: score_from_statistics("chrf", totals)  # noqa: E731
+    stats = corpus_statistics("chrf", preds, refs)
+    interval = corpus_interval(stats, chrf, resamples=50, seed=2)
     assert interval.estimate == pytest.approx(corpus_scores(preds, refs)["chrf"])
     assert interval.low < interval.estimate < interval.high
-    same = paired_corpus_difference(preds, preds, refs, chrf, resamples=20)
-    assert same == Interval(0.0, 0.0, 0.0)
-    better = paired_corpus_difference(preds, refs, refs, chrf, resamples=50)
+    assert paired_corpus_difference(stats, stats, chrf, resamples=20) == Interval(0.0, 0.0, 0.0)
+    perfect = corpus_statistics("chrf", refs, refs)
+    better = paired_corpus_difference(stats, perfect, chrf, resamples=50)
+    assert better.estimate == pytest.approx(100 - interval.estimate)
     assert verdict(better, higher_is_better=True) == BETTER
 
 

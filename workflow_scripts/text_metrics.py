@@ -14,9 +14,11 @@ import logging
 from statistics import fmean
 
 import jieba
+import numpy as np
 import sacrebleu
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from rouge_chinese import Rouge
+from sacrebleu.metrics import BLEU, CHRF
 
 jieba.setLogLevel(logging.WARNING)
 
@@ -66,6 +68,22 @@ def corpus_scores(predictions: list[str], references: list[str]) -> dict[str, fl
         "sacrebleu": sacrebleu.corpus_bleu(predictions, [references], tokenize="zh").score,
         "chrf": sacrebleu.corpus_chrf(predictions, [references]).score,
     }
+
+
+# sacrebleu scores a corpus from the sum of per-sample sufficient statistics (n-gram counts
+# and lengths); a resampled corpus is then a sum over drawn rows, not a re-tokenization.
+CORPUS_METRICS = {"sacrebleu": lambda: BLEU(tokenize="zh"), "chrf": CHRF}
+
+
+def corpus_statistics(key: str, predictions: list[str], references: list[str]) -> np.ndarray:
+    """One row of sacrebleu's sufficient statistics per sample, for "sacrebleu" or "chrf"."""
+    metric = CORPUS_METRICS[key]()
+    return np.array(metric._extract_corpus_statistics(predictions, [references]), dtype=float)
+
+
+def score_from_statistics(key: str, totals: np.ndarray) -> float:
+    """The corpus score of summed statistics: equal to `corpus_scores` on those samples."""
+    return CORPUS_METRICS[key]()._compute_score_from_stats(list(totals)).score
 
 
 def compute_text_metrics(predictions: list[str], references: list[str], dialogue: bool,

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 
 RESAMPLES = 1000
-CORPUS_RESAMPLES = 200  # corpus metrics are recomputed per draw: slower, fewer draws
 LEVEL = 0.95
 BETTER, WORSE, UNCLEAR = "better", "worse", "no clear difference"
 
@@ -124,35 +123,38 @@ def paired_ratio_difference(base: tuple[Sequence[float], Sequence[float]],
         return percentile_interval(gap(np.arange(na.size))[0], gap(idx), level)
 
 
-CorpusScore = Callable[[list[str], list[str]], float]
+CorpusScore = Callable[[np.ndarray], float]
 
 
-def corpus_interval(predictions: list[str], references: list[str], score: CorpusScore,
-                    resamples: int = CORPUS_RESAMPLES, seed: int = 0,
-                    level: float = LEVEL) -> Interval:
-    """Interval for a corpus-level score, recomputed on each resampled set of samples."""
-    if not predictions:
+def corpus_interval(statistics: np.ndarray, score: CorpusScore, resamples: int = RESAMPLES,
+                    seed: int = 0, level: float = LEVEL) -> Interval:
+    """Interval for a corpus-level score (sacreBLEU, chrF) given one row of sufficient
+    statistics per sample and `score` of their column sums: the score is recomputed on
+    each resampled set of samples."""
+    stats = np.asarray(statistics, dtype=float)
+    if not stats.size:
         return NO_INTERVAL
-    values = np.array([score([predictions[i] for i in row], [references[i] for i in row])
-                       for row in draws(len(predictions), resamples, seed)])
-    return percentile_interval(score(predictions, references), values, level)
+    values = np.array([score(stats[row].sum(axis=0))
+                       for row in draws(len(stats), resamples, seed)])
+    return percentile_interval(score(stats.sum(axis=0)), values, level)
 
 
-def paired_corpus_difference(base: list[str], other: list[str], references: list[str],
-                             score: CorpusScore, resamples: int = CORPUS_RESAMPLES,
-                             seed: int = 0, level: float = LEVEL) -> Interval:
-    """Interval for score(other) - score(base) over the same resampled samples."""
-    if len(base) != len(other) or len(base) != len(references):
-        raise ValueError(f"paired samples differ in number: {len(base)} and {len(other)}")
-    if not base:
+def paired_corpus_difference(base: np.ndarray, other: np.ndarray, score: CorpusScore,
+                             resamples: int = RESAMPLES, seed: int = 0,
+                             level: float = LEVEL) -> Interval:
+    """Interval for score(other) - score(base), statistics rows of the same samples in the
+    same order, resampled jointly."""
+    a, b = np.asarray(base, dtype=float), np.asarray(other, dtype=float)
+    if len(a) != len(b):
+        raise ValueError(f"paired samples differ in number: {len(a)} and {len(b)}")
+    if not a.size:
         return NO_INTERVAL
 
-    def gap(rows: Sequence[int]) -> float:
-        refs = [references[i] for i in rows]
-        return score([other[i] for i in rows], refs) - score([base[i] for i in rows], refs)
+    def gap(rows: np.ndarray) -> float:
+        return score(b[rows].sum(axis=0)) - score(a[rows].sum(axis=0))
 
-    values = np.array([gap(row) for row in draws(len(base), resamples, seed)])
-    return percentile_interval(gap(range(len(base))), values, level)
+    values = np.array([gap(row) for row in draws(len(a), resamples, seed)])
+    return percentile_interval(gap(np.arange(len(a))), values, level)
 
 
 def verdict(difference: Interval, higher_is_better: bool) -> str:

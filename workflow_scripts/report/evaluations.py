@@ -15,7 +15,7 @@ import numpy as np
 
 from workflow_scripts import uncertainty
 from workflow_scripts.io_utils import read_json, read_jsonl
-from workflow_scripts.text_metrics import corpus_scores, sample_scores
+from workflow_scripts.text_metrics import corpus_statistics, sample_scores, score_from_statistics
 from workflow_scripts.uncertainty import NO_INTERVAL, Interval
 
 
@@ -30,17 +30,12 @@ class Metric:
     higher_is_better: bool
     floor: float  # a base value below this in magnitude gets no percent change
     sample: Callable[[dict], float] | None = None
-    corpus: Callable[[list[str], list[str]], float] | None = None
     transform: uncertainty.Transform = uncertainty.identity
 
 
 def _score(key: str) -> Callable[[dict], float]:
     return lambda row: float(row[key]) if key in row else sample_scores(
         row["prediction"], row["reference"])[key]
-
-
-def _corpus(key: str) -> Callable[[list[str], list[str]], float]:
-    return lambda predictions, references: corpus_scores(predictions, references)[key]
 
 
 # Below these a base value gets no percent change: 5 points of a 0-100 score, 5% of a share.
@@ -52,8 +47,7 @@ METRICS: dict[str, Metric] = {
     "perplexity": Metric("records", False, 0.01, transform=np.exp),
     **{key: Metric("samples", True, SCORE_FLOOR, sample=_score(key))
        for key in ("bleu4", "rouge1", "rouge2", "rougeL")},
-    **{key: Metric("corpus", True, SCORE_FLOOR, corpus=_corpus(key))
-       for key in ("sacrebleu", "chrf")},
+    **{key: Metric("corpus", True, SCORE_FLOOR) for key in ("sacrebleu", "chrf")},
     "distinct1": Metric("point", True, SCORE_FLOOR),
     "distinct2": Metric("point", True, SCORE_FLOOR),
     "nonempty_share": Metric("samples", True, SHARE_FLOOR,
@@ -98,9 +92,12 @@ def _sample_values(rows: list[dict], metric: Metric, where: Path) -> list[float]
         raise ValueError(f"{where / 'predictions.jsonl'}: a record lacks a usable {err}") from None
 
 
-def corpus_resamples(resamples: int) -> int:
-    """Corpus scores are recomputed on every draw: a fifth of the draws (200 of 1000)."""
-    return max(1, resamples // 5)
+def _statistics(rows: list[dict], name: str) -> np.ndarray:
+    return corpus_statistics(name, [r["prediction"] for r in rows], [r["reference"] for r in rows])
+
+
+def _corpus_score(name: str) -> uncertainty.CorpusScore:
+    return lambda totals: score_from_statistics(name, totals)
 
 
 def interval(run: EvalRun, name: str, seed: int,
@@ -116,9 +113,10 @@ def interval(run: EvalRun, name: str, seed: int,
     if metric.kind == "samples":
         return uncertainty.mean_interval(_sample_values(run.samples, metric, run.path),
                                          resamples, seed)
-    return uncertainty.corpus_interval([r["prediction"] for r in run.samples],
-                                       [r["reference"] for r in run.samples], metric.corpus,
-                                       corpus_resamples(resamples), seed)
+    if not run.samples:
+        return NO_INTERVAL
+    return uncertainty.corpus_interval(_statistics(run.samples, name), _corpus_score(name),
+                                       resamples, seed)
 
 
 def paired_rows(first: list[dict], second: list[dict]) -> tuple[list[dict], list[dict]]:
@@ -150,8 +148,7 @@ def paired_difference(base: EvalRun, other: EvalRun, name: str, seed: int,
                                                   resamples, seed)
     else:
         diff = uncertainty.paired_corpus_difference(
-            [r["prediction"] for r in a], [r["prediction"] for r in b],
-            [r["reference"] for r in a], metric.corpus, corpus_resamples(resamples), seed)
+            _statistics(a, name), _statistics(b, name), _corpus_score(name), resamples, seed)
     return diff, len(a)
 
 
