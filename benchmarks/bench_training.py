@@ -1,24 +1,29 @@
 """Training throughput and memory: this workflow's trainer against two common setups.
 
-    python benchmarks/bench_training.py [--steps 12] [--batch 8] [--mem-layers 16]
+    python benchmarks/bench_training.py [--samples 96] [--batch 8] [--mem-layers 16] [--parts speed]
 
 Data: data/raw/alpaca_zh_demo.json through workflow_scripts.prepare_dataset (the train
 split), a byte-level BPE trained on it, and randomly initialised Qwen2 models (their speed
 and memory do not depend on the weights). Every measurement runs in its own process, so each
 peak RSS is that run's own.
 
-Speed: one LoRA model (r=8, all-linear), the same samples, learning rate, batch size and
-number of optimizer steps for
+Speed: one LoRA model (r=8, all-linear), the learning rate and batch size, and one epoch over
+the same `--samples` records drawn at random from the train split (seeded), for
 
-- workflow: train_adapter's own trainer (length-grouped batches, dynamic padding), and the
-  same with `training.packing: true`;
+- workflow: train_adapter's own trainer (length-grouped batches in random order, dynamic
+  padding), and the same with `training.packing: true` (fewer, fuller rows);
 - padded: the tutorial setup, transformers Trainer with every sample padded to 512 tokens;
 - trl: TRL's SFTTrainer with its defaults (conversational dataset, padding to the longest
   sample in a random batch, max_length 1024), except bf16 (off: CPU) and gradient
-  checkpointing (off, as in the other runs).
+  checkpointing (off, as in the other runs);
+- ceiling: forward, backward and AdamW step of the same LoRA model on full batches (`--batch`
+  rows of the records' mean length) cut from the same records' tokens: no padding, no
+  masking, no Trainer. A setup's share of it says how much padding and overhead cost.
 
 Measured: non-padding tokens per second over `trainer.train()` (model loading and
-tokenization excluded) and the process's peak RSS.
+tokenization excluded; no evaluation and no checkpoint in any setup) and the process's peak
+RSS. Every setup sees every record once: an earlier version timed 12 steps, which under
+length grouping were the longest batches of the first mega-batch, and flattered it.
 
 Memory: a ~270M-parameter Qwen2 (bf16 checkpoint, as real ones are) trained for two steps
 through train_adapter.train as LoRA (fp32 weights on the CPU) and as QLoRA (NF4 + double
@@ -85,10 +90,11 @@ def job(model_dir: Path, method: str, **training) -> dict:
             "base_model": {"source": "path", "path": str(model_dir)}}
 
 
-def speed_training(steps: int, batch: int, **extra) -> dict:
-    return dict(learning_rate=LEARNING_RATE, max_steps=steps, batch_size=batch,
-                max_length=MAX_LENGTH, warmup_ratio=0.0, logging_steps=steps,
-                save_steps=10 * steps, **extra)
+def speed_training(batch: int, **extra) -> dict:
+    """One epoch, no evaluation (speed-data has no valid split), no checkpoint."""
+    return dict(learning_rate=LEARNING_RATE, max_steps=-1, epochs=1, batch_size=batch,
+                max_length=MAX_LENGTH, warmup_ratio=0.0, logging_steps=1000,
+                save_steps=100000, eval_steps=0, **extra)
 
 
 def timed_train(trainer) -> dict:
@@ -101,19 +107,20 @@ def timed_train(trainer) -> dict:
             "peak_rss_mb": peak_rss_mb()}
 
 
-def run_workflow(work: Path, steps: int, batch: int, packing: bool) -> dict:
+def run_workflow(work: Path, batch: int, packing: bool) -> dict:
     from transformers import set_seed
 
     from workflow_scripts.model_loading import load_tokenizer
     from workflow_scripts.train_adapter import build_peft_model, build_trainer
 
     model_dir = work / "speed-model"
-    spec = job(model_dir, "lora", **speed_training(steps, batch, packing=packing))
+    spec = job(model_dir, "lora", **speed_training(batch, packing=packing))
     set_seed(0)
     model = build_peft_model(str(model_dir), spec["experiment"], False)
     name = f"workflow-{packing}"
-    trainer, _ = build_trainer(spec, model, load_tokenizer(str(model_dir)), work / "data",
+    trainer, _ = build_trainer(spec, model, load_tokenizer(str(model_dir)), work / "speed-data",
                                work / name, work / f"{name}-checkpoints")
+    trainer.args.save_strategy = "no"  # no checkpoint at the end either, as in the baselines
     return timed_train(trainer)
 
 
@@ -127,11 +134,11 @@ def lora_model(model_dir: Path):
     return get_peft_model(load_model(str(model_dir)), lora_config("lora", experiment["lora"]))
 
 
-def baseline_arguments(cls, work: Path, steps: int, batch: int, **extra):
+def baseline_arguments(cls, work: Path, batch: int, **extra):
     """The same optimizer settings as the workflow's run, for Trainer or SFTTrainer."""
-    return cls(output_dir=str(work / "baseline"), max_steps=steps,
+    return cls(output_dir=str(work / "baseline"), num_train_epochs=1,
                per_device_train_batch_size=batch, learning_rate=LEARNING_RATE,
-               lr_scheduler_type="cosine", logging_steps=steps, save_strategy="no",
+               lr_scheduler_type="cosine", logging_steps=1000, save_strategy="no",
                report_to="none", use_cpu=True, seed=0,
                include_num_input_tokens_seen="non_padding", **extra)
 
@@ -139,10 +146,10 @@ def baseline_arguments(cls, work: Path, steps: int, batch: int, **extra):
 def chats(work: Path) -> list[list[dict]]:
     from workflow_scripts.io_utils import read_jsonl
 
-    return [r["messages"] for r in read_jsonl(work / "data" / "train.jsonl")]
+    return [r["messages"] for r in read_jsonl(work / "speed-data" / "train.jsonl")]
 
 
-def run_padded(work: Path, steps: int, batch: int) -> dict:
+def run_padded(work: Path, batch: int) -> dict:
     """The tutorial recipe: every sample padded to max_length, loss on every real token."""
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
@@ -157,13 +164,13 @@ def run_padded(work: Path, steps: int, batch: int) -> dict:
                      for ids, mask in zip(enc["input_ids"], enc["attention_mask"])]
     set_seed(0)
     trainer = Trainer(model=lora_model(model_dir),
-                      args=baseline_arguments(TrainingArguments, work, steps, batch),
+                      args=baseline_arguments(TrainingArguments, work, batch),
                       train_dataset=Dataset.from_dict(dict(enc)),
                       data_collator=default_data_collator)
     return timed_train(trainer)
 
 
-def run_trl(work: Path, steps: int, batch: int, trl_site: str) -> dict:
+def run_trl(work: Path, batch: int, trl_site: str) -> dict:
     sys.path.insert(0, trl_site)
     from datasets import Dataset
     from transformers import set_seed
@@ -175,13 +182,42 @@ def run_trl(work: Path, steps: int, batch: int, trl_site: str) -> dict:
     model_dir = work / "speed-model"
     experiment = job(model_dir, "lora")["experiment"]
     set_seed(0)
-    args = baseline_arguments(SFTConfig, work, steps, batch, bf16=False,
+    args = baseline_arguments(SFTConfig, work, batch, bf16=False,
                               gradient_checkpointing=False)
     trainer = SFTTrainer(model=load_model(str(model_dir)), args=args,
                          train_dataset=Dataset.from_list([{"messages": m} for m in chats(work)]),
                          processing_class=load_tokenizer(str(model_dir)),
                          peft_config=lora_config("lora", experiment["lora"]))
     return timed_train(trainer)
+
+
+def run_ceiling(work: Path, batch: int) -> dict:
+    """Forward, backward and optimizer step on full rows of the records' real tokens."""
+    import torch
+    from transformers import set_seed
+
+    from workflow_scripts.chat_tokenize import tokenize_records
+    from workflow_scripts.model_loading import load_tokenizer
+    from workflow_scripts.resource_usage import peak_rss_mb
+
+    model_dir = work / "speed-model"
+    records = [{"messages": m} for m in chats(work)]
+    features, stats = tokenize_records(load_tokenizer(str(model_dir)), records, MAX_LENGTH)
+    width = round(stats.tokens / len(features))
+    stream = torch.tensor([t for f in features for t in f["input_ids"]])
+    rows = stream[: len(stream) // width * width].view(-1, width)
+    set_seed(0)
+    model = lora_model(model_dir).train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE)
+    start = time.perf_counter()
+    for first in range(0, len(rows), batch):
+        ids = rows[first:first + batch]
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    seconds = time.perf_counter() - start
+    return {"tokens": rows.numel(), "seconds": seconds, "peak_rss_mb": peak_rss_mb(),
+            "row_length": width}
 
 
 def vm_rss_mb() -> float:
@@ -223,29 +259,42 @@ def run_memory(work: Path, method: str, checkpointing: bool) -> dict:
     return {"seconds": metrics["wall_time_s"], **rss}
 
 
-def setup(work: Path, mem_layers: int) -> dict:
-    """Data, tokenizer and both random models; returns what the table reports about them."""
+def speed_sample(data: Path, out: Path, samples: int) -> int:
+    """`samples` train records drawn at random (seed 0): every speed setup trains on them."""
+    import random
+
+    from workflow_scripts.io_utils import read_jsonl, write_jsonl
+
+    records = list(read_jsonl(data / "train.jsonl"))
+    out.mkdir()
+    return write_jsonl(out / "train.jsonl", random.Random(0).sample(records, min(samples, len(records))))
+
+
+def setup(work: Path, mem_layers: int, samples: int, parts: str) -> dict:
+    """Data, tokenizer and the random models `parts` needs; what the table reports of them."""
     from workflow_scripts.build_base_model import train_tokenizer
     from workflow_scripts.io_utils import read_jsonl, write_jsonl
 
     data = prepare_data(work)
+    speed_samples = speed_sample(data, work / "speed-data", samples)
     conversations = [r["messages"] for r in read_jsonl(data / "train.jsonl")]
     tokenizer = train_tokenizer(conversations, vocab_size=8000)
     save_model(work / "speed-model", tokenizer, "float32", **SPEED_MODEL)
-    save_model(work / "memory-model", tokenizer, "bfloat16", hidden_size=1024,
-               intermediate_size=4096, num_hidden_layers=mem_layers, num_attention_heads=16,
-               num_key_value_heads=16)
+    if "memory" in parts:
+        save_model(work / "memory-model", tokenizer, "bfloat16", hidden_size=1024,
+                   intermediate_size=4096, num_hidden_layers=mem_layers, num_attention_heads=16,
+                   num_key_value_heads=16)
     records = list(read_jsonl(data / "train.jsonl"))
     (work / "memory-data").mkdir()
     write_jsonl(work / "memory-data" / "train.jsonl", records[:32])
     write_jsonl(work / "memory-data" / "valid.jsonl", records[32:36])
-    return {"train_samples": len(records), "vocab": len(tokenizer)}
+    return {"train_samples": len(records), "speed_samples": speed_samples, "vocab": len(tokenizer)}
 
 
 def in_subprocess(work: Path, name: str, args: argparse.Namespace) -> dict:
     """The worker's JSON result plus its whole-process peak RSS, from its own rusage."""
     cmd = [sys.executable, __file__, "--worker", name, "--work", str(work),
-           "--steps", str(args.steps), "--batch", str(args.batch), "--trl-site", args.trl_site or ""]
+           "--batch", str(args.batch), "--trl-site", args.trl_site or ""]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
         _, status, usage = os.wait4(proc.pid, 0)
@@ -262,22 +311,26 @@ def worker(name: str, work: Path, args: argparse.Namespace) -> dict:
         _, method, checkpointing = name.split("-")
         return run_memory(work, method, checkpointing == "checkpointing")
     if name == "padded":
-        return run_padded(work, args.steps, args.batch)
+        return run_padded(work, args.batch)
     if name == "trl":
-        return run_trl(work, args.steps, args.batch, args.trl_site)
-    return run_workflow(work, args.steps, args.batch, packing=name == "workflow+packing")
+        return run_trl(work, args.batch, args.trl_site)
+    if name == "ceiling":
+        return run_ceiling(work, args.batch)
+    return run_workflow(work, args.batch, packing=name == "workflow+packing")
 
 
 def print_speed(speed: dict[str, dict], info: dict) -> None:
     rate = {name: r["tokens"] / r["seconds"] for name, r in speed.items()}
-    print(f"\nspeed: {info['steps']} steps x batch {info['batch']}, LoRA r=8 all-linear on a "
-          f"random Qwen2 ({SPEED_MODEL}), {info['train_samples']} alpaca_zh train samples")
+    print(f"\nspeed: one epoch over {info['speed_samples']} of the {info['train_samples']} alpaca_zh "
+          f"train samples, batch {info['batch']}, LoRA r=8 all-linear on a random Qwen2 "
+          f"({SPEED_MODEL}); ceiling rows of {speed['ceiling']['row_length']} tokens")
     print(f"{'setup':<18}{'tokens':>8}{'s':>8}{'tok/s':>9}{'peak RSS MB':>13}"
-          f"{'vs padded':>11}{'vs trl':>8}")
+          f"{'vs padded':>11}{'vs trl':>8}{'of ceiling':>12}")
     for name, r in speed.items():
         vs_trl = f"{rate[name] / rate['trl']:.2f}x" if "trl" in rate else "-"
         print(f"{name:<18}{r['tokens']:>8}{r['seconds']:>8.1f}{rate[name]:>9.0f}"
-              f"{r['peak_rss_mb']:>13.0f}{rate[name] / rate['padded']:>10.2f}x{vs_trl:>8}")
+              f"{r['peak_rss_mb']:>13.0f}{rate[name] / rate['padded']:>10.2f}x{vs_trl:>8}"
+              f"{rate[name] / rate['ceiling']:>12.2f}")
 
 
 MEMORY_TARGET = 0.6  # the issue's bound on QLoRA / LoRA peak RSS
@@ -303,7 +356,7 @@ def print_memory(memory: dict[str, dict], info: dict) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--samples", type=int, default=96, help="records every speed setup trains on")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--mem-layers", type=int, default=16, help="layers of the memory model")
     parser.add_argument("--trl-site", default="/tmp/trl-site", help="where trl is installed")
@@ -316,8 +369,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        info = setup(work, args.mem_layers) | {"steps": args.steps, "batch": args.batch}
-        names = ["workflow", "workflow+packing", "padded"]
+        info = setup(work, args.mem_layers, args.samples, args.parts) | {"batch": args.batch}
+        names = ["workflow", "workflow+packing", "padded", "ceiling"]
         names += ["trl"] if args.trl_site and Path(args.trl_site, "trl").exists() else []
         if "speed" in args.parts:
             print_speed({name: in_subprocess(work, name, args) for name in names}, info)

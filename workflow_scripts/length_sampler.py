@@ -46,7 +46,8 @@ def length_grouped_order(lengths: Sequence[int], group_size: int,
     for start in range(0, n, mega):
         chunk = sorted(permuted[start:start + mega], key=lambda i: lengths[i], reverse=True)
         for g in range(0, len(chunk), group_size):
-            (full if len(chunk[g:g + group_size]) == group_size else partial).append(chunk[g:g + group_size])
+            group = chunk[g:g + group_size]
+            (full if len(group) == group_size else partial).append(group)
     order = torch.randperm(len(full), generator=generator).tolist()
     return [i for g in order for i in full[g]] + [i for group in partial for i in group]
 

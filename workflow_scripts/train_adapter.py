@@ -101,7 +101,8 @@ def tokenize_split(tokenizer, path: Path, training: dict):
     if not path.exists():
         return [], TokenizeStats()
     records = list(read_jsonl(path))
-    return tokenize_records(tokenizer, records, training["max_length"], training.get("overflow", "truncate"))
+    overflow = training.get("overflow", "truncate")
+    return tokenize_records(tokenizer, records, training["max_length"], overflow)
 
 
 def training_dataset(tokenizer, path: Path, training: dict):
@@ -426,15 +427,15 @@ def train(job: dict, model_dir: str, data_dir: Path, out_dir: Path, checkpoint_r
     checkpoint = last_complete_checkpoint(checkpoint_dir)
     clock = RunClock(load_clock(checkpoint))
     trainer, stats = build_trainer(job, model, tokenizer, data_dir, out_dir, checkpoint_dir, clock)
-    main = trainer.is_world_process_zero()
-    progress = ProgressFile(progress_file if main else None)
+    writes = trainer.is_world_process_zero()
+    progress = ProgressFile(progress_file if writes else None)
     recorder = RunRecorder(clock, checkpoint_dir / "timings.jsonl", progress, checkpoint is not None)
     trainer.add_callback(recorder)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     evaluated = [e["step"] for e in trainer.state.log_history if "eval_loss" in e]
     if trainer.eval_features and evaluated[-1:] != [trainer.state.global_step]:
         trainer.evaluate()
-    if not main:
+    if not writes:
         return None
 
     rows = log_rows(trainer.state.log_history, recorder.rows)
