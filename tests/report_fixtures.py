@@ -278,7 +278,7 @@ def summary_problems(metrics_dir: Path, md: str) -> list[str]:
             problems.append(f"no summary line starts with {start!r}")
             continue
         ties = set(group[(group["position"] > 1) & (group["verdict"] != "worse")]["experiment"])
-        tail = line.split("cannot be told apart from", 1)[1] if "cannot be told apart" in line else ""
+        tail = line.split("cannot be told apart from", 1)[-1] if "cannot be told" in line else ""
         named = set(re.findall(r"([\w.-]+) \([+-]", tail))
         if named != ties:
             problems.append(f"{dataset}/{model}: summary ties {sorted(named)}, "

@@ -26,7 +26,8 @@ from workflow_scripts.report.formatting import Table, fmt
 from workflow_scripts.report.studies import HYPERPARAMETERS, METHOD, RANK
 from workflow_scripts.report.summary import summary
 
-PLOT_ORDER = ("test_loss", "base_vs_finetuned", "rank_metrics", "rank_cost", "method_cost", "training_loss")
+PLOT_ORDER = ("test_loss", "base_vs_finetuned", "rank_metrics", "rank_cost", "method_cost",
+              "training_loss")
 
 
 def read_tsv(path: Path) -> pd.DataFrame:

@@ -167,7 +167,8 @@ def data_tables(datasets: list[str], results: Path) -> list[Table]:
         table.rows += [[f"rejected: {reason.replace('_', ' ')}", fmt(n)]
                        for reason, n in rejected if n]
         splits = stats.get("splits", {})
-        table.rows += [[f"{split} split", fmt(splits[split])] for split in SPLITS if split in splits]
+        table.rows += [[f"{split} split", fmt(splits[split])]
+                       for split in SPLITS if split in splits]
         tables.append(table)
     return tables
 
@@ -193,19 +194,27 @@ def length_table(datasets: list[str], results: Path, stats_table: pd.DataFrame) 
 
 
 def rejected_examples(datasets: list[str], results: Path, limit: int = 300) -> Table:
-    """The first rejected record of each reason, per dataset."""
+    """The first rejected record of each reason, per dataset (reading rejects.jsonl only
+    until every reason stats.json counts has been seen)."""
     table = Table(["dataset", "reason", "detail", "record"])
     for name in datasets:
         path = results / "data" / name / "rejects.jsonl"
+        stats = results / "data" / name / "stats.json"
         if not path.is_file():
             continue
+        counted = read_json(stats).get("rejected", {}) if stats.is_file() else {}
+        wanted = {reason for reason, n in counted.items() if n} or None
         seen = set()
         for row in read_jsonl(path):
-            if row["reason"] not in seen:
-                seen.add(row["reason"])
-                record = json.dumps(row.get("record"), ensure_ascii=False)
-                table.rows.append([name, row["reason"].replace("_", " "),
-                                   str(row.get("detail", "")), record if len(record) <= limit else record[:limit] + "…"])
+            if row["reason"] in seen:
+                continue
+            seen.add(row["reason"])
+            record = json.dumps(row.get("record"), ensure_ascii=False)
+            record = record if len(record) <= limit else record[:limit] + "…"
+            table.rows.append([name, row["reason"].replace("_", " "),
+                               str(row.get("detail", "")), record])
+            if wanted is not None and wanted <= seen:
+                break
     return table
 
 
