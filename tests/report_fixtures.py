@@ -17,7 +17,7 @@ from pathlib import Path
 
 from workflow_scripts import collect_metrics, render_report
 from workflow_scripts.experiment_config import resolve_experiments, validate
-from workflow_scripts.io_utils import write_json, write_jsonl
+from workflow_scripts.io_utils import read_json, write_json, write_jsonl
 from workflow_scripts.text_metrics import compute_text_metrics, sample_scores
 
 REPO = Path(__file__).resolve().parent.parent
@@ -140,6 +140,24 @@ def record_losses(name: str, quality: float) -> list[dict]:
     return rows
 
 
+def tool_calls(quality: float, count: int = 10) -> list[dict]:
+    """tool_calls.jsonl rows: a `quality` share of the calls parse, name and argue right."""
+    return [{"id": f"t{i}", "prediction": "", **dict.fromkeys(
+        ("tool_valid", "tool_name_correct", "tool_args_exact"), int(i < quality * count))}
+        for i in range(count)]
+
+
+def write_tool_calls(directory: Path, quality: float) -> None:
+    """Tool-call scores for an evaluation of a dataset with calls (here: lccc's)."""
+    rows = tool_calls(quality)
+    write_jsonl(directory / "tool_calls.jsonl", rows)
+    metrics = read_json(directory / "metrics.json")
+    names = {"tool_valid": "tool_valid_share", "tool_name_correct": "tool_name_accuracy",
+             "tool_args_exact": "tool_args_exact"}
+    metrics.update({name: sum(r[key] for r in rows) / len(rows) for key, name in names.items()})
+    write_json(directory / "metrics.json", metrics)
+
+
 def write_eval(directory: Path, samples: list, quality: float, dialogue: bool,
                quantization: str | None = None) -> None:
     rows = answers(samples, quality)
@@ -152,6 +170,7 @@ def write_eval(directory: Path, samples: list, quality: float, dialogue: bool,
                     "n_records": len(losses),
                     "eot_share": sum(r["ended"] for r in rows) / len(rows),
                     "gen_time_per_sample_s": 0.2, "n_samples": len(rows),
+                    "stopped_share": sum(r["ended"] for r in rows) / len(rows),
                     "quantization": quantization,
                     "settings_key": NF4_KEY if quantization else FULL_KEY})
     write_jsonl(directory / "predictions.jsonl", rows)
@@ -202,6 +221,8 @@ def write_experiment(results: Path, name: str, config: dict) -> None:
     dialogue = config["dataset"] == "lccc"
     write_eval(results / "eval" / name, DIALOGUE if dialogue else SAMPLES, quality, dialogue,
                "4bit" if config["method"] == "qlora" else None)
+    if dialogue:
+        write_tool_calls(results / "eval" / name, quality + 0.2)
 
 
 def with_base_evals(experiments: dict) -> dict:
@@ -230,6 +251,8 @@ def build_results(root: Path) -> dict:
         write_eval(root / directory, DIALOGUE if dataset == "lccc" else SAMPLES,
                    BASE_QUALITY[dataset] - (0.05 if quantized else 0.0), dataset == "lccc",
                    "4bit" if quantized else None)
+        if dataset == "lccc":
+            write_tool_calls(root / directory, BASE_QUALITY[dataset])
     for name, exp in experiments.items():
         write_experiment(results, name, exp)
     run = {"experiments": experiments, "sweeps": config["sweeps"],

@@ -43,7 +43,11 @@ def test_tables_follow_the_contract(built):
     experiments = table(built, "experiments")
     assert set(experiments["experiment"]) == names and (experiments["status"] == "done").all()
     comparison = table(built, "comparison")
-    assert len(comparison) == len(names) * len(collect_metrics.EVAL_METRICS)
+    tool_metrics = {"tool_valid_share", "tool_name_accuracy", "tool_args_exact"}
+    general = len(collect_metrics.EVAL_METRICS) - len(tool_metrics)
+    assert len(comparison) == len(names) * general + len(tool_metrics)  # lccc-r8 has calls
+    assert set(comparison[comparison["experiment"] != "lccc-r8"]["metric"]).isdisjoint(
+        tool_metrics)
     log = table(built, "training_log")
     assert len(log) == sum(len(list(read_jsonl(built["results"] / "adapters" / n /
                                                "trainer_log.jsonl"))) for n in names)
@@ -88,6 +92,18 @@ def test_differences_are_paired_and_verdicts_follow_the_interval(built):
     assert noisy["verdict"] == "no clear difference"
     assert noisy["difference_low"] < 0 < noisy["difference_high"]
     assert (comparison["n_paired"].dropna() > 0).all()
+
+
+def test_tool_call_scores_are_compared_per_sample(built):
+    rows = table(built, "comparison").set_index(["experiment", "metric"])
+    valid = rows.loc[("lccc-r8", "tool_valid_share")]
+    assert (valid["base"], valid["finetuned"]) == (0.0, 0.9)
+    assert valid["n_paired"] == 10 and valid["difference_low"] > 0 and valid["verdict"] == "better"
+    stopped = rows.loc[("lccc-r8", "stopped_share")]  # no per-sample flag: no interval
+    assert stopped["verdict"] == "not tested" and math.isnan(stopped["difference_low"])
+    experiments = table(built, "experiments").set_index("experiment")
+    assert experiments.loc["lccc-r8", "tool_valid_share_low"] < 0.9
+    assert math.isnan(experiments.loc["rank-study-r4", "tool_valid_share"])
 
 
 def test_no_percent_change_against_a_near_zero_base(built):

@@ -24,7 +24,8 @@ from workflow_scripts.report.studies import study_rows
 
 EVAL_METRICS = ("loss", "perplexity", "bleu4", "rouge1", "rouge2", "rougeL", "sacrebleu",
                 "chrf", "distinct1", "distinct2", "nonempty_share", "eot_share",
-                "mean_answer_chars")
+                "stopped_share", "mean_answer_chars", "tool_valid_share", "tool_name_accuracy",
+                "tool_args_exact")
 EVAL_EXTRA = ("n_loss_tokens", "n_records", "gen_time_per_sample_s", "n_samples",
               "quantization", "settings_key")
 TRAIN_FIELDS = ("trainable_params", "total_params", "trainable_share", "steps", "wall_time_s",
@@ -116,13 +117,19 @@ def base_evals(configs: dict) -> dict[str, list[str]]:
     return found
 
 
+def reported(metric: str, *runs: EvalRun | None) -> bool:
+    """Whether either evaluation reports `metric` (tool-call metrics only exist for data
+    with tool calls)."""
+    return any(run is not None and run.metrics.get(metric) is not None for run in runs)
+
+
 def paired_row(name: str, config: dict, metric: str, base: EvalRun | None,
                other: EvalRun | None, evals: Evaluations) -> dict:
     b = base.metrics.get(metric) if base else None
     o = other.metrics.get(metric) if other else None
     row = {"experiment": name, "base_model": config["base_model"], "dataset": config["dataset"],
            "metric": metric, "base": b, "finetuned": o, "change_pct": change_pct(metric, b, o)}
-    if base and other:
+    if b is not None and o is not None:
         diff, n = paired_difference(base, other, metric, evals.seed, evals.resamples)
         row.update(difference=diff.estimate, difference_low=diff.low,
                    difference_high=diff.high, n_paired=n,
@@ -136,7 +143,7 @@ def comparison_rows(configs: dict, results: Path, evals: Evaluations) -> list[di
     for name, config in configs.items():
         base = evals.get(config.get("base_eval"))
         tuned = evals.get(Path(results.name) / "eval" / name)
-        for metric in EVAL_METRICS:
+        for metric in (m for m in EVAL_METRICS if reported(m, base, tuned)):
             rows.append(paired_row(name, config, metric, base, tuned, evals)
                         | {"base_eval": config.get("base_eval")})
     return rows
@@ -150,7 +157,7 @@ def quantization_rows(configs: dict, evals: Evaluations) -> list[dict]:
         if not config.get("base_eval_unquantized"):
             continue
         full, quant = evals.get(config["base_eval_unquantized"]), evals.get(config["base_eval"])
-        for metric in EVAL_METRICS:
+        for metric in (m for m in EVAL_METRICS if reported(m, full, quant)):
             rows.append(paired_row(name, config, metric, full, quant, evals)
                         | {"base_eval": config["base_eval_unquantized"]})
     return rows

@@ -1,8 +1,9 @@
 """One evaluation directory's files, and bootstrap intervals for every metric it reports.
 
 An evaluation directory (docs/artifacts.md) holds metrics.json, predictions.jsonl (the
-generated samples with per-sample scores) and record_losses.jsonl (every test record's loss
-sum and token count). Point estimates are taken from metrics.json; intervals and paired
+generated samples with per-sample scores), record_losses.jsonl (every test record's loss
+sum and token count) and, for datasets with tool calls, tool_calls.jsonl (per-sample 0/1
+call scores). Point estimates are taken from metrics.json; intervals and paired
 differences are recomputed from the two .jsonl files (workflow_scripts/uncertainty.py).
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ class Metric:
     not at all ("point": distinct-n, which counts the duplicates a resample with replacement
     makes as repetition, so its bootstrap would be biased low)."""
 
-    kind: str  # "records" | "samples" | "corpus" | "point"
+    kind: str  # "records" | "samples" | "tools" | "corpus" | "point"
     higher_is_better: bool
     floor: float  # a base value below this in magnitude gets no percent change
     sample: Callable[[dict], float] | None = None
@@ -54,8 +55,14 @@ METRICS: dict[str, Metric] = {
                              sample=lambda row: float(bool(row["prediction"].strip()))),
     "eot_share": Metric("samples", True, SHARE_FLOOR,
                         sample=lambda row: float(bool(row.get("ended")))),
+    "stopped_share": Metric("point", True, SHARE_FLOOR),  # predictions carry no per-sample flag
     "mean_answer_chars": Metric("samples", True, 1.0,
                                 sample=lambda row: float(len(row["prediction"]))),
+    # tool_eval's per-sample scores in tool_calls.jsonl, under their metrics.json names
+    **{name: Metric("tools", True, SHARE_FLOOR, sample=_score(key))
+       for key, name in (("tool_valid", "tool_valid_share"),
+                         ("tool_name_correct", "tool_name_accuracy"),
+                         ("tool_args_exact", "tool_args_exact"))},
 }
 
 
@@ -67,6 +74,7 @@ class EvalRun:
     metrics: dict
     samples: list[dict]
     records: list[dict]
+    tool_calls: list[dict]
 
     @classmethod
     def read(cls, path: Path) -> EvalRun | None:
@@ -74,7 +82,11 @@ class EvalRun:
         if not (path / "metrics.json").is_file():
             return None
         return cls(path, read_json(path / "metrics.json"), _rows(path / "predictions.jsonl"),
-                   _rows(path / "record_losses.jsonl"))
+                   _rows(path / "record_losses.jsonl"), _rows(path / "tool_calls.jsonl"))
+
+    def items(self, metric: Metric) -> list[dict]:
+        """The rows a metric is resampled over."""
+        return {"records": self.records, "tools": self.tool_calls}.get(metric.kind, self.samples)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -89,7 +101,8 @@ def _sample_values(rows: list[dict], metric: Metric, where: Path) -> list[float]
     try:
         return [metric.sample(row) for row in rows]
     except (KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{where / 'predictions.jsonl'}: a record lacks a usable {err}") from None
+        name = "tool_calls.jsonl" if metric.kind == "tools" else "predictions.jsonl"
+        raise ValueError(f"{where / name}: a record lacks a usable {err}") from None
 
 
 def _statistics(rows: list[dict], name: str) -> np.ndarray:
@@ -110,8 +123,8 @@ def interval(run: EvalRun, name: str, seed: int,
     if metric.kind == "records":
         return uncertainty.ratio_interval(*_records(run.records), resamples, seed,
                                           transform=metric.transform)
-    if metric.kind == "samples":
-        return uncertainty.mean_interval(_sample_values(run.samples, metric, run.path),
+    if metric.kind in ("samples", "tools"):
+        return uncertainty.mean_interval(_sample_values(run.items(metric), metric, run.path),
                                          resamples, seed)
     if not run.samples:
         return NO_INTERVAL
@@ -130,9 +143,7 @@ def paired_difference(base: EvalRun, other: EvalRun, name: str, seed: int,
                       resamples: int = uncertainty.RESAMPLES) -> tuple[Interval, int]:
     """Interval of other - base over the items both scored, and how many those are."""
     metric = METRICS[name]
-    source = (base.records, other.records) if metric.kind == "records" else (base.samples,
-                                                                              other.samples)
-    a, b = paired_rows(*source)
+    a, b = paired_rows(base.items(metric), other.items(metric))
     if not a:
         return NO_INTERVAL, 0
     if metric.kind == "point":
@@ -142,7 +153,7 @@ def paired_difference(base: EvalRun, other: EvalRun, name: str, seed: int,
     if metric.kind == "records":
         diff = uncertainty.paired_ratio_difference(_records(a), _records(b), resamples, seed,
                                                    transform=metric.transform)
-    elif metric.kind == "samples":
+    elif metric.kind in ("samples", "tools"):
         diff = uncertainty.paired_mean_difference(_sample_values(a, metric, base.path),
                                                   _sample_values(b, metric, other.path),
                                                   resamples, seed)
