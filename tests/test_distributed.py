@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,15 +36,27 @@ def cli(job: dict, model_dir: Path, data_dir: Path, root: Path) -> list[str]:
             "--threads", "1"]
 
 
+ENV = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", CUDA_VISIBLE_DEVICES="")
+# train_adapter's CLI with every optimizer step slowed down, so that a kill lands mid-run
+SLOW_MAIN = (
+    "import time, transformers\n"
+    "step = transformers.Trainer.training_step\n"
+    "transformers.Trainer.training_step = lambda *a, **k: (time.sleep(0.5), step(*a, **k))[1]\n"
+    "from workflow_scripts.train_adapter import main\n"
+    "main()\n"
+)
+
+
 def run(prefix: list[str], args: list[str]) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run([sys.executable, *prefix, *args], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, *prefix, *args], cwd=REPO, env=ENV,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
 
 
 def torchrun(nproc: int) -> list[str]:
-    return ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+    """torchrun as rules/train.smk starts it: each rank through gpu_slots --rank."""
+    return ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+            "-m", "workflow_scripts.gpu_slots", "--rank"]
 
 
 def test_two_processes_match_one_with_the_same_global_batch(qwen2_dir, data_dir, tmp_path):
@@ -72,3 +86,36 @@ def test_two_processes_match_one_with_the_same_global_batch(qwen2_dir, data_dir,
     # only rank 0 wrote: one log row per step, no leftovers of a second writer
     assert [r["step"] for r in logs[1] if "loss" in r] == [1, 2, 3, 4]
     assert not list((two / "checkpoints").iterdir())
+
+
+def test_a_killed_two_process_training_resumes_to_the_same_result(qwen2_dir, data_dir, tmp_path):
+    job = make_job(qwen2_dir, training__batch_size=2, training__devices=2, training__max_steps=6,
+                   training__save_steps=2, training__logging_steps=1, lora__dropout=0.0)
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run(torchrun(2), cli(job, qwen2_dir, data_dir, straight))
+
+    (tmp_path / "slow_train.py").write_text(SLOW_MAIN)
+    # SIGKILL to torchrun alone: its ranks run in sessions of their own and must die with it
+    proc = subprocess.Popen([sys.executable, *torchrun(2), "-m", "slow_train",
+                             *cli(job, qwen2_dir, data_dir, killed)[2:]], cwd=REPO,
+                            env=dict(ENV, PYTHONPATH=str(tmp_path)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list((killed / "checkpoints").glob("*/checkpoint-*/trainer_state.json")):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(5)  # ranks that outlived torchrun would go on and finish
+    assert not (killed / "adapter" / "train_metrics.json").exists()
+    assert list((killed / "checkpoints").glob("*/checkpoint-*"))
+    run(torchrun(2), cli(job, qwen2_dir, data_dir, killed))
+
+    metrics = [json.loads((r / "adapter" / "train_metrics.json").read_text())
+               for r in (straight, killed)]
+    assert [m["resumed_from_checkpoint"] for m in metrics] == [False, True]
+    assert metrics[1]["final_loss"] == pytest.approx(metrics[0]["final_loss"], rel=1e-6)
+    weights = [adapter_weights(r / "adapter") for r in (straight, killed)]
+    for name in weights[0]:
+        torch.testing.assert_close(weights[1][name], weights[0][name], atol=1e-7, rtol=0)

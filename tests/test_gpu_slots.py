@@ -117,7 +117,8 @@ def test_the_workflow_starts_each_job_through_its_slots(tmp_path):
     assert set(trains) >= {"rank-r2", "rank-r4", "lccc-qlora"}
     for name in ("rank-r2", "rank-r4"):
         assert "--gpus 2 --total 2 -- env GLOO_SOCKET_IFNAME=lo NCCL_SOCKET_IFNAME=lo python -m " \
-               "torch.distributed.run --standalone --nproc-per-node 2 -m workflow_scripts.train_adapter" \
+               "torch.distributed.run --standalone --nproc-per-node 2 -m workflow_scripts.gpu_slots --rank " \
+               "-m workflow_scripts.train_adapter" \
                in trains[name]
         assert "--threads 1 " in trains[name]  # the rule's 2 threads over two processes
     for name in set(trains) - {"rank-r2", "rank-r4"}:  # one device: one process on one GPU

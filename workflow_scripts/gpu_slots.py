@@ -4,6 +4,7 @@ Also what each job asks for (stage_resources) and how a training is launched (tr
 which the rules in rules/train.smk and rules/evaluate.smk read.
 
     python -m workflow_scripts.gpu_slots --gpus N --total M [--slots-dir DIR] -- CMD ...
+    python -m workflow_scripts.gpu_slots --rank -m MODULE ARGS ...   (a torchrun rank)
 
 Each of the machine's M GPUs is a slot file `DIR/gpu<i>.lock`; a job holds a slot by holding
 an exclusive `flock` on it. The launcher takes N free slots, sets CUDA_VISIBLE_DEVICES to those
@@ -60,6 +61,10 @@ def multi_node_resources(experiment: dict) -> dict:
             "tasks_per_gpu": 0, "mpi": "srun"}
 
 
+# Each torchrun rank starts through this module, so that it dies with torchrun (die_with_launcher).
+RANK_WRAPPER = "-m workflow_scripts.gpu_slots --rank"
+
+
 def train_launcher(training: dict) -> str:
     """The command that runs `-m workflow_scripts.train_adapter`: python for one process,
     torchrun for training.devices processes, srun + torchrun across training.nodes.
@@ -70,11 +75,12 @@ def train_launcher(training: dict) -> str:
     if nodes > 1:
         return (f"srun --nodes {nodes} --ntasks-per-node 1 python -m torch.distributed.run "
                 f"--nnodes {nodes} --nproc-per-node {devices} --rdzv-backend c10d "
-                '--rdzv-id "$SLURM_JOB_ID" --rdzv-endpoint "$(hostname)":$((29500 + SLURM_JOB_ID % 1000))')
+                '--rdzv-id "$SLURM_JOB_ID" --rdzv-endpoint "$(hostname)":$((29500 + SLURM_JOB_ID % 1000)) '
+                f"{RANK_WRAPPER}")
     if devices > 1:
         # One node: the processes' gloo/NCCL sockets listen on the loopback interface only.
         return ("env GLOO_SOCKET_IFNAME=lo NCCL_SOCKET_IFNAME=lo python -m torch.distributed.run "
-                f"--standalone --nproc-per-node {devices}")
+                f"--standalone --nproc-per-node {devices} {RANK_WRAPPER}")
     return "python"
 
 
@@ -157,8 +163,40 @@ def launch_env(gpus: int, total: int | None, env: dict[str, str], slots_dir: Pat
     return env, list(held.values())
 
 
+def die_with_launcher() -> None:
+    """End this process when the one that started it ends (Linux's parent-death signal).
+
+    torchrun starts each rank in a session of its own, so when torchrun is SIGKILLed (and
+    with it the slots it holds) its ranks would otherwise run on, on GPUs already free for
+    the next job, and finish writing outputs of a job that Snakemake counts as dead."""
+    import ctypes
+    import ctypes.util
+    import signal
+
+    pr_set_pdeathsig = 1
+    launcher = os.getppid()
+    ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl(pr_set_pdeathsig,
+                                                                    signal.SIGKILL)
+    if os.getppid() != launcher:  # it ended before the signal was set up
+        os._exit(1)
+
+
+def run_rank(argv: list[str]) -> None:
+    """`--rank -m MODULE ARGS...`: run MODULE as __main__ in a rank that dies with torchrun."""
+    import runpy
+
+    if len(argv) < 2 or argv[0] != "-m":
+        raise SystemExit("gpu_slots: usage: --rank -m MODULE [ARGS ...]")
+    if sys.platform.startswith("linux"):
+        die_with_launcher()
+    sys.argv = [argv[1], *argv[2:]]
+    runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--rank"]:
+        return run_rank(argv[1:])
     if "--" not in argv:
         raise SystemExit("gpu_slots: usage: --gpus N [--total M] [--slots-dir DIR] -- CMD ...")
     split = argv.index("--")
