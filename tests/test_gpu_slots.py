@@ -108,7 +108,7 @@ def test_the_workflow_starts_each_job_through_its_slots(tmp_path):
     workflow = make_workflow(tmp_path)
     config = yaml.safe_load(workflow.config.read_text())
     config["sweeps"]["rank"]["base"]["training"] = {"devices": 2}
-    config["experiments"]["lccc-qlora"]["resources"] = {"merge": {"gpu": 1}}
+    config["experiments"]["lccc-qlora"]["resources"] = {"merge": {"gpu": 0}}  # merge on the CPU
     workflow.config.write_text(yaml.safe_dump(config))
     proc = workflow.run("-n", "-p", "--cores", "4", "--resources", "gpu=2")
     commands = [line for line in proc.stdout.splitlines() if "workflow_scripts.gpu_slots" in line]
@@ -124,7 +124,7 @@ def test_the_workflow_starts_each_job_through_its_slots(tmp_path):
     for name in set(trains) - {"rank-r2", "rank-r4"}:  # one device: one process on one GPU
         assert "--gpus 1 --total 2 -- python -m workflow_scripts.train_adapter" in trains[name]
     merges = [c for c in commands if "merge_adapter" in c]
-    assert len(merges) == 1 and "--gpus 1 --total 2 -- python -m" in merges[0]
+    assert len(merges) == 1 and "--gpus 0 --total 2 -- python -m" in merges[0]
 
 
 def experiment(devices=1, nodes=1, **resources) -> dict:
