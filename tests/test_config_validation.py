@@ -132,8 +132,8 @@ def test_defaults_are_filled():
     assert cfg["cleaning"]["dedupe"] is True and cfg["report"]["title"]
     assert cfg["merge"] == ["lccc-qlora"] and "evaluation" in cfg["defaults"]
     exp = resolved(config)["lccc-qlora"]
-    assert exp["lora"] == {"r": 4, "alpha": 16, "dropout": 0.05,
-                           "target_modules": "all-linear", "rslora": False}
+    assert exp["lora"] == {"r": 4, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear",
+                           "rslora": False, "trainable_tokens": []}
     assert exp["training"]["scheduler"] == "cosine" and exp["resources"] == {}
 
 

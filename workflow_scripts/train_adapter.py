@@ -62,7 +62,8 @@ def checkpoint_key(job: dict, data_files: list[Path], model_dir: str | Path) -> 
     return digest.hexdigest()[:16]
 
 
-def lora_config(method: str, lora: dict):
+def lora_config(method: str, lora: dict, token_ids: list[int] | None = None):
+    """The PEFT config; `token_ids` are embedding rows trained beside the LoRA matrices."""
     from peft import LoraConfig, TaskType
 
     return LoraConfig(
@@ -73,7 +74,22 @@ def lora_config(method: str, lora: dict):
         target_modules=lora["target_modules"],
         use_dora=method == "dora",
         use_rslora=lora.get("rslora", False),
+        trainable_token_indices=token_ids or None,
     )
+
+
+def trainable_token_ids(model_dir: str, tokens: list[str], trust_remote_code: bool) -> list[int]:
+    """Ids of `lora.trainable_tokens`: chat-format tokens a base model never learned (the
+    scratch model's <|im_start|> and <|im_end|>), whose embedding rows the adapter trains."""
+    if not tokens:
+        return []
+    from workflow_scripts.model_loading import load_tokenizer
+
+    vocab = load_tokenizer(model_dir, trust_remote_code=trust_remote_code).get_vocab()
+    unknown = [t for t in tokens if t not in vocab]
+    if unknown:
+        raise SystemExit(f"lora.trainable_tokens: {unknown} not in the vocabulary of {model_dir}")
+    return sorted(vocab[t] for t in tokens)
 
 
 def build_peft_model(model_dir: str, experiment: dict, trust_remote_code: bool):
@@ -91,7 +107,9 @@ def build_peft_model(model_dir: str, experiment: dict, trust_remote_code: bool):
             use_gradient_checkpointing=experiment["training"]["gradient_checkpointing"],
             gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS,
         )
-    return get_peft_model(model, lora_config(experiment["method"], experiment["lora"]))
+    token_ids = trainable_token_ids(model_dir, experiment["lora"].get("trainable_tokens", []),
+                                    trust_remote_code)
+    return get_peft_model(model, lora_config(experiment["method"], experiment["lora"], token_ids))
 
 
 def tokenize_split(tokenizer, path: Path, training: dict):
