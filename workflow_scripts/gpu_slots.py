@@ -17,9 +17,10 @@ picked: a job waiting for two GPUs keeps its turn instead of being overtaken for
 one-GPU jobs, and since slot holders never wait for anything, nobody deadlocks.
 
 With no GPUs to share (M is 0, or not given and CUDA_VISIBLE_DEVICES unset) and inside a
-Slurm job (Slurm gives each job its own devices), CMD starts unchanged. A job that asks for no GPU on a
-machine with M > 0 gets CUDA_VISIBLE_DEVICES="" so that it cannot land on a GPU in use.
-If CUDA_VISIBLE_DEVICES is already set, slot i means its i-th entry, and M defaults to its length.
+Slurm job (Slurm gives each job its own devices), CMD starts unchanged. A job that asks for
+no GPU on a machine with M > 0 gets CUDA_VISIBLE_DEVICES="" so that it cannot land on a GPU
+in use. If CUDA_VISIBLE_DEVICES is already set, slot i means its i-th entry, and M defaults
+to its length.
 """
 from __future__ import annotations
 
