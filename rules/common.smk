@@ -13,6 +13,7 @@ if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
     shell.prefix(f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; ")
 
 from workflow_scripts.experiment_config import alternatives_regex, resolve_experiments, validate
+from workflow_scripts.gpu_slots import stage_resources
 from workflow_scripts.io_utils import canonical_json, evaluation_key
 from workflow_scripts.model_loading import resolve_model_dir
 
@@ -137,3 +138,20 @@ def base_eval_job(wildcards):
 
 def experiment_resource(key, default):
     return lambda wildcards: EXPERIMENTS[wildcards.experiment]["resources"].get(key, default)
+
+
+def machine_gpus(wildcards):
+    """The GPUs this machine has, from the profile's `resources: gpu` (0 when unset)."""
+    return workflow.global_resources.get("gpu").value or 0
+
+
+def base_eval_resource(key, default):
+    """A base evaluation asks for the most that any experiment on its model and data asks
+    for its own evaluation."""
+
+    def get(wildcards):
+        values = [stage_resources(e, "evaluate")[key] for e in EXPERIMENTS.values()
+                  if (e["base_model"], e["dataset"]) == (wildcards.model, wildcards.dataset)]
+        return max((v for v in values if v is not None), default=default)
+
+    return get

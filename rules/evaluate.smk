@@ -18,8 +18,10 @@ rule evaluate:
         out_dir=lambda w, output: os.path.dirname(output.metrics),
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=lambda w: stage_resources(EXPERIMENTS[w.experiment], "evaluate")["mem_mb"] or 8000,
+        runtime=lambda w: stage_resources(EXPERIMENTS[w.experiment], "evaluate")["runtime"] or 60,
+        gpu=lambda w: stage_resources(EXPERIMENTS[w.experiment], "evaluate")["gpu"],
+        machine_gpus=machine_gpus,
     conda:
         "../envs/workflow.yaml"
     log:
@@ -27,6 +29,8 @@ rule evaluate:
     benchmark:
         "results/benchmarks/evaluate/{experiment}.tsv"
     shell:
+        "python -m workflow_scripts.gpu_slots --gpus {resources.gpu} "
+        "--total {resources.machine_gpus} -- "
         "python -m workflow_scripts.evaluate_model --config {params.cfg:q} "
         "--model-dir {input.model:q} --adapter-dir {params.adapter_dir:q} "
         "--test-file {input.test:q} --out-dir {params.out_dir:q} "
@@ -49,8 +53,10 @@ rule evaluate_base:
         out_dir=lambda w, output: os.path.dirname(output.metrics),
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=60,
+        mem_mb=base_eval_resource("mem_mb", 8000),
+        runtime=base_eval_resource("runtime", 60),
+        gpu=base_eval_resource("gpu", 0),
+        machine_gpus=machine_gpus,
     conda:
         "../envs/workflow.yaml"
     log:
@@ -58,6 +64,8 @@ rule evaluate_base:
     benchmark:
         "results/benchmarks/evaluate_base/{model}/{dataset}/{key}.tsv"
     shell:
+        "python -m workflow_scripts.gpu_slots --gpus {resources.gpu} "
+        "--total {resources.machine_gpus} -- "
         "python -m workflow_scripts.evaluate_model --config {params.cfg:q} "
         "--model-dir {input.model:q} --test-file {input.test:q} --out-dir {params.out_dir:q} "
         "--threads {threads} > {log:q} 2>&1"

@@ -2,7 +2,7 @@
 # distinct devices for the job's lifetime (a no-op on Slurm, which gives each job its own); a
 # training with training.devices > 1 runs under torchrun, with training.nodes > 1 under srun
 # on Slurm. See docs/gpus.md and docs/slurm.md.
-from workflow_scripts.gpu_slots import multi_node_resources, stage_resources, train_launcher
+from workflow_scripts.gpu_slots import multi_node_resources, train_launcher
 
 TRAIN_CODE = ("train_adapter", "chat_tokenize", "packing", "model_loading", "resource_usage",
               "run_info", "token_loss", "length_sampler", "train_progress")
@@ -37,7 +37,7 @@ rule train_adapter:
         tasks_per_gpu=lambda w: multi_node_resources(EXPERIMENTS[w.experiment])["tasks_per_gpu"],
         mpi=lambda w: multi_node_resources(EXPERIMENTS[w.experiment])["mpi"],
         slot_gpus=lambda w: stage_resources(EXPERIMENTS[w.experiment], "train")["gpu"],
-        machine_gpus=lambda w: workflow.global_resources.get("gpu").value or 0,
+        machine_gpus=machine_gpus,
         threads_per_process=lambda w, threads: max(
             1, threads // EXPERIMENTS[w.experiment]["training"]["devices"]
         ),
@@ -73,7 +73,7 @@ rule merge_adapter:
         mem_mb=lambda w: stage_resources(EXPERIMENTS[w.experiment], "merge")["mem_mb"] or 8000,
         runtime=lambda w: stage_resources(EXPERIMENTS[w.experiment], "merge")["runtime"] or 60,
         gpu=lambda w: stage_resources(EXPERIMENTS[w.experiment], "merge")["gpu"],
-        machine_gpus=lambda w: workflow.global_resources.get("gpu").value or 0,
+        machine_gpus=machine_gpus,
     conda:
         "../envs/workflow.yaml"
     log:

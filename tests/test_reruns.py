@@ -57,7 +57,9 @@ def test_evaluation_setting_reruns_evaluations_not_training(clone):
     edit_config(clone, lambda c: c["defaults"]["evaluation"].update(max_new_tokens=6))
     planned = clone.planned_jobs()
     assert "train_adapter" not in planned and "build_base_model" not in planned
-    assert planned["evaluate"] == 3 and planned["evaluate_base"] == 2
+    # rank-r2, rank-r4 and lccc-qlora; the tool experiments set their own max_new_tokens.
+    # Bases: alpaca_zh, and lccc in 4 bits (lccc-qlora's twin) and unquantized (its cost)
+    assert planned["evaluate"] == 3 and planned["evaluate_base"] == 3
 
 
 def test_new_records_rerun_that_dataset_downstream_only(clone):
@@ -77,8 +79,15 @@ def test_code_change_reruns_the_rules_that_use_it(clone):
     module = clone.code / "workflow_scripts" / "text_metrics.py"
     module.write_text(module.read_text() + "\n# edited\n")
     planned = clone.planned_jobs()
-    assert planned == {"evaluate": 3, "evaluate_base": 2, "collect_metrics": 1,
+    assert planned == {"evaluate": 5, "evaluate_base": 5, "collect_metrics": 1,
                        "render_report": 1, "all": 1}
+
+
+def test_training_seed_keeps_the_splits(clone):
+    edit_config(clone, lambda c: c.update(seed=8))
+    planned = clone.planned_jobs()
+    assert "prepare_dataset" not in planned  # splits have their own seed
+    assert planned["build_base_model"] == 1 and planned["train_adapter"] == 5
 
 
 TIMING_KEYS = {"gen_time_per_sample_s"}
@@ -86,7 +95,7 @@ TIMING_KEYS = {"gen_time_per_sample_s"}
 
 def test_the_same_config_run_again_gives_identical_weights_and_metrics(clone):
     results = clone.workdir / "results"
-    target = "results/eval/rank-r2/metrics.json"
+    target = "results/eval/rank-r2/metrics.json"  # with its base evaluation
     before = json.loads((results / "eval/rank-r2/metrics.json").read_text())
     weights = {p: (results / p).read_bytes() for p in
                ("models/tiny/model.safetensors", "adapters/rank-r2/adapter_model.safetensors")}

@@ -8,8 +8,9 @@ from workflow_scripts.io_utils import read_json, read_jsonl
 
 pytestmark = pytest.mark.slow
 
-SECTIONS = ["Overview", "Environment", "Data", "Training", "Comparison", "Samples", "Findings"]
+SECTIONS = ["Results", "Studies", "Training", "Data", "Samples", "Metrics", "Environment"]
 EXPERIMENTS = ["lccc-qlora", "rank-r2", "rank-r4"]
+TOOL_EXPERIMENTS = {"tools-sharegpt": "tools_sharegpt", "tools-openai": "tools_openai"}
 
 
 def report_md(workflow) -> str:
@@ -19,6 +20,14 @@ def report_md(workflow) -> str:
 def test_report_has_every_section_in_order(smoke_run):
     headings = re.findall(r"^## \d+ (\w+)", report_md(smoke_run), flags=re.M)
     assert headings == SECTIONS
+
+
+def test_summary_claims_match_the_metric_tables(smoke_run):
+    from report_fixtures import summary_problems
+
+    md = report_md(smoke_run)
+    assert md.index("## Summary") < md.index("## 1 Results")
+    assert summary_problems(smoke_run.workdir / "results/metrics", md) == []
 
 
 def test_report_numbers_come_from_this_run(smoke_run):
@@ -41,7 +50,7 @@ def test_html_report_is_self_contained(smoke_run):
 
 
 def test_every_raw_record_is_kept_or_rejected(smoke_run):
-    for dataset in ("alpaca_zh", "lccc"):
+    for dataset in ("alpaca_zh", "lccc", *TOOL_EXPERIMENTS.values()):
         folder = smoke_run.workdir / "results/data" / dataset
         stats = read_json(folder / "stats.json")
         kept = sum(1 for split in ("train", "valid", "test") for _ in read_jsonl(folder / f"{split}.jsonl"))
@@ -64,8 +73,29 @@ def test_training_outputs_and_logs(smoke_run):
     assert read_json(results / "adapters/rank-r2/adapter_config.json")["r"] == 2
 
 
+def test_tool_calling_datasets_train_and_evaluate(smoke_run):
+    results = smoke_run.workdir / "results"
+    for experiment, dataset in TOOL_EXPERIMENTS.items():
+        stats = read_json(results / "data" / dataset / "stats.json")
+        assert stats["tool_calls"]["records_with_calls"] > 0 and stats["tool_calls"]["calls"] > 0
+        assert {"unknown_function", "tool_result_without_call"} <= set(stats["rejected"])
+        metrics = read_json(results / "eval" / experiment / "metrics.json")
+        rows = list(read_jsonl(results / "eval" / experiment / "tool_calls.jsonl"))
+        assert rows and metrics["n_tool_samples"] == len(rows)
+        assert metrics["tool_valid_share"] == sum(r["tool_valid"] for r in rows) / len(rows)
+        base = read_json(results / "metrics/config.json")["experiments"][experiment]["base_eval"]
+        base_ids = [r["id"] for r in read_jsonl(smoke_run.workdir / base / "tool_calls.jsonl")]
+        assert base_ids == [r["id"] for r in rows]  # the same call turns on both sides
+    assert "tool_valid_share" in (results / "metrics/comparison.tsv").read_text(encoding="utf-8")
+
+
+def base_eval(workflow, experiment: str) -> str:
+    config = read_json(workflow.workdir / "results/metrics/config.json")
+    return config["experiments"][experiment]["base_eval"].removeprefix("results/")
+
+
 def test_predictions_pair_prompt_reference_and_prediction(smoke_run):
-    for folder in ["eval/rank-r2", "eval/lccc-qlora", "eval/base/tiny/lccc"]:
+    for folder in ["eval/rank-r2", "eval/lccc-qlora", base_eval(smoke_run, "lccc-qlora")]:
         rows = list(read_jsonl(smoke_run.workdir / "results" / folder / "predictions.jsonl"))
         assert len(rows) == 4
         assert all(set(r) >= {"id", "prompt", "reference", "prediction"} for r in rows)

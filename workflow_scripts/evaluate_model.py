@@ -229,7 +229,7 @@ def sample_rows(sample: list[dict], generations: list[Generation]) -> list[dict]
         reference = record["messages"][-1]["content"]
         rows.append({
             "id": record["id"], "prompt": prompt_text(record["messages"][:-1]),
-            "reference": reference, "prediction": gen.text, "ended": gen.ended,
+            "reference": reference, "prediction": gen.text, "ended": gen.ended, "stopped": gen.stopped,
             "new_tokens": gen.new_tokens, "prompt_fit": gen.prompt_fit,
             **sample_scores(gen.text, reference),
         })
