@@ -149,8 +149,9 @@ def random_adapters(model_dir: Path, root: Path, count: int) -> list[str]:
 
 
 def chat_workdir(model_dir: Path, root: Path, adapters: int) -> list[str]:
-    config = default_config()
-    config["base_models"] = {MODEL: {"source": "path", "path": str(model_dir)}}
+    config = default_config()  # its tiny-zh, already built: linked where the config expects it
+    (root / "results" / "models").mkdir(parents=True)
+    (root / "results" / "models" / MODEL).symlink_to(model_dir.resolve())
     names = random_adapters(model_dir, root, adapters)
     config.update(experiments={n: {"base_model": MODEL, "dataset": "alpaca_zh"} for n in names},
                   sweeps={}, merge=[])
@@ -204,25 +205,29 @@ def direct_generate(model_dir: Path, max_tokens: int, repeats: int = 5) -> tuple
     return statistics.median(firsts), statistics.median(rates)
 
 
-def bench_chat(workdir: Path | None, adapters: int, max_tokens: int) -> Path:
+def bench_chat(workdir: Path | None, adapters: int, max_tokens: int, threads: int) -> Path:
     import openai
+    import torch
 
+    torch.set_num_threads(threads)  # the baseline's and the studio's generations alike
     if workdir is None:
         workdir = build_default_model(Path(tempfile.mkdtemp(prefix="bench-studio-")))
     model_dir = workdir / "results" / "models" / MODEL
     first, rate = direct_generate(model_dir, max_tokens)
-    print(f"\nchat on {MODEL} ({max_tokens} new tokens, sampled)")
+    print(f"\nchat on {MODEL} ({max_tokens} new tokens, sampled, {threads} torch thread(s))")
     print(f"  baseline: model.generate, no server    first token {first * 1000:6.1f} ms   {rate:7.1f} tokens/s")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         names = chat_workdir(model_dir, root, adapters)
-        app = create_app(StudioSettings(config=root / "config.yaml", workdir=root))
+        app = create_app(StudioSettings(config=root / "config.yaml", workdir=root, threads=threads))
         with BackgroundServer(app) as server:
             async def run(concurrency: int):
-                client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="-", max_retries=0, timeout=600)
                 models = [MODEL, *names]
-                return await asyncio.gather(*(one_chat(client, models[i % len(models)], PROMPTS[i % 4],
-                                                       max_tokens, i) for i in range(concurrency)))
+                async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="-",
+                                              max_retries=0, timeout=600) as client:
+                    return await asyncio.gather(*(one_chat(client, models[i % len(models)],
+                                                           PROMPTS[i % 4], max_tokens, i)
+                                                  for i in range(concurrency)))
 
             asyncio.run(run(len(names) + 1))  # load the base and every adapter once
             for concurrency in (1, 4, 16):
@@ -297,10 +302,11 @@ def main() -> None:
     parser.add_argument("--adapters", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for generation")
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (wall times grow with it)")
     bench_pages(args.repeats)
-    workdir = bench_chat(args.workdir, args.adapters, args.max_tokens)
+    workdir = bench_chat(args.workdir, args.adapters, args.max_tokens, args.threads)
     bench_memory(workdir, args.adapters)
 
 

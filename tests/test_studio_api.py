@@ -224,10 +224,9 @@ def test_limits_are_400_with_the_limit(app, oai):
 
 
 def test_32_concurrent_streams_complete_on_one_base_copy(app, server):
-    client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=300)
     models = ["tiny", "rank-r2", "rank-r4"]
 
-    async def one(i: int) -> tuple[str, int]:
+    async def one(client, i: int) -> tuple[str, int]:
         stream = await client.chat.completions.create(
             model=models[i % 3], messages=[{"role": "user", "content": f"第{i}个问题"}],
             max_tokens=8, temperature=1.0, seed=i, stream=True)
@@ -238,7 +237,9 @@ def test_32_concurrent_streams_complete_on_one_base_copy(app, server):
         return reasons[0], usage.completion_tokens
 
     async def all_of_them():
-        return await asyncio.gather(*(one(i) for i in range(32)))
+        async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="unused",
+                                      max_retries=0, timeout=300) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(32)))
 
     results = asyncio.run(all_of_them())
     assert len(results) == 32 and all(r in ("stop", "length") and 1 <= n <= 8 for r, n in results)

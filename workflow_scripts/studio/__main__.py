@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"access token required on every request (or ${TOKEN_ENV})")
     parser.add_argument("--max-tokens-cap", type=int, default=512,
                         help="the largest max_tokens a chat request may ask for")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads per generation (default: torch's; 1 suits small models "
+                             "on a busy machine)")
     parser.add_argument("--stale-after", type=float, default=900.0,
                         help="seconds without a log line after which a job no longer counts as running")
     return parser.parse_args(argv)
@@ -54,7 +57,8 @@ def settings_from(args: argparse.Namespace) -> StudioSettings:
     if not config.is_file():
         raise SystemExit(f"{args.config}: no such config file")
     return StudioSettings(config=config, workdir=workdir, token=token,
-                          max_tokens_cap=args.max_tokens_cap, stale_after_s=args.stale_after)
+                          max_tokens_cap=args.max_tokens_cap, stale_after_s=args.stale_after,
+                          threads=args.threads)
 
 
 def main(argv: list[str] | None = None) -> None:

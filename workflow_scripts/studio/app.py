@@ -42,6 +42,7 @@ class StudioSettings:
     push_interval_s: float = 1.0
     stale_after_s: float = 900.0
     log_tail_bytes: int = 200_000
+    threads: int | None = None  # torch's intra-op threads for generation; None: torch's default
 
 
 def _error_handlers(app: FastAPI) -> None:
@@ -85,7 +86,7 @@ def _token_guard(app: FastAPI, token: str) -> None:
 
 def create_app(settings: StudioSettings, pool: ModelPool | None = None) -> FastAPI:
     catalog = Catalog(settings.config, settings.workdir, settings.stale_after_s)
-    pool = pool or ModelPool(catalog, settings.max_tokens_cap)
+    pool = pool or ModelPool(catalog, settings.max_tokens_cap, settings.threads)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):

@@ -132,9 +132,10 @@ def heavy_imports() -> None:
 class ModelPool:
     """Loads base models and adapters on first use and serves generations from them."""
 
-    def __init__(self, catalog: Catalog, max_tokens_cap: int = 512):
+    def __init__(self, catalog: Catalog, max_tokens_cap: int = 512, threads: int | None = None):
         self.catalog = catalog
         self.max_tokens_cap = max_tokens_cap
+        self.threads = threads
         self.loaded: dict[tuple[str, bool], LoadedBase] = {}
         self._load_lock = threading.Lock()  # one model load at a time
         self._tokenizer_lock = threading.Lock()
@@ -223,10 +224,13 @@ class ModelPool:
         return Outcome(len(chat.input_ids), len(new), reason)
 
     # Loading.
-    @staticmethod
-    def warm_up() -> None:
+    def warm_up(self) -> None:
         """Import the heavy libraries ahead of the first chat (seconds on a busy CPU)."""
         heavy_imports()
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
 
     def _tokenizer(self, base_model: str):
         from workflow_scripts.model_loading import load_tokenizer
