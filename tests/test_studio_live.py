@@ -91,7 +91,7 @@ def test_live_pushes_follow_the_running_training(training, server, scratch):
     assert training.poll() is None  # all of this while it runs
 
 
-def test_live_page_step_count_increases(training, server):
+def test_live_page_step_count_increases(training, server, tmp_path):
     from test_studio_browser import CHROMEDRIVER, CHROMIUM, wait_for
 
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
@@ -102,7 +102,8 @@ def test_live_page_step_count_increases(training, server):
 
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--window-size=1400,900"):
         options.add_argument(flag)
     browser = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:
@@ -114,5 +115,8 @@ def test_live_page_step_count_increases(training, server):
         assert later > first and training.poll() is None
         assert browser.execute_script(
             f"return {step}.closest('.card').querySelector('canvas') !== null")
+        shots = Path(os.environ.get("TEST_OUTPUT_DIR") or tmp_path)
+        shots.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(shots / "studio_live_running.png"))
     finally:
         browser.quit()

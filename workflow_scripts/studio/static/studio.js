@@ -205,11 +205,14 @@ function livePage() {
   };
 }
 
+const LIVE_FIGURES = { step: "step", loss: "loss", learning_rate: "learning rate",
+                       tokens_per_s: "tokens/s", elapsed: "elapsed", remaining: "remaining" };
+
 function liveCard(name) {
   const node = el("div", { class: "card live-card", "data-experiment": name }, el("h3", {}, name),
     el("progress", { max: 1, value: 0 }),
-    el("div", { class: "figures" }, ["step", "loss", "learning_rate", "tokens_per_s", "elapsed", "remaining"].map((f) =>
-      el("span", {}, f.replace("_", " "), el("b", { class: f }, "–")))),
+    el("div", { class: "figures" }, Object.entries(LIVE_FIGURES).map(([f, label]) =>
+      el("span", {}, label, el("b", { class: f }, "–")))),
     el("div", { class: "chart live-chart" }));
   $("#live-cards").append(node);
   return { node, chart: null, points: -1 };
