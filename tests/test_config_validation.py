@@ -117,6 +117,18 @@ def test_hub_model_may_accept_a_moving_branch_explicitly():
     assert set(validate(config)["base_models"]) >= {"qwen", "pinned"}
 
 
+def test_every_base_model_source_validates():
+    config = smoke_config()
+    config["base_models"] = {
+        "local": {"source": "path", "path": "/models/Qwen2-0.5B"},
+        "hub": {"source": "hub", "id": "Qwen/Qwen2-0.5B", "revision": "a" * 40},
+        "tiny": config["base_models"]["tiny"],
+    }
+    cfg = validate(config)
+    assert cfg["base_models"]["local"] == {"source": "path", "path": "/models/Qwen2-0.5B",
+                                           "trust_remote_code": False}
+
+
 def test_split_has_its_own_seed():
     config = smoke_config()
     cfg = validate(config)
