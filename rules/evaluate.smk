@@ -16,7 +16,7 @@ rule evaluate:
         cfg=adapter_eval_job,
         adapter_dir=lambda w, input: os.path.dirname(input.adapter),
         out_dir=lambda w, output: os.path.dirname(output.metrics),
-    threads: 2
+    threads: lambda w: stage_resources(EXPERIMENTS[w.experiment], "evaluate")["threads"]
     resources:
         mem_mb=lambda w: stage_resources(EXPERIMENTS[w.experiment], "evaluate")["mem_mb"] or 8000,
         runtime=lambda w: stage_resources(EXPERIMENTS[w.experiment], "evaluate")["runtime"] or 60,
@@ -51,7 +51,7 @@ rule evaluate_base:
     params:
         cfg=base_eval_job,
         out_dir=lambda w, output: os.path.dirname(output.metrics),
-    threads: 2
+    threads: base_eval_resource("threads", 2)
     resources:
         mem_mb=base_eval_resource("mem_mb", 8000),
         runtime=base_eval_resource("runtime", 60),

@@ -2,7 +2,7 @@
 # distinct devices for the job's lifetime (a no-op on Slurm, which gives each job its own); a
 # training with training.devices > 1 runs under torchrun, with training.nodes > 1 under srun
 # on Slurm. See docs/gpus.md and docs/slurm.md.
-from workflow_scripts.gpu_slots import multi_node_resources, train_launcher
+from workflow_scripts.gpu_slots import multi_node_resources, stage_resources, train_launcher
 
 TRAIN_CODE = ("train_adapter", "chat_tokenize", "packing", "model_loading", "resource_usage",
               "run_info", "token_loss", "length_sampler", "train_progress")
@@ -24,7 +24,7 @@ rule train_adapter:
         cfg=training_job,
         data_dir=experiment_data_dir,
         launcher=lambda w: train_launcher(EXPERIMENTS[w.experiment]["training"]),
-    threads: 2
+    threads: lambda w: stage_resources(EXPERIMENTS[w.experiment], "train")["threads"]
     resources:
         mem_mb=lambda w: stage_resources(EXPERIMENTS[w.experiment], "train")["mem_mb"] or 8000,
         runtime=lambda w: stage_resources(EXPERIMENTS[w.experiment], "train")["runtime"] or 120,
@@ -68,7 +68,7 @@ rule merge_adapter:
         directory("results/merged/{experiment}"),
     params:
         cfg=lambda w: canonical_json(model_spec(EXPERIMENTS[w.experiment]["base_model"])),
-    threads: 2
+    threads: lambda w: stage_resources(EXPERIMENTS[w.experiment], "merge")["threads"]
     resources:
         mem_mb=lambda w: stage_resources(EXPERIMENTS[w.experiment], "merge")["mem_mb"] or 8000,
         runtime=lambda w: stage_resources(EXPERIMENTS[w.experiment], "merge")["runtime"] or 60,

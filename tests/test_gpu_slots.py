@@ -136,7 +136,16 @@ def test_evaluation_and_merge_take_a_gpu_when_training_does():
     assert stage_resources(experiment(devices=4), "evaluate")["gpu"] == 1
     assert stage_resources(experiment(gpu=0), "merge")["gpu"] == 0       # a CPU experiment
     own = experiment(mem_mb=9000, evaluate={"gpu": 0, "runtime": 30})
-    assert stage_resources(own, "evaluate") == {"gpu": 0, "mem_mb": 9000, "runtime": 30}
+    assert stage_resources(own, "evaluate") == {"gpu": 0, "mem_mb": 9000, "runtime": 30,
+                                                "threads": 2}
+
+
+def test_threads_come_from_the_experiment_and_evaluation_may_set_its_own():
+    assert stage_resources(experiment(), "train")["threads"] == 2
+    one = experiment(threads=1)
+    assert [stage_resources(one, s)["threads"] for s in ("train", "evaluate", "merge")] == [1, 1, 1]
+    mixed = experiment(threads=1, evaluate={"threads": 4})
+    assert stage_resources(mixed, "evaluate")["threads"] == 4
 
 
 def test_a_training_across_nodes_asks_slurm_for_one_task_and_its_gpus_per_node():

@@ -36,17 +36,23 @@ POLL_SECONDS = 0.2
 ENV_SLOTS_DIR = "LORA_GPU_SLOTS_DIR"
 
 
+DEFAULT_THREADS = 2
+
+
 def stage_resources(experiment: dict, stage: str) -> dict:
     """What one of an experiment's jobs asks for: stage `train` (the top level of its
     `resources:`), `evaluate` or `merge` (their own blocks). Training's GPUs per node default
     to training.devices; evaluation and merge take one GPU when training takes any."""
     res = experiment["resources"]
     train_gpus = res.get("gpu", experiment["training"]["devices"])
+    threads = res.get("threads", DEFAULT_THREADS)
     if stage == "train":
-        return {"gpu": train_gpus, "mem_mb": res.get("mem_mb"), "runtime": res.get("runtime")}
+        return {"gpu": train_gpus, "mem_mb": res.get("mem_mb"), "runtime": res.get("runtime"),
+                "threads": threads}
     own = res.get(stage, {})
     return {"gpu": own.get("gpu", min(1, train_gpus)),
-            "mem_mb": own.get("mem_mb", res.get("mem_mb")), "runtime": own.get("runtime")}
+            "mem_mb": own.get("mem_mb", res.get("mem_mb")), "runtime": own.get("runtime"),
+            "threads": own.get("threads", threads)}
 
 
 def multi_node_resources(experiment: dict) -> dict:
