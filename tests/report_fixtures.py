@@ -142,9 +142,12 @@ def record_losses(name: str, quality: float) -> list[dict]:
 
 def tool_calls(quality: float, count: int = 10) -> list[dict]:
     """tool_calls.jsonl rows: a `quality` share of the calls parse, name and argue right."""
-    return [{"id": f"t{i}", "prediction": "", **dict.fromkeys(
-        ("tool_valid", "tool_name_correct", "tool_args_exact"), int(i < quality * count))}
-        for i in range(count)]
+    call = {"name": "get_weather", "arguments": {"city": "北京"}}
+    return [{"id": f"t{i}", "prompt": f"北京今天天气怎么样？第{i}问", "reference": [call],
+             "prediction": f"<tool_call>{call}</tool_call>" if i < quality * count else "",
+             **dict.fromkeys(("tool_valid", "tool_name_correct", "tool_args_exact"),
+                             int(i < quality * count))}
+            for i in range(count)]
 
 
 def write_tool_calls(directory: Path, quality: float) -> None:

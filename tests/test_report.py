@@ -106,6 +106,17 @@ def test_tool_call_scores_are_compared_per_sample(built):
     assert math.isnan(experiments.loc["rank-study-r4", "tool_valid_share"])
 
 
+def test_tool_calls_have_their_own_table_and_samples(built):
+    md, html = both(built)
+    section = md[md.index("### Tool calls"):md.index("## 2 Studies")]
+    row = next(line for line in section.splitlines() if line.startswith("| lccc-r8 |"))
+    assert "0% → 90%, +0.9 [+0.7, +1] better" in row
+    assert "rank-study-r4" not in section  # no tool calls in its data
+    samples = md[md.index("### lccc-r8: tool calls"):]
+    assert "| reference | [{&quot;name&quot;" in samples or '| reference | [{"name"' in samples
+    assert "| base | (empty answer) |" in samples and "Tool calls" in html
+
+
 def test_no_percent_change_against_a_near_zero_base(built):
     rows = table(built, "comparison").set_index(["experiment", "metric"])
     zero = rows.loc[("lccc-r8", "sacrebleu")]

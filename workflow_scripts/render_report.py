@@ -116,6 +116,7 @@ def build_context(run: dict, metrics_dir: Path, results: Path, plot_info: dict) 
                            t["training_log"]),
         "rankings": sections.ranking_tables(t["ranking"]) if not t["ranking"].empty else [],
         "gains": sections.gains_table(comparison, experiments),
+        "tools": sections.tool_table(comparison),
         "studies": {label: sections.study_tables(studies, experiments, comparison, kind)
                     for label, kind in (("Rank", RANK), ("LoRA vs QLoRA", METHOD),
                                         ("Hyper-parameter rounds", HYPERPARAMETERS))},
@@ -125,9 +126,11 @@ def build_context(run: dict, metrics_dir: Path, results: Path, plot_info: dict) 
         "data": sections.data_tables(datasets, results),
         "lengths": sections.length_table(datasets, results, t["data_stats"]),
         "rejected": sections.rejected_examples(datasets, results),
-        "samples": sections.sample_groups(t["ranking"], configs, results.parent, results,
-                                          int(report.get("sample_count", 3)))
-        if not t["ranking"].empty else [],
+        "samples": (sections.sample_groups(t["ranking"], configs, results.parent, results,
+                                           int(report.get("sample_count", 3)))
+                    if not t["ranking"].empty else [])
+        + sections.tool_sample_groups(configs, results.parent, results,
+                                      int(report.get("sample_count", 3))),
         "metric_tables": sections.metric_tables(comparison, experiments),
         "base": sections.base_table(t["base_metrics"]),
         "environment": environment(infos),

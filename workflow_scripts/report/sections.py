@@ -56,6 +56,31 @@ def gains_table(comparison: pd.DataFrame, experiments: pd.DataFrame) -> Table:
     return table
 
 
+TOOL_METRICS = {"tool_valid_share": "valid calls", "tool_name_accuracy": "function name",
+                "tool_args_exact": "arguments exact"}
+
+
+def tool_table(comparison: pd.DataFrame) -> Table:
+    """Experiments on tool-calling data: each call metric, base → fine-tuned, with the
+    paired difference and its verdict (empty when no dataset has tool calls)."""
+    table = Table(["experiment", *(f"{label}: base → tuned, Δ [95% CI]"
+                                   for label in TOOL_METRICS.values())])
+    tools = comparison[comparison["metric"].isin(list(TOOL_METRICS))]
+    for name, rows in tools.groupby("experiment", sort=True):
+        rows = rows.set_index("metric")
+        cells = [name]
+        for metric in TOOL_METRICS:
+            if metric not in rows.index:
+                cells.append(NA)
+                continue
+            r = rows.loc[metric]
+            verdict = r["verdict"] if isinstance(r["verdict"], str) else ""
+            cells.append(f"{fmt_share(r['base'])} → {fmt_share(r['finetuned'])}, "
+                         f"{diff(r)} {verdict}".rstrip())
+        table.rows.append(cells)
+    return table
+
+
 def metric_tables(comparison: pd.DataFrame, experiments: pd.DataFrame) -> dict[str, Table]:
     """Every metric of every experiment against its base, with intervals (the appendix)."""
     by_name = experiments.set_index("experiment")
@@ -251,4 +276,30 @@ def sample_groups(ranking: pd.DataFrame, configs: dict, workdir: Path, results: 
             answers += [(n, answer(tuned[n], sample_id)) for n in shown]
             prompts.append({"id": sample_id, "prompt": row["prompt"], "answers": answers})
         groups.append({"title": f"{dataset} / {model}", "prompts": prompts})
+    return groups
+
+
+def call_text(row: dict | None) -> str:
+    """A tool-call sample's generated turn as the model wrote it."""
+    if row is None:
+        return NA
+    return row.get("prediction") or EMPTY_ANSWER
+
+
+def tool_sample_groups(configs: dict, workdir: Path, results: Path, count: int) -> list[dict]:
+    """Per tool-calling experiment: the first `count` call turns with the reference call,
+    the base model's and the fine-tuned model's generated turns."""
+    groups = []
+    for name, config in sorted(configs.items()):
+        tuned = list(read_predictions(results / "eval" / name / "tool_calls.jsonl").values())
+        if not tuned:
+            continue
+        base = read_predictions(workdir / config["base_eval"] / "tool_calls.jsonl")
+        prompts = []
+        for row in tuned[:count]:
+            reference = json.dumps(row["reference"], ensure_ascii=False)
+            answers = [("reference", reference), ("base", call_text(base.get(row["id"]))),
+                       (name, call_text(row))]
+            prompts.append({"id": row["id"], "prompt": row["prompt"], "answers": answers})
+        groups.append({"title": f"{name}: tool calls", "prompts": prompts})
     return groups
