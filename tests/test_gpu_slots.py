@@ -108,6 +108,7 @@ def test_the_workflow_starts_each_job_through_its_slots(tmp_path):
     workflow = make_workflow(tmp_path)
     config = yaml.safe_load(workflow.config.read_text())
     config["sweeps"]["rank"]["base"]["training"] = {"devices": 2}
+    config["sweeps"]["rank"]["base"]["resources"] = {"threads": 2}
     config["experiments"]["lccc-qlora"]["resources"] = {"merge": {"gpu": 0}}  # merge on the CPU
     workflow.config.write_text(yaml.safe_dump(config))
     proc = workflow.run("-n", "-p", "--cores", "4", "--resources", "gpu=2")
@@ -125,6 +126,10 @@ def test_the_workflow_starts_each_job_through_its_slots(tmp_path):
         assert "--gpus 1 --total 2 -- python -m workflow_scripts.train_adapter" in trains[name]
     merges = [c for c in commands if "merge_adapter" in c]
     assert len(merges) == 1 and "--gpus 0 --total 2 -- python -m" in merges[0]
+    evaluations = [c for c in commands if "evaluate_model" in c]
+    assert len(evaluations) == 10  # five adapters and five base evaluations
+    assert all("--gpus 1 --total 2 -- python -m workflow_scripts.evaluate_model" in c
+               for c in evaluations)
 
 
 def experiment(devices=1, nodes=1, **resources) -> dict:
