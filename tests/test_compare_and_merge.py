@@ -35,7 +35,7 @@ def test_batch_mode_writes_both_answers_and_the_base_answer_is_the_base_model(sm
     plain, _ = generate(load_model(model_dir), load_tokenizer(model_dir),
                         [[{"role": "user", "content": a["question"]}] for a in answers],
                         settings, seed=42)
-    assert [a["base"] for a in answers] == plain
+    assert [a["base"] for a in answers] == [g.text for g in plain]
 
 
 def test_interactive_mode_answers_each_line(smoke_run):
