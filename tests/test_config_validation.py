@@ -146,7 +146,7 @@ def test_defaults_are_filled():
     exp = resolved(config)["lccc-qlora"]
     assert exp["lora"] == {"r": 4, "alpha": 16, "dropout": 0.05, "target_modules": "all-linear",
                            "rslora": False, "trainable_tokens": []}
-    assert exp["training"]["scheduler"] == "cosine" and exp["resources"] == {}
+    assert exp["training"]["scheduler"] == "cosine" and exp["resources"] == {"threads": 1}
 
 
 def test_experiment_overrides_win_over_defaults():
@@ -169,7 +169,8 @@ def test_sweep_grid_points_are_named_after_their_values():
     }
     experiments = resolved(config)
     assert sorted(experiments) == sorted([
-        "lccc-qlora", "rank-study-r4", "rank-study-r8", "lr-study-lr0.0001-r8",
+        "lccc-qlora", "tools-sharegpt", "tools-openai", "rank-study-r4", "rank-study-r8",
+        "lr-study-lr0.0001-r8",
         "lr-study-lr0.0001-r16", "lr-study-lr0.0002-r8", "lr-study-lr0.0002-r16"])
     point = experiments["lr-study-lr0.0002-r16"]
     assert point["training"]["learning_rate"] == 2.0e-4 and point["lora"]["r"] == 16
