@@ -183,7 +183,8 @@ def test_sweep_points_are_hand_picked_rounds():
         {"training.learning_rate": 3.0e-3, "training.warmup_ratio": 0.1},
         {"training.batch_size": 2, "training.grad_accum": 2}]}}
     experiments = resolved(config)
-    assert sorted(experiments) == ["hp-bs2-ga2", "hp-lr0.001", "hp-lr0.003-wu0.1", "lccc-qlora"]
+    assert sorted(experiments) == ["hp-bs2-ga2", "hp-lr0.001", "hp-lr0.003-wu0.1", "lccc-qlora",
+                                   "tools-openai", "tools-sharegpt"]
     third = experiments["hp-bs2-ga2"]["training"]
     assert (third["batch_size"], third["grad_accum"], third["learning_rate"]) == (2, 2, 1.0e-3)
     assert experiments["hp-lr0.003-wu0.1"]["training"]["warmup_ratio"] == 0.1
