@@ -132,6 +132,7 @@ def test_smoke_workflow_runs_through_slurm(slurm_cluster, tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "data").symlink_to(REPO / "data")  # the smoke config's paths are relative
+    (workdir / "tests").symlink_to(REPO / "tests")  # its tool-calling files
     profile = tmp_path / "profile"
     derived = write_test_profile(profile)
     config = _config_with_two_process_training(tmp_path / "config.yaml")
