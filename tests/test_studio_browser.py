@@ -27,8 +27,9 @@ def server(workdir):  # noqa: F811
         yield running
 
 
-@pytest.fixture(scope="module")
-def browser():
+def start_chromium(window: str = "1400,1000"):
+    """Debian's headless chromium through its chromedriver (skipped without them, failed in
+    CI); the browser's console log is kept."""
     if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
         message = "needs Debian's chromium and chromium-driver (envs/apt-test-packages.txt)"
         pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
@@ -38,10 +39,15 @@ def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1400,1000", "--no-first-run", "--disable-background-networking"):
+                 f"--window-size={window}", "--no-first-run", "--disable-background-networking"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    driver = start_chromium()
     yield driver
     driver.quit()
 

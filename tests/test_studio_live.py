@@ -92,20 +92,9 @@ def test_live_pushes_follow_the_running_training(training, server, scratch):
 
 
 def test_live_page_step_count_increases(training, server, tmp_path):
-    from test_studio_browser import CHROMEDRIVER, CHROMIUM, wait_for
+    from test_studio_browser import start_chromium, wait_for
 
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        message = "needs Debian's chromium and chromium-driver"
-        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1400,900"):
-        options.add_argument(flag)
-    browser = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    browser = start_chromium("1400,900")
     try:
         browser.get(server.url + "/live")
         step = f"document.querySelector('.live-card[data-experiment=\"{EXPERIMENT}\"] .step')"
