@@ -2,6 +2,13 @@ SCRATCH_MODELS = [m for m, s in CFG["base_models"].items() if s["source"] == "sc
 HUB_MODELS = [m for m, s in CFG["base_models"].items() if s["source"] == "hub"]
 
 
+def scratch_model_gpus(model):
+    """Pretraining takes one GPU when any experiment on the model trains on one, else none
+    (then it sees no GPU, instead of landing on GPU 0 beside the jobs that hold it)."""
+    return max((min(1, stage_resources(e, "train")["gpu"]) for e in EXPERIMENTS.values()
+                if e["base_model"] == model), default=0)
+
+
 rule build_base_model:
     input:
         data=lambda w: expand(
@@ -19,6 +26,8 @@ rule build_base_model:
     resources:
         mem_mb=4000,
         runtime=60,
+        gpu=lambda w: scratch_model_gpus(w.model),
+        machine_gpus=machine_gpus,
     conda:
         "../envs/workflow.yaml"
     log:
@@ -26,6 +35,8 @@ rule build_base_model:
     benchmark:
         "results/benchmarks/build_base_model/{model}.tsv"
     shell:
+        "python -m workflow_scripts.gpu_slots --gpus {resources.gpu} "
+        "--total {resources.machine_gpus} -- "
         "python -m workflow_scripts.build_base_model --name {wildcards.model} "
         "--config {params.cfg:q} --data {input.data} --out-dir {output} "
         "--threads {threads} > {log} 2>&1"

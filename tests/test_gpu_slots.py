@@ -101,8 +101,8 @@ def test_asking_for_more_gpus_than_the_machine_has_fails_clearly(tmp_path):
 
 
 def test_the_workflow_starts_each_job_through_its_slots(tmp_path):
-    """What `snakemake --resources gpu=2` would run: every training and merge holds its
-    experiment's GPUs, and two devices per training mean torchrun with two processes."""
+    """What `snakemake --resources gpu=2` would run: every training, merge, evaluation and
+    pretraining holds its GPUs, and two devices per training mean torchrun with two processes."""
     from workflow_runner import make_workflow
 
     workflow = make_workflow(tmp_path)
@@ -124,6 +124,8 @@ def test_the_workflow_starts_each_job_through_its_slots(tmp_path):
         assert "--threads 1 " in trains[name]  # the rule's 2 threads over two processes
     for name in set(trains) - {"rank-r2", "rank-r4"}:  # one device: one process on one GPU
         assert "--gpus 1 --total 2 -- python -m workflow_scripts.train_adapter" in trains[name]
+    builds = [c for c in commands if "build_base_model" in c]  # pretraining the scratch model
+    assert len(builds) == 1 and "--gpus 1 --total 2 -- python -m" in builds[0]
     merges = [c for c in commands if "merge_adapter" in c]
     assert len(merges) == 1 and "--gpus 0 --total 2 -- python -m" in merges[0]
     evaluations = [c for c in commands if "evaluate_model" in c]
