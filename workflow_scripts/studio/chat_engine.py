@@ -48,6 +48,7 @@ class PreparedChat:
     input_ids: list[int]
     max_new_tokens: int
     decoding: Decoding
+    call_format: str | None = None  # tools were given: the template's call format
 
 
 @dataclass
@@ -176,8 +177,15 @@ class ModelPool:
                 return config[key]
         return 2048
 
-    def prepare(self, model_id: str, messages: list[dict], decoding: Decoding) -> PreparedChat:
-        """Render and tokenize the conversation and check it against the limits (400)."""
+    def prepare(self, model_id: str, messages: list[dict], decoding: Decoding,
+                tools: list[dict] | None = None) -> PreparedChat:
+        """Render (with `tools`, function schemas, if any) and tokenize the conversation and
+        check it against the limits (400)."""
+        from jinja2 import TemplateError
+
+        from workflow_scripts.chat_tokenize import render
+        from workflow_scripts.tool_calls import call_format
+
         target = self.resolve(model_id)
         heavy_imports()
         if decoding.max_tokens is not None and decoding.max_tokens > self.max_tokens_cap:
@@ -185,14 +193,19 @@ class ModelPool:
                              f"{self.max_tokens_cap}", param="max_tokens")
         tokenizer, lock = self._tokenizer(target.base_model)
         with lock:
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            try:
+                text = render(tokenizer, messages, generation_prompt=True, tools=tools)
+            except (TemplateError, ValueError) as err:  # the template's own checks of the turns
+                raise BadRequest(f"{model_id}'s chat template refused the messages: {err}",
+                                 param="messages") from None
             input_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         context = self.context_length(target.base_model)
         if len(input_ids) >= context:
             raise BadRequest(f"the prompt is {len(input_ids)} tokens; {model_id}'s context is "
                              f"{context} tokens", param="messages")
         wanted = decoding.max_tokens or self.max_tokens_cap
-        return PreparedChat(target, input_ids, min(wanted, context - len(input_ids)), decoding)
+        return PreparedChat(target, input_ids, min(wanted, context - len(input_ids)), decoding,
+                            call_format(tokenizer.chat_template) if tools else None)
 
     def generate(self, chat: PreparedChat, cancel: threading.Event,
                  on_text: Callable[[str], None]) -> Outcome:

@@ -2,7 +2,9 @@
 
 `GET /v1/models` lists them; `POST /v1/chat/completions` answers in OpenAI's format, as
 server-sent `chat.completion.chunk` events when `stream` is true (the last chunk carries the
-token usage), so the official `openai` client works against the studio unchanged.
+token usage), so the official `openai` client works against the studio unchanged. Function
+calling follows OpenAI's shape too (`tools`, assistant `tool_calls`, `role: tool` results;
+see tool_calling.py).
 """
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ from typing import Any, AsyncIterator, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from workflow_scripts.studio.chat_engine import Decoding, ModelPool, Outcome, PreparedChat
+from workflow_scripts.studio.tool_calling import (CallSplitter, openai_calls, template_message,
+                                                  template_tools)
 
 
 class TextPart(BaseModel):
@@ -27,13 +31,24 @@ class TextPart(BaseModel):
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    tool_calls: list[dict] | None = Field(None, max_length=64)
+    tool_call_id: str | None = None
 
-    def as_template_message(self) -> dict:
-        text = self.content if isinstance(self.content, str) else "".join(
+    @model_validator(mode="after")
+    def _has_content(self):
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError(f"a {self.role} message needs content")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant message has tool_calls")
+        return self
+
+    def as_template_message(self, index: int) -> dict:
+        text = self.content if isinstance(self.content, str) or self.content is None else "".join(
             part.text for part in self.content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+        return template_message({"role": self.role, "content": text,
+                                 "tool_calls": self.tool_calls}, index)
 
 
 class ChatCompletionRequest(BaseModel):
@@ -50,6 +65,8 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=1)
+    tools: list[dict] | None = Field(None, max_length=128)
+    tool_choice: Literal["auto", "none"] | None = None  # "required" and named: not supported
 
     @field_validator("stop")
     @classmethod
@@ -69,6 +86,10 @@ class ChatCompletionRequest(BaseModel):
     def decoding(self) -> Decoding:
         return Decoding(max_tokens=self.max_completion_tokens or self.max_tokens,
                         temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+
+    def template_tools(self) -> list[dict] | None:
+        """The tools to show the model: none when `tool_choice` is "none"."""
+        return None if self.tool_choice == "none" else template_tools(self.tools)
 
 
 class StopMatcher:
@@ -135,6 +156,10 @@ def finish_reason(outcome: Outcome, stopped: bool) -> str:
     return "stop" if stopped or outcome.finish_reason != "length" else "length"
 
 
+def splitter(chat: PreparedChat) -> CallSplitter | None:
+    return CallSplitter(chat.call_format) if chat.call_format else None
+
+
 def build_router(pool: ModelPool) -> APIRouter:
     router = APIRouter(prefix="/v1")
 
@@ -153,8 +178,9 @@ def build_router(pool: ModelPool) -> APIRouter:
 
     @router.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
-        messages = [m.as_template_message() for m in body.messages]
-        chat = await asyncio.to_thread(pool.prepare, body.model, messages, body.decoding())
+        messages = [m.as_template_message(i) for i, m in enumerate(body.messages)]
+        chat = await asyncio.to_thread(pool.prepare, body.model, messages, body.decoding(),
+                                       body.template_tools())
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
             events = stream_chunks(pool, chat, body.stop or [], completion_id, created, body.model)
@@ -191,10 +217,17 @@ async def complete(pool: ModelPool, chat: PreparedChat, stops: list[str], reques
         if getter is not None:
             getter.cancel()
     pieces.append(matcher.flush())
+    message, reason = {"role": "assistant", "content": "".join(pieces)}, finish_reason(value, matcher.stopped)
+    if (calls_reader := splitter(chat)) is not None:
+        calls_reader.feed(message["content"])
+        _, calls = calls_reader.finish()
+        if calls:
+            message = {"role": "assistant", "content": calls_reader.content(),
+                       "tool_calls": openai_calls(calls)}
+            reason = "tool_calls"
     return JSONResponse({
         "id": completion_id, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(pieces)},
-                     "finish_reason": finish_reason(value, matcher.stopped), "logprobs": None}],
+        "choices": [{"index": 0, "message": message, "finish_reason": reason, "logprobs": None}],
         "usage": usage(value),
     })
 
@@ -202,7 +235,11 @@ async def complete(pool: ModelPool, chat: PreparedChat, stops: list[str], reques
 async def stream_chunks(pool: ModelPool, chat: PreparedChat, stops: list[str],
                         completion_id: str, created: int, model: str) -> AsyncIterator[str]:
     """Server-sent chunks; leaving early (the client went away) cancels the generation."""
-    cancel, matcher = threading.Event(), StopMatcher(stops)
+    cancel, matcher, calls_reader = threading.Event(), StopMatcher(stops), splitter(chat)
+
+    def content(text: str) -> str:
+        """What of the answer's text may go out now (a possible call is held back)."""
+        return calls_reader.feed(text) if calls_reader else text
 
     def chunk(delta: dict, reason: str | None = None, **extra: Any) -> str:
         body = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
@@ -216,7 +253,7 @@ async def stream_chunks(pool: ModelPool, chat: PreparedChat, stops: list[str],
         while True:
             kind, value = await queue.get()
             if kind == "text":
-                text = matcher.feed(value)
+                text = content(matcher.feed(value))
                 if matcher.stopped:
                     cancel.set()
                 if text:
@@ -226,9 +263,15 @@ async def stream_chunks(pool: ModelPool, chat: PreparedChat, stops: list[str],
                 yield f"data: {json.dumps(error)}\n\n"
                 return
             else:
-                if rest := matcher.flush():
+                rest, calls = content(matcher.flush()), None
+                if calls_reader:
+                    held, calls = calls_reader.finish()
+                    rest += held
+                if rest:
                     yield chunk({"content": rest})
-                yield chunk({}, finish_reason(value, matcher.stopped))
+                for index, call in enumerate(openai_calls(calls or [])):
+                    yield chunk({"tool_calls": [{"index": index, **call}]})
+                yield chunk({}, "tool_calls" if calls else finish_reason(value, matcher.stopped))
                 final = {"id": completion_id, "object": "chat.completion.chunk",
                          "created": created, "model": model, "choices": [], "usage": usage(value)}
                 yield f"data: {json.dumps(final)}\n\n"
