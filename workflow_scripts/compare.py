@@ -6,6 +6,12 @@
 Questions files: plain text (one question per line), a JSON list of strings, or JSON Lines
 with a `question` (or `instruction`) field. The base answer comes from the same loaded
 model with the adapter switched off, so one copy of the weights serves both.
+
+`--tools tools.json` (a JSON list of function schemas, OpenAI's shape or bare
+{name, description, parameters}) shows both models those functions, as a tool-calling
+dataset's `tools` column does; each answer then also gives the calls read back from it
+(`base_calls`, `fine_tuned_calls`: a list of {name, arguments}, or null when the answer
+holds no call that parses).
 """
 from __future__ import annotations
 
@@ -47,19 +53,48 @@ class SideBySide:
                                                    quantization)
         self.settings, self.seed = settings, seed
 
-    def answer(self, questions: list[str]) -> list[dict]:
+    def answer(self, questions: list[str], tools: list[dict] | None = None) -> list[dict]:
         from workflow_scripts.evaluate_model import generate
 
         prompts = [[{"role": "user", "content": q}] for q in questions]
-        tuned, _ = generate(self.model, self.tokenizer, prompts, self.settings, self.seed)
+        shown = [tools] * len(prompts) if tools else None
+        tuned, _ = generate(self.model, self.tokenizer, prompts, self.settings, self.seed,
+                            tools=shown)
         with self.model.disable_adapter():
-            base, _ = generate(self.model, self.tokenizer, prompts, self.settings, self.seed)
-        return [{"question": q, "base": b.text, "fine_tuned": t.text}
+            base, _ = generate(self.model, self.tokenizer, prompts, self.settings, self.seed,
+                               tools=shown)
+        rows = [{"question": q, "base": b.text, "fine_tuned": t.text}
                 for q, b, t in zip(questions, base, tuned)]
+        if tools:
+            for row in rows:
+                row["base_calls"] = self.calls(row["base"])
+                row["fine_tuned_calls"] = self.calls(row["fine_tuned"])
+        return rows
+
+    def calls(self, text: str) -> list[dict] | None:
+        """The function calls in an answer, in the template's call format."""
+        from workflow_scripts.tool_calls import call_format, parse_tool_calls
+
+        calls = parse_tool_calls(text, call_format(self.tokenizer.chat_template))
+        return None if calls is None else [c._asdict() for c in calls]
+
+
+def read_tools(path: Path) -> list[dict]:
+    """Function schemas from a JSON file, in the chat template's shape."""
+    from workflow_scripts.data_formats import RecordError, parse_tools
+
+    try:
+        tools = parse_tools(json.loads(path.read_text(encoding="utf-8")), "tools")
+    except (json.JSONDecodeError, RecordError) as err:
+        raise SystemExit(f"{path}: {err}") from None
+    if not tools:
+        raise SystemExit(f"{path}: no function schema in the file")
+    return tools
 
 
 def interactive(answer: Callable[[list[str]], list[dict]], lines: Iterable[str], out: TextIO) -> None:
-    """Read questions line by line until EOF or an empty line; print both answers."""
+    """Read questions line by line until EOF or an empty line; print both answers (and
+    the calls read from them, when tools are shown)."""
     out.write("question> ")
     out.flush()
     for line in lines:
@@ -67,7 +102,11 @@ def interactive(answer: Callable[[list[str]], list[dict]], lines: Iterable[str],
         if not question:
             break
         row = answer([question])[0]
-        out.write(f"base:       {row['base']}\nfine-tuned: {row['fine_tuned']}\nquestion> ")
+        out.write(f"base:       {row['base']}\nfine-tuned: {row['fine_tuned']}\n")
+        if "base_calls" in row:
+            out.write(f"base calls:       {json.dumps(row['base_calls'], ensure_ascii=False)}\n"
+                      f"fine-tuned calls: {json.dumps(row['fine_tuned_calls'], ensure_ascii=False)}\n")
+        out.write("question> ")
         out.flush()
     out.write("\n")
 
@@ -96,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--questions", type=Path, help="questions file; omit for a prompt loop")
     parser.add_argument("--out", type=Path, help="where batch mode writes its JSON")
+    parser.add_argument("--tools", type=Path, help="JSON list of function schemas to show both models")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_SETTINGS["max_new_tokens"])
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
@@ -108,11 +148,12 @@ def main(argv: list[str] | None = None) -> None:
     else:
         parser.error("give --experiment, or both --model-dir and --adapter-dir")
     settings = {**DEFAULT_SETTINGS, "max_new_tokens": args.max_new_tokens}
+    tools = read_tools(args.tools) if args.tools else None
     pair = SideBySide(model_dir, adapter_dir, settings, args.seed, trust, quantization)
     if args.questions is None:
-        interactive(pair.answer, sys.stdin, sys.stdout)
+        interactive(lambda questions: pair.answer(questions, tools), sys.stdin, sys.stdout)
         return
-    rows = pair.answer(read_questions(args.questions))
+    rows = pair.answer(read_questions(args.questions), tools)
     if args.out:
         write_json(args.out, {"model_dir": model_dir, "adapter_dir": adapter_dir, "answers": rows})
     else:
