@@ -29,7 +29,7 @@ REAL_PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
 SITE_KEYS = ("slurm_partition", "slurm_account")
 GPU_KEYS = ("gpu", "gres", "gpu_model", "cpus_per_gpu", "tasks_per_gpu")
 # Rules whose GPU request comes from the config (training.devices, resources.*.gpu).
-GPU_RULES = ("train_adapter", "evaluate", "evaluate_base", "merge_adapter")
+GPU_RULES = ("build_base_model", "train_adapter", "evaluate", "evaluate_base", "merge_adapter")
 
 
 def node_capacity() -> tuple[int, int]:
