@@ -144,3 +144,35 @@ def test_bad_tool_requests_name_what_is_wrong(server, change, status, names):
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert names in error["message"] and error["param"].startswith(names.split("[")[0].split(".")[0])
+
+
+@pytest.mark.browser
+def test_the_chat_page_shows_a_call_and_sends_the_reply_back_as_its_result(server):
+    from test_studio_browser import script_errors, start_chromium, wait_for
+
+    browser = start_chromium()
+    try:
+        browser.get(f"{server.url}/chat")
+        wait_for(browser, "document.querySelectorAll('#chat-base option').length === 1")
+        browser.find_element("id", "chat-tools").send_keys("[not json")
+        browser.find_element("id", "chat-message").send_keys(ASK[0]["content"])
+        browser.find_element("id", "chat-send").click()
+        wait_for(browser, "!document.querySelector('#chat-tools-error').hidden")
+        assert not browser.find_elements("css selector", ".msg.user")  # nothing was sent
+
+        browser.find_element("id", "chat-tools").clear()
+        browser.find_element("id", "chat-tools").send_keys(json.dumps([WEATHER], ensure_ascii=False))
+        browser.find_element("id", "chat-send").click()
+        wait_for(browser, "document.querySelectorAll('.msg.assistant.finished').length === 1")
+        calls = [e.text for e in browser.find_elements("css selector", ".tool-call")]
+        assert calls == ['get_weather({"city": "北京"})']
+        assert "tool_calls" in browser.find_element("css selector", ".msg.assistant .meta").text
+
+        browser.find_element("id", "chat-message").send_keys("晴，25度")
+        browser.find_element("id", "chat-send").click()
+        wait_for(browser, "document.querySelectorAll('.msg.assistant.finished').length === 2")
+        assert browser.find_element("css selector", ".msg.tool").text == "晴，25度"
+        assert not browser.find_elements("css selector", ".msg.error")
+        assert script_errors(browser) == []
+    finally:
+        browser.quit()

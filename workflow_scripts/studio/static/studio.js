@@ -269,21 +269,47 @@ async function chatPage() {
   $("#chat-message").addEventListener("keydown", (ev) => {
     if (ev.key === "Enter" && !ev.shiftKey) { ev.preventDefault(); $("#chat-form").requestSubmit(); }
   });
+  function chatTools() {
+    // The tools box as a list of schemas (undefined when empty); an error is shown, not sent.
+    const raw = $("#chat-tools").value.trim(), error = $("#chat-tools-error");
+    error.hidden = true;
+    if (!raw) return undefined;
+    let tools;
+    try { tools = JSON.parse(raw); } catch (err) { tools = err; }
+    if (!Array.isArray(tools)) {
+      error.textContent = `tools: ${tools instanceof Error ? tools.message : "expected a JSON list of function schemas"}`;
+      error.hidden = false;
+      throw error;
+    }
+    return tools;
+  }
   $("#chat-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const text = $("#chat-message").value.trim();
     if (!text || !conversation.size) return;
+    let tools;
+    try { tools = chatTools(); } catch { return; }
     $("#chat-message").value = "";
     $("#chat-send").disabled = true;
-    await Promise.all([...conversation.keys()].map((id) => ask(id, text)));
+    await Promise.all([...conversation.keys()].map((id) => ask(id, text, tools)));
     $("#chat-send").disabled = false;
   });
 
-  async function ask(id, text) {
+  function addCall(calls, delta) {
+    // Streamed tool-call deltas, merged by index (arguments may come in pieces).
+    const call = calls[delta.index] || (calls[delta.index] = { id: "", type: "function", function: { name: "", arguments: "" } });
+    if (delta.id) call.id = delta.id;
+    if (delta.function && delta.function.name) call.function.name += delta.function.name;
+    if (delta.function && delta.function.arguments) call.function.arguments += delta.function.arguments;
+  }
+
+  async function ask(id, text, tools) {
     const column = document.querySelector(`.column[data-model="${CSS.escape(id)}"] .transcript`);
     const history = conversation.get(id);
-    history.push({ role: "user", content: text });
-    column.append(el("div", { class: "msg user" }, text));
+    const last = history[history.length - 1];
+    const role = last && last.tool_calls ? "tool" : "user";  // an answer to a call is its result
+    history.push(role === "tool" ? { role, content: text, tool_call_id: last.tool_calls[0].id } : { role, content: text });
+    column.append(el("div", { class: `msg ${role}` }, text));
     const answer = el("div", { class: "msg assistant streaming" });
     column.append(answer);
     const system = $("#chat-system").value.trim();
@@ -292,7 +318,9 @@ async function chatPage() {
       temperature: Number($("#chat-temperature").value), top_p: Number($("#chat-top-p").value),
       max_tokens: Number($("#chat-max-tokens").value), seed: Number($("#chat-seed").value),
     };
+    if (tools) body.tools = tools;
     let content = "", usage = null, reason = "";
+    const calls = [];
     try {
       const response = await fetch("/v1/chat/completions", {
         method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
@@ -302,10 +330,12 @@ async function chatPage() {
         if (chunk.usage) usage = chunk.usage;
         for (const choice of chunk.choices || []) {
           if (choice.delta && choice.delta.content) { content += choice.delta.content; answer.textContent = content; }
+          for (const delta of (choice.delta && choice.delta.tool_calls) || []) addCall(calls, delta);
           if (choice.finish_reason) reason = choice.finish_reason;
         }
       }
-      history.push({ role: "assistant", content });
+      history.push(calls.length ? { role: "assistant", content: content || null, tool_calls: calls } : { role: "assistant", content });
+      answer.append(...calls.map((c) => el("div", { class: "tool-call" }, `${c.function.name}(${c.function.arguments})`)));
       answer.append(el("span", { class: "meta" }, `${usage ? usage.completion_tokens : "?"} tokens · ${reason}`));
     } catch (err) {
       answer.classList.add("error");
