@@ -9,7 +9,8 @@
 #      trainer (grouped, packed) against padding to 512 and against TRL's SFTTrainer, and peak
 #      allocated and reserved GPU memory of LoRA against QLoRA.
 # Without a GPU, parts 1 and 3 are skipped (the tests report "skipped") and it still ends with
-# status 0. Target: under 8 minutes on one H100.
+# status 0 (tests/test_benchmarks.py checks that). Target: under 8 minutes on one H100.
+# Put bench.log's tables, the GPU's name and the date in docs/benchmarks.md.
 #
 #   bash benchmarks/gpu_check.sh [tests|slots|bench|all]     # default: all
 #
