@@ -145,6 +145,13 @@ def machine_gpus(wildcards):
     return workflow.global_resources.get("gpu").value or 0
 
 
+def scratch_model_gpus(model):
+    """Pretraining takes one GPU when any experiment on the model trains on one, else none
+    (then it sees no GPU, instead of landing on GPU 0 beside the jobs that hold it)."""
+    return max((min(1, stage_resources(e, "train")["gpu"]) for e in EXPERIMENTS.values()
+                if e["base_model"] == model), default=0)
+
+
 def base_eval_resource(key, default):
     """A base evaluation asks for the most that any experiment on its model and data asks
     for its own evaluation."""

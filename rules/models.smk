@@ -2,13 +2,6 @@ SCRATCH_MODELS = [m for m, s in CFG["base_models"].items() if s["source"] == "sc
 HUB_MODELS = [m for m, s in CFG["base_models"].items() if s["source"] == "hub"]
 
 
-def scratch_model_gpus(model):
-    """Pretraining takes one GPU when any experiment on the model trains on one, else none
-    (then it sees no GPU, instead of landing on GPU 0 beside the jobs that hold it)."""
-    return max((min(1, stage_resources(e, "train")["gpu"]) for e in EXPERIMENTS.values()
-                if e["base_model"] == model), default=0)
-
-
 rule build_base_model:
     input:
         data=lambda w: expand(
