@@ -1,11 +1,11 @@
 # GPUs: every job that may use one starts through workflow_scripts/gpu_slots.py, which holds
 # distinct devices for the job's lifetime (a no-op on Slurm, which gives each job its own); a
-# training with training.devices > 1 runs under torchrun, with training.nodes > 1 under srun
-# on Slurm. See docs/gpus.md and docs/slurm.md.
+# training with training.devices > 1 runs under local_launch, with training.nodes > 1 under
+# srun and torchrun on Slurm. See docs/gpus.md and docs/slurm.md.
 from workflow_scripts.gpu_slots import multi_node_resources, stage_resources, train_launcher
 
 TRAIN_CODE = ("train_adapter", "chat_tokenize", "packing", "model_loading", "resource_usage",
-              "run_info", "token_loss", "length_sampler", "train_progress")
+              "run_info", "token_loss", "length_sampler", "train_progress", "local_launch")
 
 
 rule train_adapter:

@@ -53,10 +53,24 @@ def run(prefix: list[str], args: list[str]) -> None:
     assert proc.returncode == 0, proc.stderr[-5000:]
 
 
-def torchrun(nproc: int) -> list[str]:
-    """torchrun as rules/train.smk starts it: each rank through gpu_slots --rank."""
-    return ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-            "-m", "workflow_scripts.gpu_slots", "--rank"]
+def launcher(nproc: int) -> list[str]:
+    """The launcher as rules/train.smk starts it (each rank through gpu_slots --rank)."""
+    return ["-m", "workflow_scripts.local_launch", "--nproc", str(nproc)]
+
+
+def listening_addresses(pid: int) -> set[str]:
+    """The addresses that the process and its descendants listen on (TCP)."""
+    import psutil
+
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    found = set()
+    for proc in procs:
+        try:
+            found |= {c.laddr.ip for c in proc.net_connections(kind="tcp")
+                      if c.status == psutil.CONN_LISTEN}
+        except psutil.NoSuchProcess:
+            pass
+    return found
 
 
 def test_two_processes_match_one_with_the_same_global_batch(qwen2_dir, data_dir, tmp_path):
@@ -66,7 +80,7 @@ def test_two_processes_match_one_with_the_same_global_batch(qwen2_dir, data_dir,
     double = make_job(qwen2_dir, training__batch_size=2, training__devices=2, **common)
     one, two = tmp_path / "one", tmp_path / "two"
     run([], cli(single, qwen2_dir, data_dir, one))
-    run(torchrun(2), cli(double, qwen2_dir, data_dir, two))
+    run(launcher(2), cli(double, qwen2_dir, data_dir, two))
 
     metrics = [json.loads((r / "adapter" / "train_metrics.json").read_text()) for r in (one, two)]
     assert metrics[0]["steps"] == metrics[1]["steps"] == 4
@@ -92,25 +106,28 @@ def test_a_killed_two_process_training_resumes_to_the_same_result(qwen2_dir, dat
     job = make_job(qwen2_dir, training__batch_size=2, training__devices=2, training__max_steps=6,
                    training__save_steps=2, training__logging_steps=1, lora__dropout=0.0)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    run(torchrun(2), cli(job, qwen2_dir, data_dir, straight))
+    run(launcher(2), cli(job, qwen2_dir, data_dir, straight))
 
     (tmp_path / "slow_train.py").write_text(SLOW_MAIN)
-    # SIGKILL to torchrun alone: its ranks run in sessions of their own and must die with it
-    proc = subprocess.Popen([sys.executable, *torchrun(2), "-m", "slow_train",
+    # SIGKILL to the launcher alone: its ranks must die with it
+    proc = subprocess.Popen([sys.executable, *launcher(2), "-m", "slow_train",
                              *cli(job, qwen2_dir, data_dir, killed)[2:]], cwd=REPO,
                             env=dict(ENV, PYTHONPATH=str(tmp_path)),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
+    deadline, listening = time.monotonic() + 300, set()
     while not list((killed / "checkpoints").glob("*/checkpoint-*/trainer_state.json")):
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         assert time.monotonic() < deadline, "no checkpoint appeared"
+        listening |= listening_addresses(proc.pid)
         time.sleep(0.05)
+    # gloo's sockets were seen, and nothing of the training listened beyond the loopback
+    assert listening and listening <= {"127.0.0.1", "::1"}, listening
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    time.sleep(5)  # ranks that outlived torchrun would go on and finish
+    time.sleep(5)  # ranks that outlived the launcher would go on and finish
     assert not (killed / "adapter" / "train_metrics.json").exists()
     assert list((killed / "checkpoints").glob("*/checkpoint-*"))
-    run(torchrun(2), cli(job, qwen2_dir, data_dir, killed))
+    run(launcher(2), cli(job, qwen2_dir, data_dir, killed))
 
     metrics = [json.loads((r / "adapter" / "train_metrics.json").read_text())
                for r in (straight, killed)]

@@ -102,7 +102,7 @@ def test_asking_for_more_gpus_than_the_machine_has_fails_clearly(tmp_path):
 
 def test_the_workflow_starts_each_job_through_its_slots(tmp_path):
     """What `snakemake --resources gpu=2` would run: every training, merge, evaluation and
-    pretraining holds its GPUs, and two devices per training mean torchrun with two processes."""
+    pretraining holds its GPUs, and two devices per training mean two processes (local_launch)."""
     from workflow_runner import make_workflow
 
     workflow = make_workflow(tmp_path)
@@ -117,10 +117,8 @@ def test_the_workflow_starts_each_job_through_its_slots(tmp_path):
               for c in commands if "train_adapter" in c}
     assert set(trains) >= {"rank-r2", "rank-r4", "lccc-qlora"}
     for name in ("rank-r2", "rank-r4"):
-        assert "--gpus 2 --total 2 -- env GLOO_SOCKET_IFNAME=lo NCCL_SOCKET_IFNAME=lo python -m " \
-               "torch.distributed.run --standalone --nproc-per-node 2 -m workflow_scripts.gpu_slots --rank " \
-               "-m workflow_scripts.train_adapter" \
-               in trains[name]
+        assert "--gpus 2 --total 2 -- python -m workflow_scripts.local_launch --nproc 2 " \
+               "-m workflow_scripts.train_adapter" in trains[name]
         assert "--threads 1 " in trains[name]  # the rule's 2 threads over two processes
     for name in set(trains) - {"rank-r2", "rank-r4"}:  # one device: one process on one GPU
         assert "--gpus 1 --total 2 -- python -m workflow_scripts.train_adapter" in trains[name]

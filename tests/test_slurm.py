@@ -13,7 +13,7 @@ account, resources capped to the node, no GPU (the node has none). What it check
   COMPLETED in `scontrol`), and no local rule did;
 * each job's sbatch request (partition, --mem, -t, --cpus-per-task) is the resources that
   Snakemake resolved from the profile and the config, and Slurm granted exactly that;
-* the rank sweep trains with `training.devices: 2`: two processes (torchrun, gloo) in one
+* the rank sweep trains with `training.devices: 2`: two processes (local_launch, gloo) in one
   Slurm job, which saw twice the samples per step;
 * with the GPU requests left in, each training job's sbatch line asks for what its experiment
   uses: `--gpus=N` for training.devices N, and across `training.nodes: 2` one task and
@@ -181,8 +181,8 @@ def test_smoke_workflow_runs_through_slurm(slurm_cluster, tmp_path):
 
 
 def _check_two_process_trainings(workdir: Path, log: str) -> None:
-    """The rank sweep's jobs ran torchrun with two processes, each step taking 2 x 4 samples."""
-    launched = re.findall(r"--nproc-per-node 2 .*?-m workflow_scripts.train_adapter .*?"
+    """The rank sweep's jobs ran two processes (local_launch), each step taking 2 x 4 samples."""
+    launched = re.findall(r"local_launch --nproc 2 -m workflow_scripts.train_adapter .*?"
                           r"--out-dir results/adapters/(\S+)", log)
     assert set(launched) == {"rank-r2", "rank-r4"}, log[-5000:]
     for name in ("rank-r2", "rank-r4"):

@@ -4,7 +4,7 @@ Also what each job asks for (stage_resources) and how a training is launched (tr
 which the rules in rules/train.smk and rules/evaluate.smk read.
 
     python -m workflow_scripts.gpu_slots --gpus N --total M [--slots-dir DIR] -- CMD ...
-    python -m workflow_scripts.gpu_slots --rank -m MODULE ARGS ...   (a torchrun rank)
+    python -m workflow_scripts.gpu_slots --rank -m MODULE ARGS ...   (a local_launch or torchrun rank)
 
 Each of the machine's M GPUs is a slot file `DIR/gpu<i>.lock`; a job holds a slot by holding
 an exclusive `flock` on it. The launcher takes N free slots, sets CUDA_VISIBLE_DEVICES to those
@@ -68,13 +68,14 @@ def multi_node_resources(experiment: dict) -> dict:
             "tasks_per_gpu": 0, "mpi": "srun"}
 
 
-# Each torchrun rank starts through this module, so that it dies with torchrun (die_with_launcher).
+# Each rank (torchrun's or local_launch's) starts through this module, so that it dies with
+# its launcher (die_with_launcher).
 RANK_WRAPPER = "-m workflow_scripts.gpu_slots --rank"
 
 
 def train_launcher(training: dict) -> str:
     """The command that runs `-m workflow_scripts.train_adapter`: python for one process,
-    torchrun for training.devices processes, srun + torchrun across training.nodes.
+    local_launch for training.devices processes, srun + torchrun across training.nodes.
 
     Across nodes the command runs in the job's batch step, on the allocation's first node,
     which is the rendezvous (the plugin strips SLURM_JOB_NODELIST, so: `hostname`)."""
@@ -85,9 +86,9 @@ def train_launcher(training: dict) -> str:
                 '--rdzv-id "$SLURM_JOB_ID" --rdzv-endpoint "$(hostname)":$((29500 + SLURM_JOB_ID % 1000)) '
                 f"{RANK_WRAPPER}")
     if devices > 1:
-        # One node: the processes' gloo/NCCL sockets listen on the loopback interface only.
-        return ("env GLOO_SOCKET_IFNAME=lo NCCL_SOCKET_IFNAME=lo python -m torch.distributed.run "
-                f"--standalone --nproc-per-node {devices} {RANK_WRAPPER}")
+        # One node: local_launch, whose ranks meet through a file and talk over the loopback
+        # only (torchrun's rendezvous store would listen on every interface).
+        return f"python -m workflow_scripts.local_launch --nproc {devices}"
     return "python"
 
 
@@ -173,9 +174,9 @@ def launch_env(gpus: int, total: int | None, env: dict[str, str], slots_dir: Pat
 def die_with_launcher() -> None:
     """End this process when the one that started it ends (Linux's parent-death signal).
 
-    torchrun starts each rank in a session of its own, so when torchrun is SIGKILLed (and
-    with it the slots it holds) its ranks would otherwise run on, on GPUs already free for
-    the next job, and finish writing outputs of a job that Snakemake counts as dead."""
+    torchrun starts each rank in a session of its own, so when the launcher is SIGKILLed
+    (and with it the slots it holds) its ranks would otherwise run on, on GPUs already free
+    for the next job, and finish writing outputs of a job that Snakemake counts as dead."""
     import ctypes
     import ctypes.util
     import signal
@@ -189,7 +190,7 @@ def die_with_launcher() -> None:
 
 
 def run_rank(argv: list[str]) -> None:
-    """`--rank -m MODULE ARGS...`: run MODULE as __main__ in a rank that dies with torchrun."""
+    """`--rank -m MODULE ARGS...`: run MODULE as __main__ in a rank that dies with its launcher."""
     import runpy
 
     if len(argv) < 2 or argv[0] != "-m":

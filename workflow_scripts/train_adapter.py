@@ -6,7 +6,7 @@ and a changed config, data file or model never resumes from a stale checkpoint. 
 length-grouped with dynamic padding (workflow_scripts/length_sampler.py), or packed
 (`training.packing`, see workflow_scripts/packing.py). Every reported validation loss is the
 token-weighted loss of workflow_scripts/token_loss.py. Under a data-parallel launch
-(torchrun, WORLD_SIZE > 1) only the global rank 0 writes. See docs/training.md.
+(local_launch or torchrun, WORLD_SIZE > 1) only the global rank 0 writes. See docs/training.md.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from workflow_scripts.io_utils import canonical_json, file_sha256, read_jsonl, write_json, write_jsonl
+from workflow_scripts.local_launch import init_from_launcher
 from workflow_scripts.run_info import write_run_info
 
 LOG_KEYS = ("loss", "learning_rate", "grad_norm", "eval_loss")
@@ -483,6 +484,7 @@ def main(argv: list[str] | None = None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    init_from_launcher()  # ranks of local_launch join their group; a no-op otherwise
     if is_main_process():
         args.out_dir.mkdir(parents=True, exist_ok=True)
     metrics = train(job, args.model_dir, args.data_dir, args.out_dir, args.checkpoint_dir,
