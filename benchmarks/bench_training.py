@@ -380,17 +380,13 @@ def setup(work: Path, args: argparse.Namespace) -> dict:
 
 def device_name() -> str:
     """The GPU's name, or the CPU's model and the threads torch uses."""
-    import platform
-
     import torch
+
+    from workflow_scripts.run_info import cpu_name
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    cpuinfo = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in
-             (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
-             if line.startswith("model name")]
-    return f"{names[0] if names else platform.machine()} ({torch.get_num_threads()} threads)"
+    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
 
 
 def in_subprocess(work: Path, name: str, args: argparse.Namespace) -> dict:

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from workflow_scripts.gpu_slots import RANK_WRAPPER
+
 ENV_STORE = "LORA_DIST_STORE"
 GRACE_SECONDS = 20
 
@@ -65,7 +67,7 @@ def supervise(procs: list[subprocess.Popen], poll: float = 0.2) -> int:
 def launch(nproc: int, module_argv: list[str]) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="lora-zh-dist-"))  # mode 0700: this user only
     store = workdir / "store"
-    cmd = [sys.executable, "-m", "workflow_scripts.gpu_slots", "--rank", *module_argv]
+    cmd = [sys.executable, *RANK_WRAPPER.split(), *module_argv]
     procs: list[subprocess.Popen] = []
 
     def forward(signum, _frame):
@@ -84,25 +86,24 @@ def launch(nproc: int, module_argv: list[str]) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def init_from_launcher() -> bool:
+def init_from_launcher() -> None:
     """In a rank started by this launcher: join the process group through the FileStore
     (gloo on the CPU, NCCL on this rank's GPU), before the Trainer would start its own
-    env:// group. True if it did; False when not under this launcher."""
+    env:// group. Nothing to do outside this launcher."""
     path, world = os.environ.get(ENV_STORE), int(os.environ.get("WORLD_SIZE", "1"))
     if not path or world < 2:
-        return False
+        return
     import torch
     import torch.distributed as dist
 
     if dist.is_initialized():
-        return True
+        return
     backend = "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         backend = "nccl"
     dist.init_process_group(backend, store=dist.FileStore(path, world),
                             rank=int(os.environ["RANK"]), world_size=world)
-    return True
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,8 +20,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from workflow_scripts.studio.chat_engine import Decoding, ModelPool, Outcome, PreparedChat
-from workflow_scripts.studio.tool_calling import (CallSplitter, openai_calls, template_message,
-                                                  template_tools)
+from workflow_scripts.studio.tool_calling import (CallSplitter, openai_calls, split_answer,
+                                                  template_message, template_tools)
 
 
 class TextPart(BaseModel):
@@ -218,12 +218,10 @@ async def complete(pool: ModelPool, chat: PreparedChat, stops: list[str], reques
             getter.cancel()
     pieces.append(matcher.flush())
     message, reason = {"role": "assistant", "content": "".join(pieces)}, finish_reason(value, matcher.stopped)
-    if (calls_reader := splitter(chat)) is not None:
-        calls_reader.feed(message["content"])
-        _, calls = calls_reader.finish()
+    if chat.call_format:
+        content, calls = split_answer(chat.call_format, message["content"])
         if calls:
-            message = {"role": "assistant", "content": calls_reader.content(),
-                       "tool_calls": openai_calls(calls)}
+            message["content"], message["tool_calls"] = content, openai_calls(calls)
             reason = "tool_calls"
     return JSONResponse({
         "id": completion_id, "object": "chat.completion", "created": created, "model": model,

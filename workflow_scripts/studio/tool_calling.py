@@ -77,9 +77,6 @@ class CallSplitter:
             return held, None
         return "", calls
 
-    def content(self) -> str | None:
-        """The text sent before the calls, as a tool-call message's content (None if blank)."""
-        return self.sent.strip() or None
 
     def _call_start(self, text: str) -> int | None:
         if self.fmt == "hermes":
@@ -96,6 +93,15 @@ class CallSplitter:
             return max((k for k in range(1, len(HERMES_OPEN)) if text.endswith(HERMES_OPEN[:k])),
                        default=0)
         return len(text) if not (self.sent + text).strip() else 0
+
+
+def split_answer(fmt: str, text: str) -> tuple[str | None, list[ToolCall] | None]:
+    """A whole answer's calls and the text before them (None if blank); (text, None) when
+    it holds no call that parses."""
+    splitter = CallSplitter(fmt)
+    before = splitter.feed(text)
+    rest, calls = splitter.finish()
+    return (before.strip() or None, calls) if calls else (before + rest, None)
 
 
 def template_message(message: dict[str, Any], index: int) -> dict:
