@@ -92,3 +92,21 @@ def test_packed_rows_attend_within_each_sample_on_the_gpu(attn, dtype, tol):
         for start, end in zip(offsets, offsets[1:]):
             alone = model(input_ids=torch.tensor([row["input_ids"][start:end]], device="cuda"))
             torch.testing.assert_close(packed[start:end], alone.logits[0].float(), atol=tol, rtol=tol)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two NVIDIA GPUs")
+def test_two_gpus_train_through_local_launch_with_nccl(qwen2_dir, data_dir, tmp_path):
+    """local_launch's CUDA path: a FileStore with NCCL, one rank per GPU; only rank 0 writes."""
+    import json
+    import subprocess
+    import sys
+
+    from test_distributed import REPO, cli, launcher
+
+    job = make_job(qwen2_dir, training__batch_size=2, training__devices=2, training__max_steps=2)
+    proc = subprocess.run([sys.executable, *launcher(2), *cli(job, qwen2_dir, data_dir, tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    metrics = json.loads((tmp_path / "adapter" / "train_metrics.json").read_text())
+    assert metrics["device"] == "cuda" and metrics["steps"] == 2
+    assert changed_lora_b(adapter_weights(tmp_path / "adapter"))
