@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from workflow_runner import Workflow, make_workflow  # noqa: E402
-from workflow_scripts.experiment_config import resolve_experiments, validate  # noqa: E402
+from workflow_scripts.common.config import resolve_experiments, validate  # noqa: E402
 
 GRID = {"lora.r": [4, 8, 16, 32, 64], "training.learning_rate": [1e-4, 2e-4, 5e-4, 1e-3, 2e-3],
         "lora.alpha": [8, 16, 32, 64]}

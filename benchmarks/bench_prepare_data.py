@@ -78,7 +78,7 @@ def measured(start: float, records: int, kept: int, workers: int = 0) -> dict:
 
 
 def run_ours(path: str, out_dir: str, workers: int) -> dict:
-    from workflow_scripts.prepare_dataset import default_workers, prepare
+    from workflow_scripts.data.prepare_dataset import default_workers, prepare
     workers = workers or default_workers()
     start = time.perf_counter()
     stats = prepare("bench", {"format": "alpaca", "files": [path]}, CLEANING,

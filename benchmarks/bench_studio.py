@@ -59,7 +59,7 @@ def percentile(values: list[float], q: float) -> float:
 # ---------------------------------------------------------------- pages
 def fabricate_results(root: Path, config: dict) -> list[str]:
     """A config with 200 experiments and plausible files for each; returns their names."""
-    from workflow_scripts.experiment_config import resolve_experiments, validate
+    from workflow_scripts.common.config import resolve_experiments, validate
 
     config = {**config, "experiments": {}, "merge": [],
               "sweeps": {f"bench-{ds}": {"base": {"base_model": MODEL, "dataset": ds}, "grid": GRID}
@@ -135,7 +135,7 @@ def random_adapters(model_dir: Path, root: Path, count: int) -> list[str]:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from workflow_scripts.model_loading import load_model
+    from workflow_scripts.models.loading import load_model
 
     names = []
     for i in range(count):
@@ -179,7 +179,7 @@ def direct_generate(model_dir: Path, max_tokens: int, repeats: int = 5) -> tuple
     import torch
     from transformers import TextIteratorStreamer
 
-    from workflow_scripts.model_loading import load_model, load_tokenizer
+    from workflow_scripts.models.loading import load_model, load_tokenizer
 
     tokenizer, model = load_tokenizer(str(model_dir)), load_model(str(model_dir)).eval()
     firsts, rates = [], []
@@ -251,7 +251,7 @@ MEMORY_SCRIPT = r"""
 import gc, json, sys, psutil
 from pathlib import Path
 from peft import PeftModel
-from workflow_scripts.model_loading import load_model
+from workflow_scripts.models.loading import load_model
 mode, model_dir, adapters = sys.argv[1], sys.argv[2], sys.argv[3:]
 process = psutil.Process()
 gc.collect(); before = process.memory_info().rss

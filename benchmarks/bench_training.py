@@ -3,7 +3,7 @@
     python benchmarks/bench_training.py [--shape small|qwen2-0.5b] [--layers N] [--samples 96]
                                         [--batch 8] [--mem-layers 16] [--parts speed,memory]
 
-Data: data/raw/alpaca_zh_demo.json through workflow_scripts.prepare_dataset (the train
+Data: data/raw/alpaca_zh_demo.json through workflow_scripts.data.prepare_dataset (the train
 split), a byte-level BPE trained on it, and randomly initialised Qwen2 models (their speed
 and memory do not depend on the weights). Every measurement runs in its own process, so each
 peak RSS is that run's own.
@@ -33,8 +33,8 @@ the same `--samples` records drawn at random from the train split (seeded), for
 
 Measured: non-padding tokens per second over `trainer.train()` (model loading and
 tokenization excluded; no evaluation and no checkpoint in any setup) and the process's peak
-RSS. Every setup sees every record once: an earlier version timed 12 steps, which under
-length grouping were the longest batches of the first mega-batch, and flattered it.
+RSS. Every setup sees every record once: a fixed number of steps would, under length
+grouping, time the longest batches of the first mega-batch only, and flatter it.
 
 Memory: a Qwen2 with a bf16 checkpoint, as real ones are (`small`: ~270M parameters,
 `--mem-layers` layers; `qwen2-0.5b`: the same shape as the speed model) trained through
@@ -43,7 +43,7 @@ double quantization), with the same data and hyperparameters, once without and o
 gradient checkpointing: on the CPU 2 steps of batch 2 x <=128 tokens, on CUDA 4 steps of
 batch 4 x 512 packed tokens. Each run's peak RSS is its whole process's (imports, loading,
 training), read from the child's rusage by the parent; on the CPU QLoRA / LoRA is checked
-against the issue's 0.6. On CUDA the peaks allocated and reserved cover the whole process
+against a target of 0.6. On CUDA the peaks allocated and reserved cover the whole process
 too, and "at start" is what was allocated when training began (weights, adapter, data).
 
 TRL: installed outside the project's venv (`pip install --target /tmp/trl-site trl`); tested
@@ -109,7 +109,7 @@ def memory_shape(name: str, layers: int | None, mem_layers: int) -> dict:
 
 def prepare_data(work: Path) -> Path:
     """The demo file cleaned and split by the workflow's own data step."""
-    from workflow_scripts.prepare_dataset import prepare
+    from workflow_scripts.data.prepare_dataset import prepare
 
     spec = {"format": "alpaca", "files": [str(ROOT / "data/raw/alpaca_zh_demo.json")]}
     prepare("alpaca_zh", spec, {}, {"valid": 0.05, "test": 0.05}, 42, work / "data", workers=1)
@@ -130,7 +130,7 @@ def save_model(path: Path, tokenizer, dtype: str, **shape) -> Path:
 
 def job(model_dir: Path, method: str, **training) -> dict:
     """A train_adapter job with the schema's defaults filled in."""
-    from workflow_scripts.experiment_config import resolve_experiments
+    from workflow_scripts.common.config import resolve_experiments
 
     config = {"datasets": {"d": {"format": "alpaca", "files": ["x"]}},
               "base_models": {"m": {"source": "path", "path": str(model_dir)}},
@@ -162,7 +162,7 @@ def stop_timing(start: float, tokens: int) -> dict:
     whole process; on CUDA, allocated and reserved since `start_timing`."""
     import torch
 
-    from workflow_scripts.resource_usage import peak_memory
+    from workflow_scripts.common.resource_usage import peak_memory
 
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -178,8 +178,8 @@ def timed_train(trainer) -> dict:
 def run_workflow(work: Path, batch: int, packing: bool) -> dict:
     from transformers import set_seed
 
-    from workflow_scripts.model_loading import load_tokenizer
-    from workflow_scripts.train_adapter import build_peft_model, build_trainer
+    from workflow_scripts.models.loading import load_tokenizer
+    from workflow_scripts.training.train_adapter import build_peft_model, build_trainer
 
     model_dir = work / "speed-model"
     spec = job(model_dir, "lora", **speed_training(batch, packing=packing))
@@ -195,8 +195,8 @@ def run_workflow(work: Path, batch: int, packing: bool) -> dict:
 def lora_model(model_dir: Path):
     from peft import get_peft_model
 
-    from workflow_scripts.model_loading import load_model
-    from workflow_scripts.train_adapter import lora_config
+    from workflow_scripts.models.loading import load_model
+    from workflow_scripts.training.train_adapter import lora_config
 
     experiment = job(model_dir, "lora")["experiment"]
     return get_peft_model(load_model(str(model_dir)), lora_config("lora", experiment["lora"]))
@@ -214,7 +214,7 @@ def baseline_arguments(cls, work: Path, batch: int, **extra):
 
 
 def chats(work: Path) -> list[list[dict]]:
-    from workflow_scripts.io_utils import read_jsonl
+    from workflow_scripts.common.io_utils import read_jsonl
 
     return [r["messages"] for r in read_jsonl(work / "speed-data" / "train.jsonl")]
 
@@ -224,7 +224,7 @@ def run_padded(work: Path, batch: int) -> dict:
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
 
-    from workflow_scripts.model_loading import load_tokenizer
+    from workflow_scripts.models.loading import load_tokenizer
 
     model_dir = work / "speed-model"
     tokenizer = load_tokenizer(str(model_dir))
@@ -246,8 +246,8 @@ def run_trl(work: Path, batch: int, trl_site: str) -> dict:
     from transformers import set_seed
     from trl import SFTConfig, SFTTrainer
 
-    from workflow_scripts.model_loading import load_model, load_tokenizer
-    from workflow_scripts.train_adapter import lora_config
+    from workflow_scripts.models.loading import load_model, load_tokenizer
+    from workflow_scripts.training.train_adapter import lora_config
 
     model_dir = work / "speed-model"
     experiment = job(model_dir, "lora")["experiment"]
@@ -267,8 +267,8 @@ def run_ceiling(work: Path, batch: int) -> dict:
     import torch
     from transformers import set_seed
 
-    from workflow_scripts.chat_tokenize import tokenize_records
-    from workflow_scripts.model_loading import load_tokenizer
+    from workflow_scripts.models.loading import load_tokenizer
+    from workflow_scripts.training.chat_tokenize import tokenize_records
 
     model_dir = work / "speed-model"
     records = [{"messages": m} for m in chats(work)]
@@ -326,7 +326,7 @@ def memory_training(checkpointing: bool) -> dict:
 def run_memory(work: Path, method: str, checkpointing: bool) -> dict:
     """Two optimizer steps of train_adapter.train on the big model. The process's peak RSS
     is read by the parent (`in_subprocess`), so it covers imports, loading and training."""
-    from workflow_scripts.train_adapter import train
+    from workflow_scripts.training.train_adapter import train
 
     rss: dict = {}
     record_rss_at_train_start(rss)
@@ -343,7 +343,7 @@ def speed_sample(data: Path, out: Path, samples: int) -> int:
     """`samples` train records drawn at random (seed 0): every speed setup trains on them."""
     import random
 
-    from workflow_scripts.io_utils import read_jsonl, write_jsonl
+    from workflow_scripts.common.io_utils import read_jsonl, write_jsonl
 
     records = list(read_jsonl(data / "train.jsonl"))
     out.mkdir()
@@ -352,8 +352,8 @@ def speed_sample(data: Path, out: Path, samples: int) -> int:
 
 def setup(work: Path, args: argparse.Namespace) -> dict:
     """Data, tokenizer and the random models `args.parts` needs; what the tables report."""
-    from workflow_scripts.build_base_model import train_tokenizer
-    from workflow_scripts.io_utils import read_jsonl, write_jsonl
+    from workflow_scripts.common.io_utils import read_jsonl, write_jsonl
+    from workflow_scripts.models.build_base_model import train_tokenizer
 
     data = prepare_data(work)
     speed_samples = speed_sample(data, work / "speed-data", args.samples)
@@ -382,7 +382,7 @@ def device_name() -> str:
     """The GPU's name, or the CPU's model and the threads torch uses."""
     import torch
 
-    from workflow_scripts.run_info import cpu_name
+    from workflow_scripts.common.run_info import cpu_name
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
@@ -446,7 +446,7 @@ def print_speed(speed: dict[str, dict], info: dict) -> None:
               "allocator during training (weights included, loading excluded)")
 
 
-MEMORY_TARGET = 0.6  # the issue's bound on QLoRA / LoRA peak RSS of the small shape's ~270M model
+MEMORY_TARGET = 0.6  # target for QLoRA / LoRA peak RSS of the small shape's ~270M model
 
 
 def memory_names(checkpointing: str) -> list[str]:

@@ -84,8 +84,8 @@ if [[ $PARTS == all || $PARTS == slots ]]; then
   count='import torch; print(torch.cuda.device_count())'
   check_slots() {
     local one none want=$HAS_CUDA
-    one=$("$PY" -m workflow_scripts.gpu_slots --gpus "$want" --total "$want" --slots-dir "$slots" -- "$PY" -c "$count") || return 1
-    none=$("$PY" -m workflow_scripts.gpu_slots --gpus 0 --total 1 --slots-dir "$slots" -- "$PY" -c "$count") || return 1
+    one=$("$PY" -m workflow_scripts.launch.gpu_slots --gpus "$want" --total "$want" --slots-dir "$slots" -- "$PY" -c "$count") || return 1
+    none=$("$PY" -m workflow_scripts.launch.gpu_slots --gpus 0 --total 1 --slots-dir "$slots" -- "$PY" -c "$count") || return 1
     echo "devices seen: asking for $want: $one; asking for none: $none"
     [ "$one" = "$want" ] && [ "$none" = 0 ]
   }

@@ -5,17 +5,21 @@ from pathlib import Path
 
 from snakemake.settings.types import DeploymentMethod
 
-# The DAG is built with the logic package next to this Snakefile; jobs run the installed
-# one (`pip install -e .` in scripts/setup.sh) with the environment's `python`: the one
-# running Snakemake, unless jobs run in conda environments.
+# The DAG is built, and every job runs, with the logic package next to this Snakefile:
+# PYTHONPATH points jobs at it, so any environment that holds the dependencies runs them
+# (this venv, a conda or container environment, a cluster's modules) without installing
+# the package. Jobs use the `python` of the interpreter running Snakemake, unless they run
+# in conda environments.
 sys.path.insert(0, workflow.basedir)
+_prefix = f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{PYTHONPATH:+:$PYTHONPATH}}; "
 if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
-    shell.prefix(f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; ")
+    _prefix += f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; "
+shell.prefix(_prefix.replace("{", "{{").replace("}", "}}"))  # Snakemake formats the prefix
 
-from workflow_scripts.experiment_config import alternatives_regex, resolve_experiments, validate
-from workflow_scripts.gpu_slots import stage_resources
-from workflow_scripts.io_utils import canonical_json, evaluation_key
-from workflow_scripts.model_loading import resolve_model_dir
+from workflow_scripts.common.config import alternatives_regex, resolve_experiments, validate
+from workflow_scripts.common.io_utils import canonical_json, evaluation_key
+from workflow_scripts.launch.gpu_slots import stage_resources
+from workflow_scripts.models.loading import resolve_model_dir
 
 
 CONFIG_SOURCE = ", ".join(map(str, workflow.configfiles)) or "the config"
@@ -35,7 +39,7 @@ wildcard_constraints:
 
 def code(*modules):
     """The package modules a job runs (Snakemake does not track imports)."""
-    return [str(CODE_DIR / f"{m}.py") for m in ("io_utils",) + modules]
+    return [str(CODE_DIR / f"{m}.py") for m in ("common/io_utils",) + modules]
 
 
 def dataset_files(name):

@@ -1,7 +1,8 @@
 rule prepare_dataset:
     input:
         raw=lambda w: dataset_files(w.dataset),
-        code=code("prepare_dataset", "data_formats", "data_cleaning", "data_split", "run_info"),
+        code=code("data/prepare_dataset", "data/formats", "data/cleaning", "data/split",
+                  "common/run_info"),
     output:
         train="results/data/{dataset}/train.jsonl",
         valid="results/data/{dataset}/valid.jsonl",
@@ -24,6 +25,6 @@ rule prepare_dataset:
     benchmark:
         "results/benchmarks/prepare_dataset/{dataset}.tsv"
     shell:
-        "python -m workflow_scripts.prepare_dataset --name {wildcards.dataset} "
+        "python -m workflow_scripts.data.prepare_dataset --name {wildcards.dataset} "
         "--config {params.cfg:q} --out-dir results/data/{wildcards.dataset} --workers {threads} "
         "> {log:q} 2>&1"

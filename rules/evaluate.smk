@@ -1,5 +1,7 @@
-EVAL_CODE = ("evaluate_model", "chat_tokenize", "model_loading", "text_metrics", "token_loss",
-             "run_info", "tool_eval", "tool_calls", "data_formats")
+EVAL_CODE = ("evaluation/evaluate", "evaluation/generation", "evaluation/text_metrics",
+             "evaluation/tool_eval", "evaluation/tool_calls", "training/chat_tokenize",
+             "training/token_loss", "models/chat_templates", "models/loading", "data/formats",
+             "common/run_info")
 EVAL_OUTPUTS = ("metrics.json", "predictions.jsonl", "record_losses.jsonl", "tool_calls.jsonl",
                 "run_info.json")
 
@@ -29,9 +31,9 @@ rule evaluate:
     benchmark:
         "results/benchmarks/evaluate/{experiment}.tsv"
     shell:
-        "python -m workflow_scripts.gpu_slots --gpus {resources.gpu} "
+        "python -m workflow_scripts.launch.gpu_slots --gpus {resources.gpu} "
         "--total {resources.machine_gpus} -- "
-        "python -m workflow_scripts.evaluate_model --config {params.cfg:q} "
+        "python -m workflow_scripts.evaluation.evaluate --config {params.cfg:q} "
         "--model-dir {input.model:q} --adapter-dir {params.adapter_dir:q} "
         "--test-file {input.test:q} --out-dir {params.out_dir:q} "
         "--threads {threads} > {log:q} 2>&1"
@@ -64,8 +66,8 @@ rule evaluate_base:
     benchmark:
         "results/benchmarks/evaluate_base/{model}/{dataset}/{key}.tsv"
     shell:
-        "python -m workflow_scripts.gpu_slots --gpus {resources.gpu} "
+        "python -m workflow_scripts.launch.gpu_slots --gpus {resources.gpu} "
         "--total {resources.machine_gpus} -- "
-        "python -m workflow_scripts.evaluate_model --config {params.cfg:q} "
+        "python -m workflow_scripts.evaluation.evaluate --config {params.cfg:q} "
         "--model-dir {input.model:q} --test-file {input.test:q} --out-dir {params.out_dir:q} "
         "--threads {threads} > {log:q} 2>&1"

@@ -8,7 +8,8 @@ rule build_base_model:
             "results/data/{dataset}/train.jsonl",
             dataset=model_spec(w.model)["pretrain"]["datasets"],
         ),
-        code=code("build_base_model", "chat_templates", "data_cleaning", "model_loading", "run_info"),
+        code=code("models/build_base_model", "models/chat_templates", "models/loading",
+                  "data/cleaning", "common/run_info"),
     output:
         directory("results/models/{model}"),
     wildcard_constraints:
@@ -28,9 +29,9 @@ rule build_base_model:
     benchmark:
         "results/benchmarks/build_base_model/{model}.tsv"
     shell:
-        "python -m workflow_scripts.gpu_slots --gpus {resources.gpu} "
+        "python -m workflow_scripts.launch.gpu_slots --gpus {resources.gpu} "
         "--total {resources.machine_gpus} -- "
-        "python -m workflow_scripts.build_base_model --name {wildcards.model} "
+        "python -m workflow_scripts.models.build_base_model --name {wildcards.model} "
         "--config {params.cfg:q} --data {input.data} --out-dir {output} "
         "--threads {threads} > {log} 2>&1"
 
@@ -38,7 +39,7 @@ rule build_base_model:
 # Compute nodes often have no internet: hub models are fetched on the submitting node.
 rule fetch_base_model:
     input:
-        code=code("model_loading"),
+        code=code("models/loading", "models/chat_templates"),
     output:
         directory("results/models/{model}"),
     wildcard_constraints:
@@ -51,5 +52,5 @@ rule fetch_base_model:
     log:
         "logs/fetch_base_model/{model}.log",
     shell:
-        "python -m workflow_scripts.model_loading fetch --config {params.cfg:q} "
+        "python -m workflow_scripts.models.loading fetch --config {params.cfg:q} "
         "--out-dir {output} > {log} 2>&1"

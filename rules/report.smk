@@ -34,11 +34,11 @@ rule collect_metrics:
         ],
         stats=expand("results/data/{d}/stats.json", d=CFG["datasets"]),
         code=code(
-            "collect_metrics",
-            "uncertainty",
-            "text_metrics",
-            "experiment_config",
-            "report/evaluations",
+            "report/collect_metrics",
+            "evaluation/bootstrap",
+            "evaluation/text_metrics",
+            "common/config",
+            "evaluation/metric_intervals",
             "report/studies",
         ),
     output:
@@ -89,7 +89,7 @@ rule collect_metrics:
     log:
         "logs/collect_metrics.log",
     shell:
-        "python -m workflow_scripts.collect_metrics --config {input.config} "
+        "python -m workflow_scripts.report.collect_metrics --config {input.config} "
         "--results results --out-dir results/metrics > {log} 2>&1"
 
 
@@ -102,10 +102,10 @@ rule render_report:
         templates=sorted(REPO_DIR.joinpath("reports/templates").glob("*")),
         captions=sorted(REPO_DIR.joinpath("reports/captions").glob("*")),
         code=code(
-            "render_report",
-            "plots",
-            "uncertainty",
-            "experiment_config",
+            "report/render_report",
+            "report/plots",
+            "evaluation/bootstrap",
+            "common/config",
             "report/formatting",
             "report/sections",
             "report/studies",
@@ -133,6 +133,6 @@ rule render_report:
     log:
         "logs/render_report.log",
     shell:
-        "python -m workflow_scripts.render_report --metrics-dir results/metrics "
+        "python -m workflow_scripts.report.render_report --metrics-dir results/metrics "
         "--results results --templates {params.templates} "
         "--config {input.config} --out-dir results/report > {log} 2>&1"

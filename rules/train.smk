@@ -1,11 +1,13 @@
-# GPUs: every job that may use one starts through workflow_scripts/gpu_slots.py, which holds
+# GPUs: every job that may use one starts through workflow_scripts/launch/gpu_slots.py, which holds
 # distinct devices for the job's lifetime (a no-op on Slurm, which gives each job its own); a
 # training with training.devices > 1 runs under local_launch, with training.nodes > 1 under
 # srun and torchrun on Slurm. See docs/gpus.md and docs/slurm.md.
-from workflow_scripts.gpu_slots import multi_node_resources, stage_resources, train_launcher
+from workflow_scripts.launch.gpu_slots import multi_node_resources, stage_resources, train_launcher
 
-TRAIN_CODE = ("train_adapter", "chat_tokenize", "packing", "model_loading", "resource_usage",
-              "run_info", "token_loss", "length_sampler", "train_progress", "local_launch")
+TRAIN_CODE = ("training/train_adapter", "training/chat_tokenize", "training/packing",
+              "training/token_loss", "training/length_sampler", "training/progress",
+              "models/chat_templates", "models/loading", "launch/local_launch",
+              "common/resource_usage", "common/run_info")
 
 
 rule train_adapter:
@@ -49,9 +51,9 @@ rule train_adapter:
         "results/benchmarks/train_adapter/{experiment}.tsv"
     shell:
         # Checkpoints live outside the outputs so that a killed job resumes.
-        "python -m workflow_scripts.gpu_slots --gpus {resources.slot_gpus} "
+        "python -m workflow_scripts.launch.gpu_slots --gpus {resources.slot_gpus} "
         "--total {resources.machine_gpus} -- "
-        "{params.launcher} -m workflow_scripts.train_adapter --config {params.cfg:q} "
+        "{params.launcher} -m workflow_scripts.training.train_adapter --config {params.cfg:q} "
         "--model-dir {input.model:q} --data-dir {params.data_dir:q} "
         "--out-dir results/adapters/{wildcards.experiment} "
         "--checkpoint-dir results/checkpoints/{wildcards.experiment} "
@@ -63,7 +65,7 @@ rule merge_adapter:
     input:
         model=get_experiment_model_dir,
         adapter="results/adapters/{experiment}/adapter_model.safetensors",
-        code=code("merge_adapter", "model_loading"),
+        code=code("training/merge_adapter", "models/loading", "models/chat_templates"),
     output:
         directory("results/merged/{experiment}"),
     params:
@@ -81,8 +83,8 @@ rule merge_adapter:
     benchmark:
         "results/benchmarks/merge_adapter/{experiment}.tsv"
     shell:
-        "python -m workflow_scripts.gpu_slots --gpus {resources.gpu} "
+        "python -m workflow_scripts.launch.gpu_slots --gpus {resources.gpu} "
         "--total {resources.machine_gpus} -- "
-        "python -m workflow_scripts.merge_adapter --model-dir {input.model:q} "
+        "python -m workflow_scripts.training.merge_adapter --model-dir {input.model:q} "
         "--adapter-dir results/adapters/{wildcards.experiment} --config {params.cfg:q} "
         "--out-dir {output:q} > {log:q} 2>&1"

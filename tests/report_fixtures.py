@@ -15,10 +15,10 @@ import math
 import zlib
 from pathlib import Path
 
-from workflow_scripts import collect_metrics, render_report
-from workflow_scripts.experiment_config import resolve_experiments, validate
-from workflow_scripts.io_utils import read_json, write_json, write_jsonl
-from workflow_scripts.text_metrics import compute_text_metrics, sample_scores
+from workflow_scripts.report import collect_metrics, render_report
+from workflow_scripts.common.config import resolve_experiments, validate
+from workflow_scripts.common.io_utils import read_json, write_json, write_jsonl
+from workflow_scripts.evaluation.text_metrics import compute_text_metrics, sample_scores
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = {

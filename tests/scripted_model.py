@@ -19,7 +19,7 @@ WIDTH = 512  # positions the scripted model knows
 
 def tokenizer_with_tools():
     """A small BPE with the scratch model's ChatML-with-tools template."""
-    from workflow_scripts.build_base_model import train_tokenizer
+    from workflow_scripts.models.build_base_model import train_tokenizer
 
     corpus = [[{"role": "user", "content": "北京今天天气怎么样？上海明天下雨吗？查询城市天气"},
                {"role": "assistant", "content": CALL_TEXT + ' "type": "object", "properties"'}]] * 4
@@ -54,8 +54,8 @@ def scripted_model(path: Path, tokenizer, script: list[int], start: int) -> Path
 
 def tool_caller(path: Path, messages: list[dict] = ASK, tools: list[dict] = (WEATHER,)) -> Path:
     """A scripted model that answers `messages` shown `tools` with CALL_TEXT."""
-    from workflow_scripts.chat_tokenize import render
-    from workflow_scripts.data_formats import parse_tools
+    from workflow_scripts.data.formats import parse_tools
+    from workflow_scripts.training.chat_tokenize import render
 
     tokenizer = tokenizer_with_tools()
     prompt = render(tokenizer, messages, generation_prompt=True, tools=parse_tools(list(tools), "tools"))

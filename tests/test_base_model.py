@@ -7,17 +7,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
-from workflow_scripts.build_base_model import build
-from workflow_scripts.io_utils import read_jsonl, write_jsonl
-from workflow_scripts.model_loading import (
-    CHATML_TEMPLATE,
-    HUB_ALLOW_PATTERNS,
-    M_MMAP_THRESHOLD,
-    MMAP_THRESHOLD_BYTES,
-    load_model,
-    load_tokenizer,
-    resolve_model_dir,
-)
+from workflow_scripts.common.io_utils import read_jsonl, write_jsonl
+from workflow_scripts.models.build_base_model import build
+from workflow_scripts.models.chat_templates import CHATML_TEMPLATE
+from workflow_scripts.models.loading import (HUB_ALLOW_PATTERNS, M_MMAP_THRESHOLD,
+                                             MMAP_THRESHOLD_BYTES, load_model, load_tokenizer,
+                                             resolve_model_dir)
 
 SPEC = {
     "source": "scratch",
@@ -111,7 +106,7 @@ def test_pretraining_loss_decreases(model_dir):
 def test_pretraining_sees_plain_text_only(model_dir, data_file):
     """The base model learns the language, not the chat format: no template, no role names,
     no special token but the document separator in what it is pretrained on."""
-    from workflow_scripts.build_base_model import pack_blocks, read_conversations
+    from workflow_scripts.models.build_base_model import pack_blocks, read_conversations
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     blocks = pack_blocks(tokenizer, read_conversations([data_file]), seq_len=32)
@@ -164,7 +159,7 @@ class FakeLibc:
 
 
 def test_load_model_trims_after_loading_and_pins_the_threshold_for_4bit(model_dir, monkeypatch):
-    from workflow_scripts import model_loading
+    from workflow_scripts.models import loading as model_loading
 
     libc = FakeLibc()
     monkeypatch.setattr(model_loading, "glibc", lambda: libc)

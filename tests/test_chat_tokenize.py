@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from workflow_scripts.build_base_model import train_tokenizer
-from workflow_scripts.chat_templates import CHATML_TOOLS_TEMPLATE
-from workflow_scripts.chat_tokenize import (IGNORE_INDEX, UnstablePrefixError,
-                                            encode_conversation, tokenize_records)
+from workflow_scripts.models.build_base_model import train_tokenizer
+from workflow_scripts.models.chat_templates import CHATML_TEMPLATE
+from workflow_scripts.training.chat_tokenize import (IGNORE_INDEX, UnstablePrefixError,
+                                                     encode_conversation, tokenize_records)
 
 CONVERSATION = [
     {"role": "system", "content": "你是一个乐于助人的助手。"},
@@ -141,7 +141,7 @@ def regions(text: str, pattern: str) -> list[tuple[int, int]]:
 
 @pytest.mark.parametrize("template", ["scratch", "qwen25_style"])
 def test_function_calls_are_learned_and_tool_results_and_schemas_are_not(tokenizer, template):
-    source = CHATML_TOOLS_TEMPLATE if template == "scratch" else (
+    source = CHATML_TEMPLATE if template == "scratch" else (
         TEMPLATES / f"{template}.jinja").read_text(encoding="utf-8")
     tok = with_template(tokenizer, source)
     feature = encode_conversation(tok, TOOL_CONVERSATION, TOOLS)
@@ -165,7 +165,7 @@ def test_function_calls_are_learned_and_tool_results_and_schemas_are_not(tokeniz
 
 
 def test_tool_template_renders_plain_chat_exactly_as_chatml(tokenizer):
-    tools_tok = with_template(tokenizer, CHATML_TOOLS_TEMPLATE)
+    tools_tok = with_template(tokenizer, CHATML_TEMPLATE)
     for messages in (CONVERSATION, CONVERSATION[1:3], CONVERSATION[1:2]):
         for prompt in (False, True):
             assert (tools_tok.apply_chat_template(messages, tokenize=False,

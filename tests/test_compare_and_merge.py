@@ -23,8 +23,8 @@ def compare(workflow, *args, stdin=None):
 
 @pytest.mark.slow
 def test_batch_mode_writes_both_answers_and_the_base_answer_is_the_base_model(smoke_run, tmp_path):
-    from workflow_scripts.evaluate_model import generate
-    from workflow_scripts.model_loading import load_model, load_tokenizer
+    from workflow_scripts.evaluation.generation import generate
+    from workflow_scripts.models.loading import load_model, load_tokenizer
 
     questions = tmp_path / "questions.txt"
     questions.write_text("你好吗？\n介绍一下北京。\n", encoding="utf-8")
@@ -96,7 +96,7 @@ def test_merged_qlora_model_matches_base_plus_adapter(smoke_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from workflow_scripts.model_loading import load_model
+    from workflow_scripts.models.loading import load_model
 
     work = smoke_run.workdir
     merged_dir = work / "results/merged/lccc-qlora"

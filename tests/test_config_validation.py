@@ -1,5 +1,5 @@
 """A bad config is refused before any job starts, naming the key and the config file;
-and the unit behaviour of workflow_scripts.experiment_config."""
+and the unit behaviour of workflow_scripts.common.config."""
 from __future__ import annotations
 
 import copy
@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from workflow_runner import SMOKE_CONFIG, Workflow, make_workflow
-from workflow_scripts.experiment_config import (
-    ConfigError, alternatives_regex, resolve_experiments, validate)
-from workflow_scripts.io_utils import canonical_json
+from workflow_scripts.common.config import (ConfigError, alternatives_regex, resolve_experiments,
+                                            validate)
+from workflow_scripts.common.io_utils import canonical_json
 
 Edit = Callable[[dict], None]
 

@@ -13,8 +13,8 @@ import torch
 from test_packing import PAD, SAMPLES, tiny_model
 from test_training import adapter_weights, data_dir, make_job, qwen2_dir, run_training  # noqa: F401
 
-from workflow_scripts.io_utils import read_jsonl
-from workflow_scripts.packing import NUM_TOKENS_KEY, PackedCollator, pack_features
+from workflow_scripts.common.io_utils import read_jsonl
+from workflow_scripts.training.packing import NUM_TOKENS_KEY, PackedCollator, pack_features
 
 pytestmark = [
     pytest.mark.cuda,
@@ -28,7 +28,7 @@ def changed_lora_b(weights: dict[str, torch.Tensor]) -> bool:
 
 
 def test_lora_trains_in_bf16_on_the_gpu(qwen2_dir, data_dir, tmp_path):
-    from workflow_scripts.model_loading import compute_dtype
+    from workflow_scripts.models.loading import compute_dtype
 
     assert compute_dtype() == torch.bfloat16  # every GPU this check targets has bf16
     metrics, out = run_training(make_job(qwen2_dir, training__max_steps=2), qwen2_dir, data_dir,
@@ -41,9 +41,10 @@ def test_lora_trains_in_bf16_on_the_gpu(qwen2_dir, data_dir, tmp_path):
 def test_qlora_trains_evaluates_and_merges_on_the_gpu(qwen2_dir, data_dir, tmp_path):
     import bitsandbytes as bnb
 
-    from workflow_scripts.evaluate_model import generate, load_for_eval, record_losses
-    from workflow_scripts.merge_adapter import merge
-    from workflow_scripts.model_loading import load_model
+    from workflow_scripts.evaluation.evaluate import record_losses
+    from workflow_scripts.evaluation.generation import generate, load_for_eval
+    from workflow_scripts.models.loading import load_model
+    from workflow_scripts.training.merge_adapter import merge
 
     metrics, out = run_training(make_job(qwen2_dir, "qlora", training__max_steps=2), qwen2_dir,
                                 data_dir, tmp_path)

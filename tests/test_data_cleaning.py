@@ -6,10 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from workflow_scripts.data_cleaning import (REASONS, CleaningRules, Deduplicator,
-                                            check_record, cjk_share, content_digests,
-                                            digest_view, is_repeated_char, message_text,
-                                            normalize_text)
+from workflow_scripts.data.cleaning import (REASONS, CleaningRules, Deduplicator, check_record,
+                                            cjk_share, content_digests, digest_view,
+                                            is_repeated_char, message_text, normalize_text)
 
 RULES = CleaningRules(min_prompt_chars=2, min_response_chars=3, max_chars=40)
 

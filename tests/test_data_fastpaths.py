@@ -7,9 +7,9 @@ import unicodedata
 
 import pytest
 
-from workflow_scripts import data_formats as formats
-from workflow_scripts.data_cleaning import nfkc
-from workflow_scripts.data_split import HashSplitter, record_id
+from workflow_scripts.data import formats
+from workflow_scripts.data.cleaning import nfkc
+from workflow_scripts.data.split import HashSplitter, record_id
 
 ALPACA_KEYS = formats.resolve_columns("alpaca", None)
 

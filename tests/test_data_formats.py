@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from workflow_scripts.data_formats import (DataError, RecordError, get_normalizer,
-                                           guess_format, load_records, parse_records,
-                                           resolve_columns, restore_lccc_text)
+from workflow_scripts.data.formats import (DataError, RecordError, get_normalizer, guess_format,
+                                           load_records, parse_records, resolve_columns,
+                                           restore_lccc_text)
 
 RAW = Path(__file__).resolve().parent.parent / "data" / "raw"
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from workflow_scripts import prepare_dataset
-from workflow_scripts.data_formats import DataError, parse_span, span_starts
-from workflow_scripts.prepare_dataset import OUTPUT_FILES, prepare
+from workflow_scripts.data import prepare_dataset
+from workflow_scripts.data.formats import DataError, parse_span, span_starts
+from workflow_scripts.data.prepare_dataset import OUTPUT_FILES, prepare
 
 CLEANING = {"min_prompt_chars": 1, "min_response_chars": 2, "max_chars": 4096, "dedupe": True,
             "min_cjk_share": 0.0}

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from workflow_scripts.data_split import HashSplitter, file_plan, record_id
+from workflow_scripts.data.split import HashSplitter, file_plan, record_id
 
 
 def digest(i: int) -> bytes:

@@ -20,7 +20,7 @@ import pytest
 import torch
 from test_training import adapter_weights, data_dir, make_job, qwen2_dir  # noqa: F401
 
-from workflow_scripts.io_utils import read_jsonl
+from workflow_scripts.common.io_utils import read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 LOSS_RTOL = 1e-4      # relative, on the last logged training loss and the final eval loss
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 
 def cli(job: dict, model_dir: Path, data_dir: Path, root: Path) -> list[str]:
-    return ["-m", "workflow_scripts.train_adapter", "--config", json.dumps(job),
+    return ["-m", "workflow_scripts.training.train_adapter", "--config", json.dumps(job),
             "--model-dir", str(model_dir), "--data-dir", str(data_dir),
             "--out-dir", str(root / "adapter"), "--checkpoint-dir", str(root / "checkpoints"),
             "--threads", "1"]
@@ -42,7 +42,7 @@ SLOW_MAIN = (
     "import time, transformers\n"
     "step = transformers.Trainer.training_step\n"
     "transformers.Trainer.training_step = lambda *a, **k: (time.sleep(0.5), step(*a, **k))[1]\n"
-    "from workflow_scripts.train_adapter import main\n"
+    "from workflow_scripts.training.train_adapter import main\n"
     "main()\n"
 )
 
@@ -55,7 +55,7 @@ def run(prefix: list[str], args: list[str]) -> None:
 
 def launcher(nproc: int) -> list[str]:
     """The launcher as rules/train.smk starts it (each rank through gpu_slots --rank)."""
-    return ["-m", "workflow_scripts.local_launch", "--nproc", str(nproc)]
+    return ["-m", "workflow_scripts.launch.local_launch", "--nproc", str(nproc)]
 
 
 def listening_addresses(pid: int) -> set[str]:

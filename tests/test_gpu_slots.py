@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_scripts.gpu_slots import launch_env, multi_node_resources, stage_resources, train_launcher
+from workflow_scripts.launch.gpu_slots import launch_env, multi_node_resources, stage_resources, train_launcher
 
 REPO = Path(__file__).resolve().parent.parent
 # A job that notes the devices it was given and the time it held them.
@@ -27,7 +27,7 @@ JOB = (
 
 
 def launcher(slots: Path, gpus: int, *cmd: str, total: int = 2, env: dict | None = None):
-    args = [sys.executable, "-m", "workflow_scripts.gpu_slots", "--gpus", str(gpus),
+    args = [sys.executable, "-m", "workflow_scripts.launch.gpu_slots", "--gpus", str(gpus),
             "--total", str(total), "--slots-dir", str(slots), "--", *cmd]
     env = {k: v for k, v in (env or os.environ).items() if k != "SLURM_JOB_ID"}
     return subprocess.Popen(args, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
@@ -112,23 +112,23 @@ def test_the_workflow_starts_each_job_through_its_slots(tmp_path):
     config["experiments"]["lccc-qlora"]["resources"] = {"merge": {"gpu": 0}}  # merge on the CPU
     workflow.config.write_text(yaml.safe_dump(config))
     proc = workflow.run("-n", "-p", "--cores", "4", "--resources", "gpu=2")
-    commands = [line for line in proc.stdout.splitlines() if "workflow_scripts.gpu_slots" in line]
+    commands = [line for line in proc.stdout.splitlines() if "workflow_scripts.launch.gpu_slots" in line]
     trains = {re.search(r"--out-dir results/adapters/(\S+)", c).group(1): c
               for c in commands if "train_adapter" in c}
     assert set(trains) >= {"rank-r2", "rank-r4", "lccc-qlora"}
     for name in ("rank-r2", "rank-r4"):
-        assert "--gpus 2 --total 2 -- python -m workflow_scripts.local_launch --nproc 2 " \
-               "-m workflow_scripts.train_adapter" in trains[name]
+        assert "--gpus 2 --total 2 -- python -m workflow_scripts.launch.local_launch --nproc 2 " \
+               "-m workflow_scripts.training.train_adapter" in trains[name]
         assert "--threads 1 " in trains[name]  # the rule's 2 threads over two processes
     for name in set(trains) - {"rank-r2", "rank-r4"}:  # one device: one process on one GPU
-        assert "--gpus 1 --total 2 -- python -m workflow_scripts.train_adapter" in trains[name]
+        assert "--gpus 1 --total 2 -- python -m workflow_scripts.training.train_adapter" in trains[name]
     builds = [c for c in commands if "build_base_model" in c]  # pretraining the scratch model
     assert len(builds) == 1 and "--gpus 1 --total 2 -- python -m" in builds[0]
     merges = [c for c in commands if "merge_adapter" in c]
     assert len(merges) == 1 and "--gpus 0 --total 2 -- python -m" in merges[0]
-    evaluations = [c for c in commands if "evaluate_model" in c]
+    evaluations = [c for c in commands if "evaluation.evaluate" in c]
     assert len(evaluations) == 10  # five adapters and five base evaluations
-    assert all("--gpus 1 --total 2 -- python -m workflow_scripts.evaluate_model" in c
+    assert all("--gpus 1 --total 2 -- python -m workflow_scripts.evaluation.evaluate" in c
                for c in evaluations)
 
 

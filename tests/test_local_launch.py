@@ -24,7 +24,7 @@ RANK = (
 def launch(tmp_path: Path, nproc: int, *args: str) -> subprocess.CompletedProcess:
     (tmp_path / "rank_probe.py").write_text(RANK)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)]))
-    return subprocess.run([sys.executable, "-m", "workflow_scripts.local_launch", "--nproc",
+    return subprocess.run([sys.executable, "-m", "workflow_scripts.launch.local_launch", "--nproc",
                            str(nproc), "-m", "rank_probe", str(tmp_path), *args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from workflow_scripts.chat_tokenize import IGNORE_INDEX
-from workflow_scripts.packing import NUM_TOKENS_KEY, PackedCollator, pack_bins, pack_features
+from workflow_scripts.training.chat_tokenize import IGNORE_INDEX
+from workflow_scripts.training.packing import NUM_TOKENS_KEY, PackedCollator, pack_bins, pack_features
 
 VOCAB = 97
 PAD = 0

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow_scripts.data_formats import DataError
-from workflow_scripts.prepare_dataset import main, prepare
+from workflow_scripts.data.formats import DataError
+from workflow_scripts.data.prepare_dataset import main, prepare
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = yaml.safe_load((ROOT / "config" / "config.yaml").read_text(encoding="utf-8"))
@@ -309,7 +309,7 @@ def test_a_failed_run_keeps_no_partial_outputs(tmp_path):
 def test_command_line_module_writes_its_files(tmp_path):
     config = {"dataset": {"format": "alpaca", "files": ["data/raw/alpaca_zh_demo.json"]},
               "cleaning": CLEANING, "split": SPLIT, "seed": 42}
-    done = subprocess.run([sys.executable, "-m", "workflow_scripts.prepare_dataset", "--name",
+    done = subprocess.run([sys.executable, "-m", "workflow_scripts.data.prepare_dataset", "--name",
                            "alpaca_zh", "--config", json.dumps(config), "--out-dir",
                            str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

@@ -12,9 +12,9 @@ import pytest
 import torch
 from test_training import adapter_weights, data_dir, make_job, run_training, save_tiny_model  # noqa: F401
 
-from workflow_scripts import model_loading
-from workflow_scripts.io_utils import read_jsonl
-from workflow_scripts.model_loading import load_model
+from workflow_scripts.models import loading as model_loading
+from workflow_scripts.common.io_utils import read_jsonl
+from workflow_scripts.models.loading import load_model
 
 CPU_KINDS = {"avx512bf16": True, "plain": False}
 IDS = torch.tensor([[5, 17, 42, 99, 3, 25, 7, 1], [8, 6, 4, 2, 9, 11, 13, 0]])
@@ -157,7 +157,7 @@ def test_evaluation_after_training_is_identical_on_both_cpu_kinds(trained):
 def test_qlora_adapters_from_both_cpu_kinds_merge_into_the_same_model(trained, tmp_path):
     from safetensors.torch import load_file
 
-    from workflow_scripts.merge_adapter import merge
+    from workflow_scripts.training.merge_adapter import merge
 
     model_dir, runs = trained
     merged = {}

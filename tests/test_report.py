@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from report_fixtures import REPO, build_results, run_pipeline, summary_lines, summary_problems
 
-from workflow_scripts import collect_metrics
-from workflow_scripts.io_utils import read_json, read_jsonl, write_jsonl
-from workflow_scripts.plots import expected_plots
-from workflow_scripts.uncertainty import ratio_interval
+from workflow_scripts.report import collect_metrics
+from workflow_scripts.common.io_utils import read_json, read_jsonl, write_jsonl
+from workflow_scripts.evaluation.bootstrap import ratio_interval
+from workflow_scripts.report.plots import expected_plots
 
 SECTIONS = ["1 Results", "2 Studies", "3 Training", "4 Data", "5 Samples", "6 Metrics",
             "7 Environment"]
@@ -245,7 +245,7 @@ def test_missing_optional_files_render_as_na(tmp_path):
 def test_cli_runs_as_a_module_and_is_deterministic(built, tmp_path):
     results = built["results"]
     out = tmp_path / "report"
-    subprocess.run([sys.executable, "-m", "workflow_scripts.render_report",
+    subprocess.run([sys.executable, "-m", "workflow_scripts.report.render_report",
                     "--metrics-dir", str(results / "metrics"), "--results", str(results),
                     "--templates", str(REPO / "reports" / "templates"),
                     "--config", str(results.parent / "run.json"), "--out-dir", str(out)],
@@ -254,8 +254,8 @@ def test_cli_runs_as_a_module_and_is_deterministic(built, tmp_path):
 
 
 def test_data_stats_add_token_lengths_per_base_model(tmp_path):
-    from workflow_scripts.collect_metrics import data_stats
-    from workflow_scripts.io_utils import write_json
+    from workflow_scripts.common.io_utils import write_json
+    from workflow_scripts.report.collect_metrics import data_stats
 
     write_json(tmp_path / "data/ds/stats.json", {"dataset": "ds", "raw": 3, "kept": 3})
     summary = {"mean": 12.5, "p50": 12, "p90": 20, "p99": 20, "max": 21}

@@ -76,7 +76,7 @@ def test_new_records_rerun_that_dataset_downstream_only(clone):
 
 
 def test_code_change_reruns_the_rules_that_use_it(clone):
-    module = clone.code / "workflow_scripts" / "text_metrics.py"
+    module = clone.code / "workflow_scripts" / "evaluation" / "text_metrics.py"
     module.write_text(module.read_text() + "\n# edited\n")
     planned = clone.planned_jobs()
     assert planned == {"evaluate": 5, "evaluate_base": 5, "collect_metrics": 1,

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from test_training import adapter_weights, data_dir, make_job, qwen2_dir  # noqa: F401
 
-from workflow_scripts.io_utils import read_jsonl
+from workflow_scripts.common.io_utils import read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
 # The same CLI, each optimizer step slowed down so that the kill lands mid-run.
@@ -20,7 +20,7 @@ SLOW_MAIN = (
     "import time, transformers\n"
     "step = transformers.Trainer.training_step\n"
     "transformers.Trainer.training_step = lambda *a, **k: (time.sleep(0.3), step(*a, **k))[1]\n"
-    "from workflow_scripts.train_adapter import main\n"
+    "from workflow_scripts.training.train_adapter import main\n"
     "main()\n"
 )
 
@@ -58,12 +58,12 @@ def test_run_killed_in_a_later_epoch_resumes_to_the_same_result(qwen2_dir, data_
     job = make_job(qwen2_dir, training__max_steps=8, training__batch_size=4,
                    training__save_steps=4, training__eval_steps=3)
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    first = run_cli(cli(job, qwen2_dir, data_dir, straight), ["-m", "workflow_scripts.train_adapter"])
+    first = run_cli(cli(job, qwen2_dir, data_dir, straight), ["-m", "workflow_scripts.training.train_adapter"])
     second = run_cli(cli(job, qwen2_dir, data_dir, killed), ["-c", SLOW_MAIN])
     kill_after_first_checkpoint(second, killed / "checkpoints")
     finish(first)
     assert not (killed / "adapter" / "train_metrics.json").exists()
-    finish(run_cli(cli(job, qwen2_dir, data_dir, killed), ["-m", "workflow_scripts.train_adapter"]))
+    finish(run_cli(cli(job, qwen2_dir, data_dir, killed), ["-m", "workflow_scripts.training.train_adapter"]))
 
     metrics = [json.loads((r / "adapter" / "train_metrics.json").read_text()) for r in (straight, killed)]
     assert [m["resumed_from_checkpoint"] for m in metrics] == [False, True]

@@ -182,7 +182,7 @@ def test_smoke_workflow_runs_through_slurm(slurm_cluster, tmp_path):
 
 def _check_two_process_trainings(workdir: Path, log: str) -> None:
     """The rank sweep's jobs ran two processes (local_launch), each step taking 2 x 4 samples."""
-    launched = re.findall(r"local_launch --nproc 2 -m workflow_scripts.train_adapter .*?"
+    launched = re.findall(r"local_launch --nproc 2 -m workflow_scripts.training.train_adapter .*?"
                           r"--out-dir results/adapters/(\S+)", log)
     assert set(launched) == {"rank-r2", "rank-r4"}, log[-5000:]
     for name in ("rank-r2", "rank-r4"):

@@ -40,7 +40,7 @@ def training(workdir, scratch):  # noqa: F811
     job = json.loads((workdir / "results/adapters" / EXPERIMENT / "run_info.json").read_text())["config"]
     job["experiment"]["training"].update(max_steps=100_000, save_steps=100_000, logging_steps=1)
     logs = scratch / "logs" / "train_adapter"
-    cmd = [sys.executable, "-m", "workflow_scripts.train_adapter", "--config", json.dumps(job),
+    cmd = [sys.executable, "-m", "workflow_scripts.training.train_adapter", "--config", json.dumps(job),
            "--model-dir", "results/models/tiny", "--data-dir", "results/data/alpaca_zh",
            "--out-dir", f"results/adapters/{EXPERIMENT}",
            "--checkpoint-dir", f"results/checkpoints/{EXPERIMENT}",

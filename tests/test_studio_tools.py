@@ -12,11 +12,11 @@ import pytest
 import yaml
 from scripted_model import ASK, CALL_TEXT, WEATHER, tool_caller
 
-from workflow_scripts.chat_tokenize import render
+from workflow_scripts.evaluation.tool_calls import ToolCall
 from workflow_scripts.studio.app import StudioSettings, create_app
 from workflow_scripts.studio.background import BackgroundServer
 from workflow_scripts.studio.tool_calling import CallSplitter, template_tools
-from workflow_scripts.tool_calls import ToolCall
+from workflow_scripts.training.chat_tokenize import render
 
 
 # ------------------------------------------------------------------ reading calls from text
@@ -116,7 +116,7 @@ def test_earlier_calls_and_results_go_to_the_template(oai, workdir):
         {"role": "tool", "tool_call_id": "call_1", "content": "晴，25度"}]
     reply = oai.chat.completions.create(model="toolbot", messages=history, tools=[WEATHER],
                                         max_tokens=4)
-    from workflow_scripts.model_loading import load_tokenizer
+    from workflow_scripts.models.loading import load_tokenizer
     from workflow_scripts.studio.tool_calling import template_message
 
     tokenizer = load_tokenizer(str(workdir / "toolbot"))

@@ -7,8 +7,9 @@ import pytest
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from rouge_chinese import Rouge
 
-from workflow_scripts.text_metrics import (compute_text_metrics, corpus_scores, corpus_statistics,
-                                           sample_scores, score_from_statistics)
+from workflow_scripts.evaluation.text_metrics import (compute_text_metrics, corpus_scores,
+                                                      corpus_statistics, sample_scores,
+                                                      score_from_statistics)
 
 PREDICTIONS = [
     "北京是中国的首都。",

@@ -7,13 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from workflow_scripts.build_base_model import train_tokenizer
-from workflow_scripts.chat_templates import CHATML_TOOLS_TEMPLATE
-from workflow_scripts.data_formats import get_normalizer
-from workflow_scripts.tool_calls import (ToolCall, call_format, parse_tool_calls,
-                                         reference_calls, score_calls)
-from workflow_scripts.tool_eval import (evaluate_tool_calls, plain_reply_records,
-                                        tool_call_samples)
+from workflow_scripts.data.formats import get_normalizer
+from workflow_scripts.evaluation.tool_calls import (ToolCall, call_format, parse_tool_calls,
+                                                    reference_calls, score_calls)
+from workflow_scripts.evaluation.tool_eval import (evaluate_tool_calls, plain_reply_records,
+                                                   tool_call_samples)
+from workflow_scripts.models.build_base_model import train_tokenizer
+from workflow_scripts.models.chat_templates import CHATML_TEMPLATE
 
 DATA = Path(__file__).resolve().parent / "data"
 WEATHER = ToolCall("get_weather", {"city": "北京", "date": "明天"})
@@ -57,7 +57,7 @@ def test_json_format_reads_an_object_or_a_list():
 
 
 def test_call_format_follows_the_template():
-    assert call_format(CHATML_TOOLS_TEMPLATE) == "hermes"
+    assert call_format(CHATML_TEMPLATE) == "hermes"
     assert call_format((DATA / "templates" / "qwen3_style.jinja").read_text()) == "hermes"
     assert call_format("{{ messages }}") == "json" == call_format(None)
 
@@ -65,7 +65,7 @@ def test_call_format_follows_the_template():
 @pytest.mark.parametrize("template", ["scratch", "qwen25_style", "qwen3_style"])
 def test_what_the_template_writes_for_a_call_parses_back(template):
     tokenizer = train_tokenizer([[{"role": "user", "content": "你好"}]], vocab_size=300)
-    tokenizer.chat_template = CHATML_TOOLS_TEMPLATE if template == "scratch" else (
+    tokenizer.chat_template = CHATML_TEMPLATE if template == "scratch" else (
         DATA / "templates" / f"{template}.jinja").read_text(encoding="utf-8")
     record = json.loads((DATA / "tool_calls_openai.jsonl").read_text().splitlines()[1])
     conv = get_normalizer("openai")(record)
@@ -145,7 +145,7 @@ def test_evaluate_tool_calls_scores_each_generated_turn():
         answers[4] = block(samples[4].reference[0].name, {"city": "火星", "date": "明天"})
         return answers
 
-    tokenizer = SimpleNamespace(chat_template=CHATML_TOOLS_TEMPLATE)
+    tokenizer = SimpleNamespace(chat_template=CHATML_TEMPLATE)
     metrics, rows = evaluate_tool_calls(tokenizer, records, {"samples": 50}, generate)
     assert seen["prompts"] == [s.messages for s in samples]
     assert seen["tools"] == [s.tools for s in samples]

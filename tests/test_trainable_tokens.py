@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from test_training import make_job, run_training, save_tiny_model, write_data
-from workflow_scripts.model_loading import load_model, load_tokenizer
+from workflow_scripts.models.loading import load_model, load_tokenizer
 
 TOKENS = ["<|im_start|>", "<|im_end|>"]
 
@@ -43,7 +43,7 @@ def test_only_the_named_rows_change(trained):
 
 
 def test_merged_model_keeps_the_trained_rows(trained, tmp_path):
-    from workflow_scripts.merge_adapter import main as merge
+    from workflow_scripts.training.merge_adapter import main as merge
 
     model_dir, out = trained
     merge(["--model-dir", str(model_dir), "--adapter-dir", str(out), "--out-dir", str(tmp_path),
@@ -53,7 +53,7 @@ def test_merged_model_keeps_the_trained_rows(trained, tmp_path):
 
 
 def test_an_unknown_token_is_refused_naming_the_key(tmp_path):
-    from workflow_scripts.train_adapter import trainable_token_ids
+    from workflow_scripts.training.train_adapter import trainable_token_ids
 
     model_dir = save_tiny_model("qwen2", tmp_path / "model")
     with pytest.raises(SystemExit, match=r"lora.trainable_tokens: \['<\|nope\|>'\]"):

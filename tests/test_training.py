@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from workflow_scripts.build_base_model import train_tokenizer
-from workflow_scripts.experiment_config import resolve_experiments
-from workflow_scripts.io_utils import write_jsonl
-from workflow_scripts.train_adapter import train
+from workflow_scripts.common.config import resolve_experiments
+from workflow_scripts.common.io_utils import write_jsonl
+from workflow_scripts.models.build_base_model import train_tokenizer
+from workflow_scripts.training.train_adapter import train
 
 DECODER_LINEARS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 EXPECTED_TARGETS = {"gpt2": {"c_attn", "c_proj", "c_fc"}, "llama": DECODER_LINEARS,

@@ -6,14 +6,14 @@ import pytest
 import torch
 from test_training import adapter_weights, data_dir, make_job, qwen2_dir, run_training  # noqa: F401
 
-from workflow_scripts import train_adapter
-from workflow_scripts.chat_tokenize import tokenize_records
-from workflow_scripts.io_utils import read_jsonl, write_jsonl
-from workflow_scripts.length_sampler import EpochSeededLengthSampler, length_grouped_order
-from workflow_scripts.model_loading import load_model, load_tokenizer
-from workflow_scripts.token_loss import mean_loss, record_loss_sums
-from workflow_scripts.train_adapter import (build_trainer, final_training_loss, padding_collator,
-                                            train, training_arguments)
+from workflow_scripts.training import train_adapter
+from workflow_scripts.common.io_utils import read_jsonl, write_jsonl
+from workflow_scripts.models.loading import load_model, load_tokenizer
+from workflow_scripts.training.chat_tokenize import tokenize_records
+from workflow_scripts.training.length_sampler import EpochSeededLengthSampler, length_grouped_order
+from workflow_scripts.training.token_loss import mean_loss, record_loss_sums
+from workflow_scripts.training.train_adapter import (build_trainer, final_training_loss,
+                                                     padding_collator, train, training_arguments)
 
 
 def test_same_config_twice_gives_identical_adapters(qwen2_dir, data_dir, tmp_path):

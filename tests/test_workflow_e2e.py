@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from workflow_scripts.io_utils import read_json, read_jsonl
+from workflow_scripts.common.io_utils import read_json, read_jsonl
 
 pytestmark = pytest.mark.slow
 

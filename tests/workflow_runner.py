@@ -1,11 +1,15 @@
 """Run the real workflow in a scratch directory, as a user would from the command line."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
+import site
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,17 +29,20 @@ class Workflow:
         return self.workdir / "config.yaml"
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "snakemake", "-s", str(self.code / "Snakefile"),
+        """Snakemake as a user runs it, from an environment that has the dependencies but
+        not this package: the rules themselves point jobs at the copy next to the Snakefile."""
+        cmd = [deps_python(), "-m", "snakemake", "-s", str(self.code / "Snakefile"),
                "--directory", str(self.workdir), "--configfile", str(self.config), *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=self.workdir, env=self.env())
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=self.workdir, env=env)
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
         return proc
 
     def env(self) -> dict[str, str]:
-        """Jobs find this copy's package and the test interpreter's `python`, as they would
-        in an activated environment with the package installed."""
+        """For commands run beside the workflow (compare, the studio): this copy's package
+        and the test interpreter's `python`, as in an activated environment."""
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.code), env.get("PYTHONPATH")]))
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -59,6 +66,23 @@ class Workflow:
         shutil.copytree(self.code, dest / "code", symlinks=True)
         shutil.copytree(self.workdir, dest / "work", symlinks=True)
         return Workflow(dest / "code", dest / "work")
+
+
+@cache
+def deps_python() -> str:
+    """A Python with the test interpreter's dependencies but without this package.
+
+    A venv whose site-packages holds one .pth line naming the test interpreter's
+    site-packages: that puts the dependencies on the path, while the .pth files in there
+    (the editable install of workflow_scripts among them) are not processed."""
+    key = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+    venv = Path(tempfile.gettempdir()) / f"lora-zh-deps-only-{key}"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        lib = next((venv / "lib").glob("python3*")) / "site-packages"
+        (lib / "test_dependencies.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    return str(python)
 
 
 def make_workflow(path: Path, config: Path = SMOKE_CONFIG) -> Workflow:

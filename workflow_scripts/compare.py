@@ -15,13 +15,13 @@ holds no call that parses).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Callable, Iterable, TextIO
 
-from workflow_scripts.io_utils import write_json
+from workflow_scripts.common.cli import parser as cli_parser
+from workflow_scripts.common.io_utils import write_json
 
 DEFAULT_SETTINGS = {"max_new_tokens": 128, "do_sample": False, "temperature": 1.0,
                     "top_p": 1.0, "batch_size": 8, "max_length": 1024}
@@ -47,14 +47,14 @@ class SideBySide:
 
     def __init__(self, model_dir: str, adapter_dir: str, settings: dict, seed: int = 42,
                  trust_remote_code: bool = False, quantization: str | None = None):
-        from workflow_scripts.evaluate_model import load_for_eval
+        from workflow_scripts.evaluation.generation import load_for_eval
 
         self.model, self.tokenizer = load_for_eval(model_dir, adapter_dir, trust_remote_code,
                                                    quantization)
         self.settings, self.seed = settings, seed
 
     def answer(self, questions: list[str], tools: list[dict] | None = None) -> list[dict]:
-        from workflow_scripts.evaluate_model import generate
+        from workflow_scripts.evaluation.generation import generate
 
         prompts = [[{"role": "user", "content": q}] for q in questions]
         shown = [tools] * len(prompts) if tools else None
@@ -73,7 +73,7 @@ class SideBySide:
 
     def calls(self, text: str) -> list[dict] | None:
         """The function calls in an answer, in the template's call format."""
-        from workflow_scripts.tool_calls import call_format, parse_tool_calls
+        from workflow_scripts.evaluation.tool_calls import call_format, parse_tool_calls
 
         calls = parse_tool_calls(text, call_format(self.tokenizer.chat_template))
         return None if calls is None else [c._asdict() for c in calls]
@@ -81,7 +81,7 @@ class SideBySide:
 
 def read_tools(path: Path) -> list[dict]:
     """Function schemas from a JSON file, in the chat template's shape."""
-    from workflow_scripts.data_formats import RecordError, parse_tools
+    from workflow_scripts.data.formats import RecordError, parse_tools
 
     try:
         tools = parse_tools(json.loads(path.read_text(encoding="utf-8")), "tools")
@@ -114,7 +114,7 @@ def interactive(answer: Callable[[list[str]], list[dict]], lines: Iterable[str],
 def experiment_paths(experiment: str, results: Path) -> tuple[str, str, dict, str | None]:
     """Model dir, adapter dir, base model config and quantization of a finished experiment
     (a QLoRA adapter answers on its 4-bit base, as it was trained and evaluated)."""
-    from workflow_scripts.model_loading import resolve_model_dir
+    from workflow_scripts.models.loading import resolve_model_dir
 
     adapter_dir = results / "adapters" / experiment
     info_path = adapter_dir / "run_info.json"
@@ -128,16 +128,19 @@ def experiment_paths(experiment: str, results: Path) -> tuple[str, str, dict, st
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_parser(__doc__)
     parser.add_argument("--experiment", help="a trained experiment in --results")
     parser.add_argument("--model-dir", help="base model directory (instead of --experiment)")
     parser.add_argument("--adapter-dir", help="adapter directory (instead of --experiment)")
-    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--results", type=Path, default=Path("results"),
+                        help="the workflow's results directory, where --experiment is looked up")
     parser.add_argument("--questions", type=Path, help="questions file; omit for a prompt loop")
     parser.add_argument("--out", type=Path, help="where batch mode writes its JSON")
     parser.add_argument("--tools", type=Path, help="JSON list of function schemas to show both models")
-    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_SETTINGS["max_new_tokens"])
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_SETTINGS["max_new_tokens"],
+                        help="the longest answer, in tokens")
+    parser.add_argument("--seed", type=int, default=42,
+                        help="seed for sampled decoding (greedy answers do not depend on it)")
     args = parser.parse_args(argv)
     trust, quantization = False, None
     if args.experiment:

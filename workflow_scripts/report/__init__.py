@@ -1,1 +1,2 @@
-"""The training report: evaluation intervals, studies, summary sentences, tables and rendering."""
+"""Stage rules/report.smk: metric tables with intervals, studies, plots, summary and the
+rendered report."""

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from workflow_scripts.io_utils import read_json, read_jsonl
-from workflow_scripts.report.formatting import (NA, Table, ci, diff, fmt, fmt_pct, fmt_share,
-                                                missing)
+from workflow_scripts.common.io_utils import read_json, read_jsonl
+from workflow_scripts.data.split import SPLITS
+from workflow_scripts.report.formatting import NA, Table, ci, diff, fmt, fmt_pct, fmt_share, missing
 from workflow_scripts.report.studies import HYPERPARAMETERS, METHOD, RANK
 
-SPLITS = ("train", "valid", "test")
 METRIC_LABELS = {"loss": "test loss", "perplexity": "perplexity", "bleu4": "BLEU-4",
                  "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L",
                  "sacrebleu": "sacreBLEU", "chrf": "chrF", "distinct1": "distinct-1",

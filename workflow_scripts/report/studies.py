@@ -6,7 +6,7 @@ tables only.
 """
 from __future__ import annotations
 
-from workflow_scripts.experiment_config import sweep_experiment_name, sweep_points
+from workflow_scripts.common.config import sweep_experiment_name, sweep_points
 
 RANK, METHOD, HYPERPARAMETERS = "rank", "method", "hyperparameters"
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from workflow_scripts.evaluation.bootstrap import BETTER, UNCLEAR, WORSE, unpaired_mean_difference
 from workflow_scripts.report.formatting import ci, diff, fmt, names
-from workflow_scripts.uncertainty import BETTER, UNCLEAR, WORSE, unpaired_mean_difference
 
 HEADLINE_METRICS = {"loss": "test loss", "bleu4": "BLEU-4", "rougeL": "ROUGE-L"}
 METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "dora": "DoRA"}

@@ -8,6 +8,7 @@ import socket
 import sys
 from pathlib import Path
 
+from workflow_scripts.common.cli import parser as cli_parser
 from workflow_scripts.studio.app import StudioSettings, create_app
 
 TOKEN_ENV = "STUDIO_TOKEN"
@@ -27,14 +28,14 @@ def is_loopback(host: str) -> bool:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m workflow_scripts.studio", description=__doc__)
+    parser = cli_parser(__doc__, prog="python -m workflow_scripts.studio")
     parser.add_argument("--config", type=Path, default=Path("config/config.yaml"),
-                        help="the workflow config (default: config/config.yaml)")
+                        help="the workflow config")
     parser.add_argument("--directory", type=Path, default=Path("."),
-                        help="the Snakemake working directory with results/ and logs/ (default: .)")
+                        help="the Snakemake working directory with results/ and logs/")
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default 127.0.0.1); any other needs a token")
-    parser.add_argument("--port", type=int, default=8000)
+                        help="address to bind; any other than the loopback needs --token")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on")
     parser.add_argument("--token", default=None,
                         help=f"access token required on every request (or ${TOKEN_ENV})")
     parser.add_argument("--max-tokens-cap", type=int, default=512,

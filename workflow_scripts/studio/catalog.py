@@ -14,11 +14,10 @@ from typing import Any
 
 import yaml
 
-from workflow_scripts.experiment_config import resolve_experiments, validate
-from workflow_scripts.model_loading import resolve_model_dir
+from workflow_scripts.common.config import resolve_experiments, validate
+from workflow_scripts.models.loading import resolve_model_dir
 from workflow_scripts.studio.errors import UnknownName
-from workflow_scripts.studio.files import (modified_ago, read_json_cached, read_tail,
-                                           read_tsv_cached)
+from workflow_scripts.studio.files import modified_ago, read_json_cached, read_tail, read_tsv_cached
 from workflow_scripts.studio.progress import Progress, curves_from_trainer_log, read_progress
 
 TEXT_METRICS = ("bleu4", "rouge1", "rouge2", "rougeL", "sacrebleu", "chrf", "distinct1",

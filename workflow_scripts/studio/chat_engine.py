@@ -14,7 +14,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from workflow_scripts.evaluate_model import generation_config, only_configured_decoding, stop_token_ids
+from workflow_scripts.evaluation.generation import (generation_config, only_configured_decoding,
+                                                    stop_token_ids)
 from workflow_scripts.studio.catalog import Catalog
 from workflow_scripts.studio.errors import BadRequest, UnknownName
 from workflow_scripts.studio.files import read_json_cached
@@ -183,8 +184,8 @@ class ModelPool:
         check it against the limits (400)."""
         from jinja2 import TemplateError
 
-        from workflow_scripts.chat_tokenize import render
-        from workflow_scripts.tool_calls import call_format
+        from workflow_scripts.evaluation.tool_calls import call_format
+        from workflow_scripts.training.chat_tokenize import render
 
         target = self.resolve(model_id)
         heavy_imports()
@@ -246,7 +247,7 @@ class ModelPool:
             torch.set_num_threads(self.threads)
 
     def _tokenizer(self, base_model: str):
-        from workflow_scripts.model_loading import load_tokenizer
+        from workflow_scripts.models.loading import load_tokenizer
 
         model_dir = str(self.catalog.model_dir(base_model))
         with self._tokenizer_lock:
@@ -256,7 +257,7 @@ class ModelPool:
             return self._tokenizers[model_dir]
 
     def _base(self, target: Target) -> LoadedBase:
-        from workflow_scripts.model_loading import load_model, load_tokenizer
+        from workflow_scripts.models.loading import load_model, load_tokenizer
 
         heavy_imports()
         key = (target.base_model, target.quantized)

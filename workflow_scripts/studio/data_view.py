@@ -6,8 +6,6 @@ from pathlib import Path
 
 from workflow_scripts.studio.files import read_json_cached, read_jsonl_tolerant
 
-SPLITS = ("train", "valid", "test")
-
 
 def dataset_summary(name: str, spec: dict, data_dir: Path) -> dict:
     """Format, files, the cleaning table (reason -> count) and records per split."""

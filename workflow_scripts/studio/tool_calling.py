@@ -1,7 +1,7 @@
 """OpenAI function calling over the studio's models.
 
 A request's `tools` and its earlier calls and results go to the chat template in the shape
-training used (data_formats.parse_tools / parse_calls), so a tool-calling adapter sees the
+training used (data.formats.parse_tools / parse_calls), so a tool-calling adapter sees the
 prompts it was trained on. The answer is read back with tool_calls.parse_tool_calls in the
 template's own call format: calls become OpenAI `tool_calls` with `finish_reason:
 "tool_calls"`, and an answer whose calls do not parse is returned as plain text.
@@ -12,9 +12,9 @@ import json
 import uuid
 from typing import Any
 
-from workflow_scripts.data_formats import RecordError, parse_calls, parse_tools
+from workflow_scripts.data.formats import RecordError, parse_calls, parse_tools
+from workflow_scripts.evaluation.tool_calls import ToolCall, parse_tool_calls
 from workflow_scripts.studio.errors import BadRequest
-from workflow_scripts.tool_calls import ToolCall, parse_tool_calls
 
 HERMES_OPEN = "<tool_call>"
 

@@ -11,16 +11,11 @@ import torch
 import yaml
 
 from workflow_runner import SMOKE_CONFIG, make_workflow
-from workflow_scripts.build_base_model import train_tokenizer
-from workflow_scripts.evaluate_model import (
-    end_of_turn_ids,
-    fit_prompt,
-    generate,
-    record_losses,
-    render_prompt,
-    stop_token_ids,
-)
-from workflow_scripts.token_loss import mean_loss
+from workflow_scripts.evaluation.evaluate import record_losses
+from workflow_scripts.evaluation.generation import (end_of_turn_ids, fit_prompt, generate,
+                                                    render_prompt, stop_token_ids)
+from workflow_scripts.models.build_base_model import train_tokenizer
+from workflow_scripts.training.token_loss import mean_loss
 
 SETTINGS = {"max_new_tokens": 12, "do_sample": False, "temperature": 1.0, "top_p": 1.0,
             "batch_size": 3, "max_length": 128}
@@ -150,7 +145,7 @@ def evaluation_commands(tmp_path, config: dict) -> dict[str, dict]:
     proc = workflow.run("-n", "-p", "--forceall")
     jobs = {}
     for line in (proc.stdout + proc.stderr).splitlines():
-        if "workflow_scripts.evaluate_model" in line:
+        if "workflow_scripts.evaluation.evaluate" in line:
             args = shlex.split(line.split(">")[0])
             jobs[args[args.index("--out-dir") + 1]] = json.loads(args[args.index("--config") + 1])
     return jobs

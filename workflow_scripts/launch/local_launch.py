@@ -1,6 +1,6 @@
 """Data-parallel processes on one machine, with nothing listening beyond the loopback.
 
-    python -m workflow_scripts.local_launch --nproc N -m MODULE ARGS ...
+    python -m workflow_scripts.launch.local_launch --nproc N -m MODULE ARGS ...
 
 torchrun's rendezvous (and `init_process_group`'s default env:// store) is a TCPStore, which
 listens on every interface with no bind option. Here the ranks meet through a FileStore in
@@ -14,7 +14,6 @@ SIGTERM and SIGINT are passed on to every rank.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import signal
@@ -24,7 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from workflow_scripts.gpu_slots import RANK_WRAPPER
+from workflow_scripts.common.cli import parser as cli_parser
+from workflow_scripts.launch.gpu_slots import RANK_WRAPPER
 
 ENV_STORE = "LORA_DIST_STORE"
 GRACE_SECONDS = 20
@@ -108,8 +108,8 @@ def init_from_launcher() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     usage="%(prog)s --nproc N -m MODULE [ARGS ...]")
+    parser = cli_parser(__doc__,
+                        usage="%(prog)s --nproc N -m MODULE [ARGS ...]")
     parser.add_argument("--nproc", type=int, required=True, help="processes (one per GPU)")
     cut = argv.index("-m") if "-m" in argv else len(argv)
     args = parser.parse_args(argv[:cut])

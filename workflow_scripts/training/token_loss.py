@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterable, Sequence
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # label of a position that takes no loss (as transformers' default)
 
 
 def sequence_loss_sums(logits, labels) -> tuple[list[float], list[int]]:

@@ -2,16 +2,16 @@
 
 Every assistant turn of a test record whose reference is a call becomes a sample: the
 conversation before that turn (with the record's tools) is the prompt, the model writes
-the next assistant turn, and `tool_calls` parses and scores it. The caller (evaluate_model)
+the next assistant turn, and `tool_calls` parses and scores it. The caller (evaluation.evaluate)
 does the generation, so base and fine-tuned models share its decoding settings.
 """
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-from workflow_scripts.data_formats import tool_names
-from workflow_scripts.tool_calls import (SCORE_KEYS, ToolCall, call_format, parse_tool_calls,
-                                         reference_calls, score_calls)
+from workflow_scripts.data.formats import tool_names
+from workflow_scripts.evaluation.tool_calls import (SCORE_KEYS, ToolCall, call_format,
+                                                    parse_tool_calls, reference_calls, score_calls)
 
 # generate_fn(prompts, tools) -> one generated assistant turn (text) per prompt, where
 # prompts[i] is a list of messages and tools[i] the function schemas to render with it.

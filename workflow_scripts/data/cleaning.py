@@ -16,7 +16,7 @@ import unicodedata
 from dataclasses import dataclass, fields
 from typing import Any
 
-from workflow_scripts.io_utils import canonical_json
+from workflow_scripts.common.io_utils import canonical_json
 
 # Every reason a record can be rejected for, in the order the checks run.
 TOOL_REASONS = ("bad_tools", "bad_tool_call", "tool_args_not_json", "tool_result_without_call",

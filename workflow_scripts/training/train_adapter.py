@@ -3,14 +3,13 @@
 Checkpoints go to a directory outside the rule's outputs, keyed by a hash of the job's
 config, its data files and its base model's files, so a killed job resumes where it stopped
 and a changed config, data file or model never resumes from a stale checkpoint. Batches are
-length-grouped with dynamic padding (workflow_scripts/length_sampler.py), or packed
-(`training.packing`, see workflow_scripts/packing.py). Every reported validation loss is the
-token-weighted loss of workflow_scripts/token_loss.py. Under a data-parallel launch
+length-grouped with dynamic padding (workflow_scripts/training/length_sampler.py), or packed
+(`training.packing`, see workflow_scripts/training/packing.py). Every reported validation loss is the
+token-weighted loss of workflow_scripts/training/token_loss.py. Under a data-parallel launch
 (local_launch or torchrun, WORLD_SIZE > 1) only the global rank 0 writes. See docs/training.md.
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -20,9 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from workflow_scripts.io_utils import canonical_json, file_sha256, read_jsonl, write_json, write_jsonl
-from workflow_scripts.local_launch import init_from_launcher
-from workflow_scripts.run_info import write_run_info
+from workflow_scripts.common.cli import parser as cli_parser
+from workflow_scripts.common.io_utils import canonical_json, file_sha256, read_jsonl, write_json, write_jsonl
+from workflow_scripts.common.run_info import write_run_info
+from workflow_scripts.launch.local_launch import init_from_launcher
 
 LOG_KEYS = ("loss", "learning_rate", "grad_norm", "eval_loss")
 TIMING_KEYS = ("elapsed_s", "memory_mb")
@@ -84,7 +84,7 @@ def trainable_token_ids(model_dir: str, tokens: list[str], trust_remote_code: bo
     scratch model's <|im_start|> and <|im_end|>), whose embedding rows the adapter trains."""
     if not tokens:
         return []
-    from workflow_scripts.model_loading import load_tokenizer
+    from workflow_scripts.models.loading import load_tokenizer
 
     vocab = load_tokenizer(model_dir, trust_remote_code=trust_remote_code).get_vocab()
     unknown = [t for t in tokens if t not in vocab]
@@ -97,7 +97,7 @@ def build_peft_model(model_dir: str, experiment: dict, trust_remote_code: bool):
     """Base model (4-bit for QLoRA) wrapped with the experiment's adapter, on this rank's device."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    from workflow_scripts.model_loading import load_model
+    from workflow_scripts.models.loading import load_model
 
     quantization = "4bit" if experiment["method"] == "qlora" else None
     model = load_model(model_dir, trust_remote_code=trust_remote_code, quantization=quantization,
@@ -115,7 +115,7 @@ def build_peft_model(model_dir: str, experiment: dict, trust_remote_code: bool):
 
 def tokenize_split(tokenizer, path: Path, training: dict):
     """The split's features and tokenization stats; no features for a missing or empty file."""
-    from workflow_scripts.chat_tokenize import TokenizeStats, tokenize_records
+    from workflow_scripts.training.chat_tokenize import TokenizeStats, tokenize_records
 
     if not path.exists():
         return [], TokenizeStats()
@@ -128,7 +128,7 @@ def training_dataset(tokenizer, path: Path, training: dict):
     """The train split as a Dataset (packed if configured) with a `length` column."""
     from datasets import Dataset
 
-    from workflow_scripts.packing import pack_features
+    from workflow_scripts.training.packing import pack_features
 
     features, stats = tokenize_split(tokenizer, path, training)
     if not features:
@@ -147,7 +147,7 @@ def training_arguments(experiment: dict, seed: int, checkpoint_dir: Path, tensor
     import torch
     from transformers import TrainingArguments
 
-    from workflow_scripts.model_loading import compute_dtype
+    from workflow_scripts.models.loading import compute_dtype
 
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(tensorboard_dir)
 
@@ -228,10 +228,10 @@ def workflow_trainer_class():
     from transformers import Trainer
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-    from workflow_scripts.length_sampler import EpochSeededLengthSampler
-    from workflow_scripts.packing import NUM_TOKENS_KEY
-    from workflow_scripts.token_loss import mean_loss, record_loss_sums
-    from workflow_scripts.train_progress import save_clock
+    from workflow_scripts.training.length_sampler import EpochSeededLengthSampler
+    from workflow_scripts.training.packing import NUM_TOKENS_KEY
+    from workflow_scripts.training.progress import save_clock
+    from workflow_scripts.training.token_loss import mean_loss, record_loss_sums
 
     class WorkflowTrainer(Trainer):
         """`eval_features` are unpacked tokenized validation records, `eval_collate` pads them
@@ -371,7 +371,7 @@ def train_metrics(model, trainer, rows, recorder, stats, method) -> dict[str, An
 
 def data_collator(tokenizer, training: dict, model):
     """Dynamic padding to the batch's longest sample, or packed rows with their 4D mask."""
-    from workflow_scripts.packing import PackedCollator
+    from workflow_scripts.training.packing import PackedCollator
 
     if training.get("packing", False):
         return PackedCollator(tokenizer.pad_token_id, model.config._attn_implementation)
@@ -379,10 +379,12 @@ def data_collator(tokenizer, training: dict, model):
 
 
 def padding_collator(tokenizer):
-    """Right padding to the longest sample, labels padded with -100 (as the test loss)."""
+    """Right padding to the longest sample, labels padded with IGNORE_INDEX (as the test loss)."""
     from transformers import DataCollatorForSeq2Seq
 
-    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    from workflow_scripts.training.token_loss import IGNORE_INDEX
+
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
 
 
 def build_trainer(job: dict, model, tokenizer, data_dir: Path, out_dir: Path, checkpoint_dir: Path,
@@ -393,7 +395,7 @@ def build_trainer(job: dict, model, tokenizer, data_dir: Path, out_dir: Path, ch
     """
     from transformers.trainer_callback import ProgressCallback
 
-    from workflow_scripts.train_progress import RunClock
+    from workflow_scripts.training.progress import RunClock
 
     experiment = job["experiment"]
     training = experiment["training"]
@@ -433,8 +435,8 @@ def train(job: dict, model_dir: str, data_dir: Path, out_dir: Path, checkpoint_r
     """Train, evaluate and write the adapter and its logs; the metrics (None off rank 0)."""
     from transformers import set_seed
 
-    from workflow_scripts.model_loading import load_tokenizer
-    from workflow_scripts.train_progress import ProgressFile, RunClock, RunRecorder, load_clock
+    from workflow_scripts.models.loading import load_tokenizer
+    from workflow_scripts.training.progress import ProgressFile, RunClock, RunRecorder, load_clock
 
     experiment, seed = job["experiment"], job["seed"]
     trust = job["base_model"].get("trust_remote_code", False)
@@ -469,15 +471,19 @@ def train(job: dict, model_dir: str, data_dir: Path, out_dir: Path, checkpoint_r
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli_parser(__doc__)
     parser.add_argument("--config", required=True, help="the job's config slice as JSON")
-    parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--data-dir", required=True, type=Path)
-    parser.add_argument("--out-dir", required=True, type=Path)
-    parser.add_argument("--checkpoint-dir", required=True, type=Path)
+    parser.add_argument("--model-dir", required=True, help="the base model's directory")
+    parser.add_argument("--data-dir", required=True, type=Path,
+                        help="the prepared dataset (train.jsonl, valid.jsonl)")
+    parser.add_argument("--out-dir", required=True, type=Path,
+                        help="where the adapter, trainer_log.jsonl and train_metrics.json go")
+    parser.add_argument("--checkpoint-dir", required=True, type=Path,
+                        help="checkpoints, one folder per config hash: a rerun resumes from here")
     parser.add_argument("--progress-file", type=Path, default=None,
                         help="JSON lines appended as training goes (start, log, eval, end)")
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads per process (default: torch's own choice)")
     args = parser.parse_args(argv)
     job = json.loads(args.config)
     if args.threads:

@@ -18,8 +18,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from workflow_scripts.io_utils import read_jsonl
-from workflow_scripts.resource_usage import max_peaks, peak_memory
+from workflow_scripts.common.io_utils import read_jsonl
+from workflow_scripts.common.resource_usage import max_peaks, peak_memory
 
 CLOCK_FILE = "run_clock.json"
 

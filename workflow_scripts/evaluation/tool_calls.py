@@ -75,7 +75,7 @@ def parse_tool_calls(text: str, fmt: str = "hermes") -> list[ToolCall] | None:
 
 
 def reference_calls(message: dict) -> list[ToolCall]:
-    """The calls of a normalized assistant message (data_formats' `tool_calls`)."""
+    """The calls of a normalized assistant message (data.formats' `tool_calls`)."""
     return [c for c in map(_call, message.get("tool_calls") or ()) if c is not None]
 
 

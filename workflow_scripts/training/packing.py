@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workflow_scripts.chat_tokenize import IGNORE_INDEX
+from workflow_scripts.training.token_loss import IGNORE_INDEX
 
 # Passed with each packed batch and removed before the forward pass: the 4D mask no longer
 # says how many real tokens a batch holds.

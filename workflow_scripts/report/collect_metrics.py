@@ -1,6 +1,6 @@
 """Gather every experiment's training and evaluation files into the tables of results/metrics/.
 
-    python -m workflow_scripts.collect_metrics --config results/metrics/config.json \\
+    python -m workflow_scripts.report.collect_metrics --config results/metrics/config.json \\
         --results results --out-dir results/metrics [--resamples 1000]
 
 `--config` is the config snapshot: `experiments` (each with `base_eval`, and for QLoRA
@@ -11,15 +11,15 @@ pending job never wrote leaves empty cells, not an error.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
 
-from workflow_scripts import uncertainty
-from workflow_scripts.io_utils import read_json, read_jsonl, write_json
-from workflow_scripts.report.evaluations import (EvalRun, change_pct, interval,
-                                                 paired_difference, verdict)
+from workflow_scripts.common.cli import parser as cli_parser
+from workflow_scripts.common.io_utils import read_json, read_jsonl, write_json
+from workflow_scripts.evaluation import bootstrap
+from workflow_scripts.evaluation.metric_intervals import (EvalRun, change_pct, interval,
+                                                          paired_difference, verdict)
 from workflow_scripts.report.studies import study_rows
 
 EVAL_METRICS = ("loss", "perplexity", "bleu4", "rouge1", "rouge2", "rougeL", "sacrebleu",
@@ -246,7 +246,7 @@ def experiment_columns() -> list[str]:
 
 
 def collect(run: dict, results: Path, out_dir: Path,
-            resamples: int = uncertainty.RESAMPLES) -> None:
+            resamples: int = bootstrap.RESAMPLES) -> None:
     configs = run["experiments"]
     evals = Evaluations(results.parent, int(run.get("seed", 0)), resamples)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -272,12 +272,14 @@ def collect(run: dict, results: Path, out_dir: Path,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli_parser(__doc__)
     parser.add_argument("--config", required=True, type=Path,
                         help="the config snapshot (results/metrics/config.json)")
-    parser.add_argument("--results", default=Path("results"), type=Path)
-    parser.add_argument("--out-dir", default=Path("results/metrics"), type=Path)
-    parser.add_argument("--resamples", default=uncertainty.RESAMPLES, type=int,
+    parser.add_argument("--results", default=Path("results"), type=Path,
+                        help="the results directory the evaluations and adapters are in")
+    parser.add_argument("--out-dir", default=Path("results/metrics"), type=Path,
+                        help="where the TSV tables go")
+    parser.add_argument("--resamples", default=bootstrap.RESAMPLES, type=int,
                         help="bootstrap resamples per interval (corpus metrics use fewer)")
     args = parser.parse_args(argv)
     collect(read_json(args.config), args.results, args.out_dir, args.resamples)

@@ -1,6 +1,6 @@
 """Render the training report (Markdown and self-contained HTML) from the run's files.
 
-    python -m workflow_scripts.render_report --metrics-dir results/metrics --results results \\
+    python -m workflow_scripts.report.render_report --metrics-dir results/metrics --results results \\
         --templates reports/templates --config results/metrics/config.json --out-dir results/report
 
 The answer comes first: a summary generated from the metric tables (what was run, the best
@@ -12,17 +12,17 @@ are drawn into OUT_DIR/plots first. Whatever is missing shows as "n/a".
 """
 from __future__ import annotations
 
-import argparse
 import base64
 from pathlib import Path
 
 import jinja2
 import pandas as pd
 
-from workflow_scripts.io_utils import read_json, write_json
-from workflow_scripts.plots import draw_all
+from workflow_scripts.common.cli import parser as cli_parser
+from workflow_scripts.common.io_utils import read_json, write_json
 from workflow_scripts.report import sections
 from workflow_scripts.report.formatting import Table, fmt
+from workflow_scripts.report.plots import draw_all
 from workflow_scripts.report.studies import HYPERPARAMETERS, METHOD, RANK
 from workflow_scripts.report.summary import summary
 
@@ -163,14 +163,18 @@ def render(run: dict, metrics_dir: Path, results: Path, templates: Path, out_dir
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--metrics-dir", default=Path("results/metrics"), type=Path)
-    parser.add_argument("--results", default=Path("results"), type=Path)
-    parser.add_argument("--templates", default=Path("reports/templates"), type=Path)
+    parser = cli_parser(__doc__)
+    parser.add_argument("--metrics-dir", default=Path("results/metrics"), type=Path,
+                        help="collect_metrics' tables")
+    parser.add_argument("--results", default=Path("results"), type=Path,
+                        help="the results directory (predictions, data statistics)")
+    parser.add_argument("--templates", default=Path("reports/templates"), type=Path,
+                        help="the jinja2 templates of the report")
     parser.add_argument("--captions", type=Path, help="default: TEMPLATES/../captions")
     parser.add_argument("--config", required=True, type=Path,
                         help="the config snapshot (results/metrics/config.json)")
-    parser.add_argument("--out-dir", default=Path("results/report"), type=Path)
+    parser.add_argument("--out-dir", default=Path("results/report"), type=Path,
+                        help="where the Markdown, HTML, plots and summary.json go")
     args = parser.parse_args(argv)
     captions = args.captions or args.templates.parent / "captions"
     render(read_json(args.config), args.metrics_dir, args.results, args.templates,

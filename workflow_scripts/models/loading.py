@@ -6,21 +6,15 @@ where the config turns `trust_remote_code` on.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from workflow_scripts.common.cli import parser as cli_parser
+from workflow_scripts.models.chat_templates import CHATML_TEMPLATE
 
-# ChatML exactly as Qwen2-Instruct renders it, without its default system prompt.
-CHATML_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
-)
+logger = logging.getLogger(__name__)
 
 # What a hub snapshot needs: safetensors weights (never *.bin or *.pt pickles), the JSON
 # configs and index, and tokenizer files (vocab/merges, sentencepiece, chat template).
@@ -196,10 +190,10 @@ def load_model(
 
 def main(argv: list[str] | None = None) -> None:
     """CLI: `fetch --config SPEC_JSON --out-dir DIR` downloads a `source: hub` model."""
-    parser = argparse.ArgumentParser(description="Fetch a pinned hub base model.")
-    parser.add_argument("command", choices=["fetch"])
+    parser = cli_parser("Fetch a pinned hub base model (safetensors weights only).")
+    parser.add_argument("command", choices=["fetch"], help="what to do")
     parser.add_argument("--config", required=True, help="the base_models entry as JSON")
-    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--out-dir", required=True, help="where the snapshot is written")
     args = parser.parse_args(argv)
     spec = json.loads(args.config)
     if spec.get("source") != "hub":

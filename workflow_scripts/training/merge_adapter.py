@@ -5,17 +5,17 @@ weights it was trained against: merging into quantized weights would round the u
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-from workflow_scripts.io_utils import write_json
+from workflow_scripts.common.cli import parser as cli_parser
+from workflow_scripts.common.io_utils import write_json
 
 
 def merge(model_dir: str, adapter_dir: str, out_dir: Path, trust_remote_code: bool = False) -> dict:
     from peft import PeftModel
 
-    from workflow_scripts.model_loading import load_model, load_tokenizer
+    from workflow_scripts.models.loading import load_model, load_tokenizer
 
     base = load_model(model_dir, trust_remote_code=trust_remote_code, quantization=None)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
@@ -28,10 +28,10 @@ def merge(model_dir: str, adapter_dir: str, out_dir: Path, trust_remote_code: bo
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model-dir", required=True)
-    parser.add_argument("--adapter-dir", required=True)
-    parser.add_argument("--out-dir", required=True, type=Path)
+    parser = cli_parser(__doc__)
+    parser.add_argument("--model-dir", required=True, help="the base model's directory")
+    parser.add_argument("--adapter-dir", required=True, help="the trained adapter")
+    parser.add_argument("--out-dir", required=True, type=Path, help="where the merged model goes")
     parser.add_argument("--config", default="{}", help="the base_models entry as JSON")
     args = parser.parse_args(argv)
     trust = json.loads(args.config).get("trust_remote_code", False)

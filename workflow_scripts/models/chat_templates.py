@@ -1,7 +1,8 @@
-"""The chat template the scratch base model ships: ChatML with tool calling.
+"""ChatML with tool calling: the template the scratch base model ships, and the one a
+tokenizer without a chat template of its own gets.
 
-Without tools and tool messages it renders exactly as `model_loading.CHATML_TEMPLATE`
-(Qwen2-Instruct's ChatML without a default system prompt). With tools it follows the
+Without tools and tool messages it renders exactly as Qwen2-Instruct's ChatML without a
+default system prompt. With tools it follows the
 public Qwen2.5 conventions, in our own wording:
 
 - the function schemas go into the system turn, one JSON object per line inside
@@ -11,7 +12,7 @@ public Qwen2.5 conventions, in our own wording:
 - tool results are a user turn holding one `<tool_response>` block per result, so
   consecutive results share one turn.
 
-`tool_calls.parse_tool_calls` reads calls back in this format.
+`evaluation.tool_calls.parse_tool_calls` reads calls back in this format.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ TOOLS_INSTRUCTIONS = (
     '\\n</tools>\\n\\n每个调用写成：\\n<tool_call>\\n{"name": 函数名, "arguments": 参数对象}\\n</tool_call>'
 )
 
-CHATML_TOOLS_TEMPLATE = (
+CHATML_TEMPLATE = (
     "{%- if tools %}"
     "{{- '<|im_start|>system\\n' }}"
     "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\\n\\n' }}{%- endif %}"

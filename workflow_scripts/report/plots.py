@@ -1,6 +1,6 @@
 """Report plots drawn from the tables in results/metrics/.
 
-    python -m workflow_scripts.plots --metrics-dir results/metrics --out-dir results/report/plots
+    python -m workflow_scripts.report.plots --metrics-dir results/metrics --out-dir results/report/plots
 
 Error bars are the 95% bootstrap intervals of collect_metrics. Rank plots are drawn for rank
 studies (sweeps varying lora.r), the method plot for LoRA-vs-QLoRA studies;
@@ -8,7 +8,6 @@ studies (sweeps varying lora.r), the method plot for LoRA-vs-QLoRA studies;
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import matplotlib
@@ -19,6 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import font_manager  # noqa: E402
 
+from workflow_scripts.common.cli import parser as cli_parser
 from workflow_scripts.report.studies import METHOD, RANK  # noqa: E402
 
 ALWAYS = ("training_loss", "test_loss", "base_vs_finetuned")
@@ -220,9 +220,11 @@ def draw_all(metrics_dir: Path, out_dir: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--metrics-dir", default=Path("results/metrics"), type=Path)
-    parser.add_argument("--out-dir", default=Path("results/report/plots"), type=Path)
+    parser = cli_parser(__doc__)
+    parser.add_argument("--metrics-dir", default=Path("results/metrics"), type=Path,
+                        help="collect_metrics' tables")
+    parser.add_argument("--out-dir", default=Path("results/report/plots"), type=Path,
+                        help="where the PNG figures go")
     args = parser.parse_args(argv)
     draw_all(args.metrics_dir, args.out_dir)
 

@@ -14,7 +14,7 @@ from typing import Any, Iterable
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "config" / "schema" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema" / "config.schema.yaml"
 
 # Short names for sweep keys, used to name the experiments a grid expands to.
 SWEEP_ABBREVIATIONS = {

@@ -1,6 +1,6 @@
 """Turn one configured dataset into train/valid/test chat records, rejects and stats.
 
-    python -m workflow_scripts.prepare_dataset --name NAME --config JSON --out-dir DIR
+    python -m workflow_scripts.data.prepare_dataset --name NAME --config JSON --out-dir DIR
 
 JSON is `{"dataset": <datasets.NAME entry>, "cleaning": {...}, "split": {...}, "seed": 42}`;
 file paths in it are relative to the current directory. One pass over each file:
@@ -10,7 +10,6 @@ names and renamed at the end, so a failed run leaves no half-written split behin
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import json.encoder
@@ -24,14 +23,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from workflow_scripts import data_formats as formats
-from workflow_scripts.data_cleaning import (FORMAT_REASONS, REASONS, CleaningRules,
-                                            Deduplicator, check_record, content_digests,
-                                            digest_view)
-from workflow_scripts.data_formats import Conversation, DataError, RecordError
-from workflow_scripts.data_split import SPLITS, HashSplitter, file_plan, record_id
-from workflow_scripts.io_utils import write_json
-from workflow_scripts.run_info import write_run_info
+from workflow_scripts.common.cli import parser as cli_parser
+from workflow_scripts.common.io_utils import write_json
+from workflow_scripts.common.run_info import write_run_info
+from workflow_scripts.data import formats
+from workflow_scripts.data.cleaning import (FORMAT_REASONS, REASONS, CleaningRules, Deduplicator,
+                                            check_record, content_digests, digest_view)
+from workflow_scripts.data.formats import Conversation, DataError, RecordError
+from workflow_scripts.data.split import SPLITS, HashSplitter, file_plan, record_id
 
 OUTPUT_FILES = {split: f"{split}.jsonl" for split in SPLITS} | {"rejects": "rejects.jsonl"}
 _encode = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
@@ -476,10 +475,11 @@ def summary_line(stats: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--name", required=True)
+    parser = cli_parser(__doc__)
+    parser.add_argument("--name", required=True, help="the dataset's name in datasets")
     parser.add_argument("--config", required=True, help="JSON: dataset, cleaning, split, seed")
-    parser.add_argument("--out-dir", required=True, type=Path)
+    parser.add_argument("--out-dir", required=True, type=Path,
+                        help="where the splits, rejects.jsonl and stats.json go")
     parser.add_argument("--workers", type=int, default=None,
                         help="processes for large files (default: usable CPUs, at most 4)")
     args = parser.parse_args(argv)

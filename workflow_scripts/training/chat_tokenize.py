@@ -1,6 +1,6 @@
 """Turn chat records into token ids and labels with the tokenizer's own chat template.
 
-Labels are -100 everywhere except the assistant turns. An assistant turn's span is found by
+Labels are IGNORE_INDEX (-100) everywhere except the assistant turns. An assistant turn's span is found by
 rendering the conversation up to that turn with and without the reply: whatever the template
 appends for the reply (its text, the end-of-turn token, the newline after it) is learned,
 so the model learns to stop. Character offsets map the spans onto tokens, which works for
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-IGNORE_INDEX = -100
+from workflow_scripts.training.token_loss import IGNORE_INDEX
 
 
 @dataclass

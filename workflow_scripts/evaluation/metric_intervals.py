@@ -4,7 +4,7 @@ An evaluation directory (docs/artifacts.md) holds metrics.json, predictions.json
 generated samples with per-sample scores), record_losses.jsonl (every test record's loss
 sum and token count) and, for datasets with tool calls, tool_calls.jsonl (per-sample 0/1
 call scores). Point estimates are taken from metrics.json; intervals and paired
-differences are recomputed from the two .jsonl files (workflow_scripts/uncertainty.py).
+differences are recomputed from the two .jsonl files (workflow_scripts/evaluation/bootstrap.py).
 """
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from workflow_scripts import uncertainty
-from workflow_scripts.io_utils import read_json, read_jsonl
-from workflow_scripts.text_metrics import corpus_statistics, sample_scores, score_from_statistics
-from workflow_scripts.uncertainty import NO_INTERVAL, Interval
+from workflow_scripts.common.io_utils import read_json, read_jsonl
+from workflow_scripts.evaluation import bootstrap
+from workflow_scripts.evaluation.bootstrap import NO_INTERVAL, Interval
+from workflow_scripts.evaluation.text_metrics import corpus_statistics, sample_scores, score_from_statistics
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Metric:
     higher_is_better: bool
     floor: float  # a base value below this in magnitude gets no percent change
     sample: Callable[[dict], float] | None = None
-    transform: uncertainty.Transform = uncertainty.identity
+    transform: bootstrap.Transform = bootstrap.identity
 
 
 def _score(key: str) -> Callable[[dict], float]:
@@ -109,26 +109,26 @@ def _statistics(rows: list[dict], name: str) -> np.ndarray:
     return corpus_statistics(name, [r["prediction"] for r in rows], [r["reference"] for r in rows])
 
 
-def _corpus_score(name: str) -> uncertainty.CorpusScore:
+def _corpus_score(name: str) -> bootstrap.CorpusScore:
     return lambda totals: score_from_statistics(name, totals)
 
 
 def interval(run: EvalRun, name: str, seed: int,
-             resamples: int = uncertainty.RESAMPLES) -> Interval:
+             resamples: int = bootstrap.RESAMPLES) -> Interval:
     """Bootstrap interval of one metric of one evaluation."""
     metric = METRICS[name]
     if metric.kind == "point":
         value = run.metrics.get(name)
         return Interval(float("nan") if value is None else value, float("nan"), float("nan"))
     if metric.kind == "records":
-        return uncertainty.ratio_interval(*_records(run.records), resamples, seed,
+        return bootstrap.ratio_interval(*_records(run.records), resamples, seed,
                                           transform=metric.transform)
     if metric.kind in ("samples", "tools"):
-        return uncertainty.mean_interval(_sample_values(run.items(metric), metric, run.path),
+        return bootstrap.mean_interval(_sample_values(run.items(metric), metric, run.path),
                                          resamples, seed)
     if not run.samples:
         return NO_INTERVAL
-    return uncertainty.corpus_interval(_statistics(run.samples, name), _corpus_score(name),
+    return bootstrap.corpus_interval(_statistics(run.samples, name), _corpus_score(name),
                                        resamples, seed)
 
 
@@ -140,7 +140,7 @@ def paired_rows(first: list[dict], second: list[dict]) -> tuple[list[dict], list
 
 
 def paired_difference(base: EvalRun, other: EvalRun, name: str, seed: int,
-                      resamples: int = uncertainty.RESAMPLES) -> tuple[Interval, int]:
+                      resamples: int = bootstrap.RESAMPLES) -> tuple[Interval, int]:
     """Interval of other - base over the items both scored, and how many those are."""
     metric = METRICS[name]
     a, b = paired_rows(base.items(metric), other.items(metric))
@@ -151,22 +151,22 @@ def paired_difference(base: EvalRun, other: EvalRun, name: str, seed: int,
         gap = float("nan") if None in values else values[1] - values[0]
         return Interval(gap, float("nan"), float("nan")), len(a)
     if metric.kind == "records":
-        diff = uncertainty.paired_ratio_difference(_records(a), _records(b), resamples, seed,
+        diff = bootstrap.paired_ratio_difference(_records(a), _records(b), resamples, seed,
                                                    transform=metric.transform)
     elif metric.kind in ("samples", "tools"):
-        diff = uncertainty.paired_mean_difference(_sample_values(a, metric, base.path),
+        diff = bootstrap.paired_mean_difference(_sample_values(a, metric, base.path),
                                                   _sample_values(b, metric, other.path),
                                                   resamples, seed)
     else:
-        diff = uncertainty.paired_corpus_difference(
+        diff = bootstrap.paired_corpus_difference(
             _statistics(a, name), _statistics(b, name), _corpus_score(name), resamples, seed)
     return diff, len(a)
 
 
 def verdict(name: str, difference: Interval) -> str:
-    """uncertainty.verdict, or "not tested" for a metric without interval."""
+    """bootstrap.verdict, or "not tested" for a metric without interval."""
     metric = METRICS[name]
-    return NOT_TESTED if metric.kind == "point" else uncertainty.verdict(
+    return NOT_TESTED if metric.kind == "point" else bootstrap.verdict(
         difference, metric.higher_is_better)
 
 

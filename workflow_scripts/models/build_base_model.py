@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from workflow_scripts.run_info import write_run_info
-from workflow_scripts.io_utils import read_jsonl, write_json, write_jsonl
-from workflow_scripts.chat_templates import CHATML_TOOLS_TEMPLATE
-from workflow_scripts.data_cleaning import message_text
+from workflow_scripts.common.cli import parser as cli_parser
+from workflow_scripts.common.io_utils import read_jsonl, write_json, write_jsonl
+from workflow_scripts.common.run_info import write_run_info
+from workflow_scripts.data.cleaning import message_text
+from workflow_scripts.models.chat_templates import CHATML_TEMPLATE
 
 END_OF_TEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
@@ -47,7 +48,7 @@ def train_tokenizer(conversations: list[list[dict]], vocab_size: int):
     )
     tokenizer.eos_token = IM_END
     tokenizer.pad_token = END_OF_TEXT
-    tokenizer.chat_template = CHATML_TOOLS_TEMPLATE
+    tokenizer.chat_template = CHATML_TEMPLATE
     return tokenizer
 
 
@@ -201,12 +202,13 @@ def build(
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--name", required=True)
+    parser = cli_parser(__doc__)
+    parser.add_argument("--name", required=True, help="the model's name in base_models")
     parser.add_argument("--config", required=True, help='JSON: {"model": {...}, "seed": 42}')
     parser.add_argument("--data", nargs="+", required=True, help="train.jsonl files")
-    parser.add_argument("--out-dir", required=True)
-    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out-dir", required=True, help="where the model directory is written")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's own choice)")
     return parser.parse_args(argv)
 
 

@@ -1,15 +1,15 @@
-"""Bootstrap intervals and the rule for claiming a difference (workflow_scripts/uncertainty.py)."""
+"""Bootstrap intervals and the rule for claiming a difference (workflow_scripts/evaluation/bootstrap.py)."""
 import math
 
 import numpy as np
 import pytest
 
-from workflow_scripts.text_metrics import corpus_scores, corpus_statistics, score_from_statistics
-from workflow_scripts.uncertainty import (BETTER, UNCLEAR, WORSE, Interval, corpus_interval,
-                                          mean_interval, paired_corpus_difference,
-                                          paired_mean_difference, paired_ratio_difference,
-                                          ratio_interval, unpaired_mean_difference,
-                                          verdict)
+from workflow_scripts.evaluation.bootstrap import (BETTER, UNCLEAR, WORSE, Interval,
+                                                   corpus_interval, mean_interval,
+                                                   paired_corpus_difference, paired_mean_difference,
+                                                   paired_ratio_difference, ratio_interval,
+                                                   unpaired_mean_difference, verdict)
+from workflow_scripts.evaluation.text_metrics import corpus_scores, corpus_statistics, score_from_statistics
 
 
 def test_mean_interval_is_seeded_and_brackets_the_mean():

@@ -11,11 +11,11 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from workflow_scripts.io_utils import file_sha256
+from workflow_scripts.common.io_utils import file_sha256
 
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "tokenizers",
             "accelerate", "snakemake", "pandas")
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # workflow_scripts/
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
@@ -93,7 +93,7 @@ def collect_run_info(config_slice: dict, seed: int, data_files: list[str]) -> di
 
 def write_run_info(out_dir: str | Path, config_slice: dict, seed: int, data_files: list) -> dict:
     """Record the run next to the artifacts it made, as `out_dir/run_info.json`."""
-    from workflow_scripts.io_utils import write_json
+    from workflow_scripts.common.io_utils import write_json
 
     info = collect_run_info(config_slice, seed, [str(f) for f in data_files])
     write_json(Path(out_dir) / "run_info.json", info)

@@ -3,8 +3,8 @@
 Also what each job asks for (stage_resources) and how a training is launched (train_launcher),
 which the rules in rules/train.smk and rules/evaluate.smk read.
 
-    python -m workflow_scripts.gpu_slots --gpus N --total M [--slots-dir DIR] -- CMD ...
-    python -m workflow_scripts.gpu_slots --rank -m MODULE ARGS ...   (a local_launch or torchrun rank)
+    python -m workflow_scripts.launch.gpu_slots --gpus N --total M [--slots-dir DIR] -- CMD ...
+    python -m workflow_scripts.launch.gpu_slots --rank -m MODULE ARGS ...   (a local_launch or torchrun rank)
 
 Each of the machine's M GPUs is a slot file `DIR/gpu<i>.lock`; a job holds a slot by holding
 an exclusive `flock` on it. The launcher takes N free slots, sets CUDA_VISIBLE_DEVICES to those
@@ -24,13 +24,14 @@ to its length.
 """
 from __future__ import annotations
 
-import argparse
 import fcntl
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from workflow_scripts.common.cli import parser as cli_parser
 
 POLL_SECONDS = 0.2
 ENV_SLOTS_DIR = "LORA_GPU_SLOTS_DIR"
@@ -70,11 +71,11 @@ def multi_node_resources(experiment: dict) -> dict:
 
 # Each rank (torchrun's or local_launch's) starts through this module, so that it dies with
 # its launcher (die_with_launcher).
-RANK_WRAPPER = "-m workflow_scripts.gpu_slots --rank"
+RANK_WRAPPER = "-m workflow_scripts.launch.gpu_slots --rank"
 
 
 def train_launcher(training: dict) -> str:
-    """The command that runs `-m workflow_scripts.train_adapter`: python for one process,
+    """The command that runs `-m workflow_scripts.training.train_adapter`: python for one process,
     local_launch for training.devices processes, srun + torchrun across training.nodes.
 
     Across nodes the command runs in the job's batch step, on the allocation's first node,
@@ -88,7 +89,7 @@ def train_launcher(training: dict) -> str:
     if devices > 1:
         # One node: local_launch, whose ranks meet through a file and talk over the loopback
         # only (torchrun's rendezvous store would listen on every interface).
-        return f"python -m workflow_scripts.local_launch --nproc {devices}"
+        return f"python -m workflow_scripts.launch.local_launch --nproc {devices}"
     return "python"
 
 
@@ -208,11 +209,13 @@ def main(argv: list[str] | None = None) -> None:
     if "--" not in argv:
         raise SystemExit("gpu_slots: usage: --gpus N [--total M] [--slots-dir DIR] -- CMD ...")
     split = argv.index("--")
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli_parser(__doc__)
     parser.add_argument("--gpus", type=int, required=True, help="GPUs the job needs")
     parser.add_argument("--total", type=int, default=None,
                         help="GPUs on this machine (default: CUDA_VISIBLE_DEVICES's count)")
-    parser.add_argument("--slots-dir", type=Path, default=None)
+    parser.add_argument("--slots-dir", type=Path, default=None,
+                        help=f"where the per-GPU lock files live (default: ${ENV_SLOTS_DIR}, else a folder "
+                             "under the temporary directory, one per user)")
     args = parser.parse_args(argv[:split])
     cmd = argv[split + 1:]
     if not cmd or args.gpus < 0:
