@@ -22,10 +22,11 @@ from workflow_scripts.common.io_utils import canonical_json
 TOOL_REASONS = ("bad_tools", "bad_tool_call", "tool_args_not_json", "tool_result_without_call",
                 "unknown_function")
 FORMAT_REASONS = ("missing_field", "wrong_type", "bad_turns") + TOOL_REASONS
+CONTENT_REASONS = ("non_text_content",)  # a well-formed record this workflow cannot train on
 QUALITY_REASONS = ("empty_prompt", "empty_response", "too_short_prompt", "too_short_response",
                    "too_long", "repeated_char", "low_cjk_share")
 DUPLICATE_REASONS = ("duplicate_exact", "duplicate_normalized")
-REASONS = FORMAT_REASONS + QUALITY_REASONS + DUPLICATE_REASONS
+REASONS = FORMAT_REASONS + CONTENT_REASONS + QUALITY_REASONS + DUPLICATE_REASONS
 
 # CJK unified ideographs: the base block, extension A, compatibility, and extensions B+.
 _CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f]")

@@ -16,6 +16,12 @@ column, OpenAI messages with `tool_calls` and `role: tool`) become messages that
 are `{"role": "tool", "content"}` turns, and `Conversation.tools` holds the function
 schemas in OpenAI's shape ({"type": "function", "function": {"name", ...}}).
 
+ShareGPT and OpenAI contents may be a list of text parts (`{"type": "text", "text": ...}`
+as OpenAI writes them, `{"type": "text", "value": ...}` as LLaMA-Factory v1 does), joined
+in order; a part of another type (an image, audio) rejects the record. A message's
+`loss_weight` of 0 takes an assistant turn out of the loss (it stays as context): the
+normalized message then carries `"loss_weight": 0`, which chat_tokenize reads.
+
 Field names can be remapped per dataset with the config's `columns` (our name -> the
 file's key), as LLaMA-Factory's dataset_info does.
 """
@@ -33,9 +39,9 @@ DEFAULT_COLUMNS: dict[str, dict[str, str]] = {
     "alpaca": {"instruction": "instruction", "input": "input", "output": "output",
                "system": "system", "history": "history"},
     "sharegpt": {"conversations": "conversations", "system": "system", "tools": "tools",
-                 "role_tag": "from", "content_tag": "value"},
+                 "role_tag": "from", "content_tag": "value", "loss_weight": "loss_weight"},
     "openai": {"messages": "messages", "role_tag": "role", "content_tag": "content",
-               "tools": "tools"},
+               "tools": "tools", "loss_weight": "loss_weight"},
     "lccc": {"conversations": "dialog"},
 }
 DISPLAY_NAMES = {"alpaca": "Alpaca", "sharegpt": "ShareGPT", "openai": "OpenAI messages",
@@ -67,6 +73,7 @@ class Conversation(NamedTuple):
     has_input: bool = False  # alpaca: a non-empty `input` field
     trimmed: int = 0  # unanswered trailing user turns that were dropped
     tools: list[dict] | None = None  # function schemas: set for every tool-calling record
+    weighted: bool = False  # some assistant message carries "loss_weight": 0
 
 
 # ---------------------------------------------------------------- reading files
@@ -290,18 +297,20 @@ def _require_object(record: Any) -> dict:
     return record
 
 
-def _field(record: dict, key: str, kind: type, required: bool) -> Any:
-    """record[key] checked against `kind`; None or absent gives None when not required."""
+def _field(record: dict, key: str, kind: type, required: bool, where: str | None = None
+           ) -> Any:
+    """record[key] checked against `kind`; None or absent gives None when not required.
+    `where` names the field in errors (default: `key`)."""
     value = record.get(key)
     if value.__class__ is kind:  # the common case, checked first for speed
         return value
     if value is None:
         if required:
             state = "missing" if key not in record else "null"
-            raise RecordError("missing_field", f"{key}: {state}")
+            raise RecordError("missing_field", f"{where or key}: {state}")
         return None
     if not isinstance(value, kind):
-        raise RecordError("wrong_type", f"{key}: expected {_type_name(kind())}, "
+        raise RecordError("wrong_type", f"{where or key}: expected {_type_name(kind())}, "
                           f"got {_type_name(value)}")
     return value
 
@@ -323,23 +332,68 @@ def build_conversation(turns: list[tuple[str, str]], system: str | None = None) 
     return Conversation(messages, trimmed=trimmed)
 
 
-def _tagged_turns(items: Any, key: str, keys: dict[str, str],
-                  roles: dict[str, str]) -> tuple[list[tuple[str, str]], str | None]:
+class Turns(NamedTuple):
+    """A ShareGPT/OpenAI list read into (role, content) pairs, a leading system turn split off."""
+
+    turns: list[tuple[str, Any]]
+    system: str | None
+    unweighted: tuple[int, ...]  # positions in `turns` of assistant turns with loss_weight 0
+
+
+# The keys a text part may hold its text under: OpenAI's and LLaMA-Factory v1's.
+TEXT_PART_KEYS = ("text", "value")
+
+
+def _content_text(item: dict, tag: str, where: str, required: bool) -> str | None:
+    """A message's content: a string, or a list of text parts joined in order."""
+    value = item.get(tag)
+    if value.__class__ is not list:
+        return _field(item, tag, str, required, f"{where}.{tag}")
+    texts = []
+    for number, part in enumerate(value):
+        place = f"{where}.{tag}[{number}]"
+        if not isinstance(part, dict):
+            raise RecordError("wrong_type", f"{place}: expected a content part object, "
+                              f"got {_type_name(part)}")
+        kind = part.get("type", "text")
+        if kind != "text":
+            raise RecordError("non_text_content", f"{place}: a part of type {kind!r}; only "
+                              "text parts can be trained on")
+        text = next((part[key] for key in TEXT_PART_KEYS if key in part), None)
+        if not isinstance(text, str):
+            raise RecordError("wrong_type", f"{place}: a text part needs a string under "
+                              f"{' or '.join(TEXT_PART_KEYS)}")
+        texts.append(text)
+    return "".join(texts)
+
+
+def _loss_weight(item: dict, key: str, where: str) -> bool:
+    """False when the message says loss_weight 0, True for 1 or no weight."""
+    weight = item.get(key)
+    if weight is None or weight.__class__ is not bool and weight in (0, 1):
+        return weight != 0
+    raise RecordError("wrong_type", f"{where}.{key}: expected 0 or 1, got {weight!r}")
+
+
+def _tagged_turns(items: Any, key: str, keys: dict[str, str], roles: dict[str, str]) -> Turns:
     """(role, content) pairs of a ShareGPT/OpenAI list; a leading system turn is split off."""
     if not isinstance(items, list):
         raise RecordError("wrong_type", f"{key}: expected an array, got {_type_name(items)}")
-    role_tag, content_tag = keys["role_tag"], keys["content_tag"]
-    turns = []
+    role_tag, content_tag, weight_tag = keys["role_tag"], keys["content_tag"], keys["loss_weight"]
+    turns, unweighted = [], []
     for number, item in enumerate(items):
         where = f"{key}[{number}]"
         if not isinstance(item, dict):
             raise RecordError("wrong_type", f"{where}: expected an object, got {_type_name(item)}")
-        tag = _field(item, role_tag, str, required=True)
+        tag = _field(item, role_tag, str, True, f"{where}.{role_tag}")
         calls = item.get("tool_calls") if tag == "assistant" else None
-        content = _field(item, content_tag, str, required=calls is None)
+        content = _content_text(item, content_tag, where, required=calls is None)
         if tag not in roles:
             raise RecordError("bad_turns", f"{where}.{role_tag}: unknown role {tag!r}; "
                               f"known: {', '.join(roles)}")
+        if weight_tag in item and not _loss_weight(item, weight_tag, where) and (
+                calls is not None or roles[tag] in ("assistant", "function_call")):
+            unweighted.append(len(turns))
         if calls is not None:  # OpenAI: text (maybe none) and calls in one turn
             turns.append(("function_call", ((content or "").strip(), calls)))
             continue
@@ -347,7 +401,8 @@ def _tagged_turns(items: Any, key: str, keys: dict[str, str],
     system = None
     if turns and turns[0][0] == "system":
         system, turns = turns[0][1], turns[1:]
-    return turns, system
+        unweighted = [number - 1 for number in unweighted]
+    return Turns(turns, system, tuple(unweighted))
 
 
 # ---------------------------------------------------------------- normalizers
@@ -403,26 +458,34 @@ def normalize_sharegpt(record: Any, keys: dict[str, str]) -> Conversation:
     """conversations of {from, value}: human/user, gpt/assistant, an optional first system."""
     record = _require_object(record)
     key = keys["conversations"]
-    turns, system = _tagged_turns(_field(record, key, list, True), key, keys, SHAREGPT_ROLES)
+    read = _tagged_turns(_field(record, key, list, True), key, keys, SHAREGPT_ROLES)
     top_system = (_field(record, keys["system"], str, required=False) or "").strip()
-    return _conversation(record, turns, top_system or system, keys["tools"])
+    return _conversation(record, read._replace(system=top_system or read.system), keys["tools"])
 
 
 def normalize_openai(record: Any, keys: dict[str, str]) -> Conversation:
     """messages of {role, content} with roles system/user/assistant."""
     record = _require_object(record)
     key = keys["messages"]
-    turns, system = _tagged_turns(_field(record, key, list, True), key, keys, OPENAI_ROLES)
-    return _conversation(record, turns, system, keys["tools"])
+    read = _tagged_turns(_field(record, key, list, True), key, keys, OPENAI_ROLES)
+    return _conversation(record, read, keys["tools"])
 
 
-def _conversation(record: dict, turns: list[tuple[str, Any]], system: str | None,
-                  tools_key: str) -> Conversation:
-    """A plain conversation, or a tool-calling one when the record has tools or tool turns."""
+def _conversation(record: dict, read: Turns, tools_key: str) -> Conversation:
+    """A plain conversation, or a tool-calling one when the record has tools or tool turns;
+    assistant turns with loss_weight 0 are marked in its messages."""
+    turns, system = read.turns, read.system
     tools = parse_tools(record.get(tools_key), tools_key)
     if not tools and not any(role in TOOL_ROLES for role, _ in turns):
-        return build_conversation(turns, system)
-    return build_tool_conversation(turns, tools, system)
+        conversation = build_conversation(turns, system)
+    else:
+        conversation = build_tool_conversation(turns, tools, system)
+    if not read.unweighted:
+        return conversation
+    offset = 1 if conversation.messages[0]["role"] == "system" else 0
+    for number in read.unweighted:
+        conversation.messages[number + offset]["loss_weight"] = 0
+    return conversation._replace(weighted=True)
 
 
 def restore_lccc_text(utterance: str) -> str:

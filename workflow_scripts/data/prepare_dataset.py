@@ -178,8 +178,8 @@ class SpanResult:
     end: int = 0
     error: bool = False  # the span does not parse from its start
     count: int = 0
-    # i (index in the span), reason, raw record, reject line after the index
-    rejects: list[tuple[int, str, Any, str]] = field(default_factory=list)
+    # i (index in the span), reason, raw record, reject line after the index, detail
+    rejects: list[tuple[int, str, Any, str, str]] = field(default_factory=list)
     passed: array = field(default_factory=lambda: array("L"))  # i of each passed record
     exact: list[int] = field(default_factory=list)
     digests: list[bytes] = field(default_factory=list)
@@ -219,7 +219,7 @@ class SpanResult:
         return add
 
     def reject(self, i: int, reason: str, detail: str, raw: Any) -> None:
-        self.rejects.append((i, reason, raw, reject_tail(reason, detail, raw)))
+        self.rejects.append((i, reason, raw, reject_tail(reason, detail, raw), detail))
 
 
 _job: FileJob | None = None
@@ -254,7 +254,8 @@ def process_span(bounds: tuple[int, int]) -> SpanResult:
             continue
         if tools is None:
             exact, digest = content_digests(messages)
-            line = kept_line(record_id(digest), messages, source)
+            line = (weighted_kept_line if conversation.weighted else kept_line)(
+                record_id(digest), messages, source)
         else:
             exact, digest = content_digests(digest_view(messages, tools))
             line = tool_kept_line(record_id(digest), messages, tools, source)
@@ -273,6 +274,12 @@ def kept_line(record_id: str, messages: list[dict], source: str) -> str:
     since roles and ids need no escaping and only the contents go through the encoder."""
     turns = "}, ".join([_TURN_STARTS[m["role"]] + _encode_str(m["content"]) for m in messages])
     return (f'{{"id": "{record_id}", "messages": [{turns}}}], '
+            f'"source": {{"file": {source}, "index": ')
+
+
+def weighted_kept_line(record_id: str, messages: list[dict], source: str) -> str:
+    """`kept_line` for a record whose messages carry a `loss_weight`."""
+    return (f'{{"id": "{record_id}", "messages": {_encode(messages)}, '
             f'"source": {{"file": {source}, "index": ')
 
 
@@ -348,10 +355,11 @@ class Pipeline:
         """Process and write every record of `job`; returns the number of records."""
         format_errors, first_error, index = 0, None, 0
         for result in run_spans(job, workers):
-            for _, reason, raw, _ in result.rejects:
+            for i, reason, raw, _, detail in result.rejects:
                 if reason in FORMAT_REASONS:
                     format_errors += 1
-                    first_error = raw if first_error is None else first_error
+                    if first_error is None:
+                        first_error = (index + i, raw, detail)
             self._merge(job, index, result)
             index += result.count
         if format_errors * 2 > index:
@@ -370,7 +378,7 @@ class Pipeline:
             self.stats.splits[split] += len(rows)
         kept = [k for k in range(len(passed)) if k not in duplicates]
         self.stats.keep(job.path, result.measures, kept if duplicates else None, result.calls)
-        rejects = [(i, reason, tail) for i, reason, _, tail in result.rejects]
+        rejects = [(i, reason, tail) for i, reason, _, tail, _ in result.rejects]
         for k, (reason, detail) in duplicates.items():
             raw = json.loads(job.text[result.places[2 * k]:result.places[2 * k + 1]])
             rejects.append((passed[k], reason, reject_tail(reason, detail, raw)))
@@ -381,10 +389,13 @@ class Pipeline:
         for _, reason, _ in rejects:
             self.stats.reject(job.path, reason)
 
-    def _refuse_format(self, path: str, raw: Any, errors: int, total: int) -> None:
+    def _refuse_format(self, path: str, first: tuple[int, Any, str], errors: int,
+                       total: int) -> None:
         """Most records failed to parse: when they look like another format, or none
-        parsed at all, the declared format is wrong and the whole file is refused."""
+        parsed at all, the declared format is wrong and the whole file is refused. `first`
+        is the first bad record: (index, raw record, which field failed and why)."""
         declared = self.stats.fmt
+        index, raw, detail = first
         guess = formats.guess_format(raw)
         if guess in (None, declared) and errors < total:
             return  # a messy file of the right format: its bad records are in rejects
@@ -392,7 +403,8 @@ class Pipeline:
                  f"{formats.DISPLAY_NAMES[declared]}" if guess and guess != declared
                  else f"records do not match format {declared!r}")
         raise DataError(f"{path}: {errors} of {total} records are not valid {declared} records: "
-                        f"{looks} (first bad record: {formats.describe_keys(raw)})")
+                        f"{looks}; first bad record (index {index}): {detail} "
+                        f"({formats.describe_keys(raw)})")
 
 
 def read_file(path: str) -> bytes:

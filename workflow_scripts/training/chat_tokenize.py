@@ -8,7 +8,8 @@ any fast tokenizer and any template without per-model special cases.
 
 Tool-calling records carry a record-level `tools` list (function schemas) that goes to the
 template as `apply_chat_template(..., tools=...)`; function-call turns are assistant turns
-and learned, tool results and schemas are not. Templates that rewrite earlier turns once
+and learned, tool results and schemas are not; an assistant turn whose message says
+`"loss_weight": 0` is context only. Templates that rewrite earlier turns once
 later ones follow (Qwen3 drops earlier reasoning) give one sample per assistant turn.
 """
 from __future__ import annotations
@@ -70,6 +71,11 @@ def render(tokenizer, messages: list[dict], generation_prompt: bool = False,
     )
 
 
+def is_learned(message: dict) -> bool:
+    """Whether an assistant message is a target: yes unless it says `loss_weight` 0."""
+    return message.get("loss_weight", 1) != 0
+
+
 class UnstablePrefixError(ValueError):
     """The template renders an earlier turn differently once later turns follow it."""
 
@@ -101,7 +107,8 @@ def assistant_char_spans(tokenizer, messages: list[dict], tools: list[dict] | No
         if not text.startswith(prompt + reply):
             raise UnstablePrefixError(f"chat template renders turn {i} differently once "
                                       "later turns follow it")
-        spans.append((len(prompt), len(prompt) + len(reply)))
+        if is_learned(message):
+            spans.append((len(prompt), len(prompt) + len(reply)))
     return text, spans
 
 
@@ -146,7 +153,7 @@ def encode_turns(tokenizer, messages: list[dict], tools: list[dict] | None = Non
         pass
     features = []
     for i, message in enumerate(messages):
-        if message["role"] == "assistant":
+        if message["role"] == "assistant" and is_learned(message):
             prompt, reply = _reply(tokenizer, messages, i, tools)
             features.append(encode_text(tokenizer, prompt + reply,
                                         [(len(prompt), len(prompt) + len(reply))]))
