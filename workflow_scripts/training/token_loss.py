@@ -5,6 +5,12 @@ models and adapters all come from `record_loss_sums`, and every mean is a token-
 mean (`mean_loss`): the sum of per-token losses over all label tokens divided by their
 count. A mean of per-batch means would weight a token in a short batch more than one in a
 long batch, and would change with the batch size.
+
+No full-vocabulary logits: the model's output layer is hooked so that its forward gets an
+empty slice, the final hidden states at label positions are projected through that same
+layer (the adapted one under PEFT) a chunk at a time, and training checkpoints each chunk
+so that its backward recomputes the chunk's logits instead of keeping them
+(`model_label_losses`; docs/training.md). `sequence_loss_sums` is the full-logits reference.
 """
 from __future__ import annotations
 
@@ -12,13 +18,17 @@ import math
 from typing import Callable, Iterable, Sequence
 
 IGNORE_INDEX = -100  # label of a position that takes no loss (as transformers' default)
+# Logits projected at once by the chunked loss: 2**25 fp32 values (128 MiB), e.g. 220 label
+# positions of a 151,936-row vocabulary, or a whole batch of a small model.
+LOGITS_CHUNK_ELEMENTS = 2**25
 
 
 def sequence_loss_sums(logits, labels) -> tuple[list[float], list[int]]:
-    """Per row: summed next-token cross-entropy over label tokens, and their count.
+    """Per row: summed next-token cross-entropy over label tokens, and their count, from
+    full (batch, length, vocab) logits: the reference the chunked routines are tested against.
 
-    `logits` is (batch, length, vocab) and `labels` (batch, length) with IGNORE_INDEX
-    where no loss is taken; position t predicts label t + 1, as in causal-LM training.
+    `labels` is (batch, length) with IGNORE_INDEX where no loss is taken; position t
+    predicts label t + 1, as in causal-LM training.
     """
     import torch
 
@@ -34,8 +44,148 @@ def sequence_loss_sums(logits, labels) -> tuple[list[float], list[int]]:
     return per_token.sum(dim=1).tolist(), [int(c) for c in counts]
 
 
+def chunk_rows(vocab_size: int) -> int:
+    """Label positions projected at once: about LOGITS_CHUNK_ELEMENTS logits per chunk."""
+    return max(16, LOGITS_CHUNK_ELEMENTS // max(vocab_size, 1))
+
+
+def _chunk_token_losses(head, hidden, targets):
+    import torch
+
+    return torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="none")
+
+
+def label_token_losses(head, hidden, labels, vocab_size: int):
+    """Cross-entropy of every label token, and the batch row it belongs to, from the final
+    hidden states (batch, length, hidden) projected through `head` chunk by chunk.
+
+    Only positions whose next label is not IGNORE_INDEX are projected. With gradients on,
+    each chunk is checkpointed: its logits are recomputed in the backward pass instead of
+    kept, so no more than one chunk of logits is alive at any time.
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    shifted = labels[:, 1:].to(hidden.device)
+    keep = shifted != IGNORE_INDEX
+    rows = keep.nonzero()[:, 0]
+    states, targets = hidden[:, :-1][keep], shifted[keep]
+    step = chunk_rows(vocab_size)
+    losses = []
+    for start in range(0, targets.numel(), step):
+        h, t = states[start : start + step], targets[start : start + step]
+        if torch.is_grad_enabled() and h.requires_grad:
+            losses.append(checkpoint(_chunk_token_losses, head, h, t, use_reentrant=False))
+        else:
+            losses.append(_chunk_token_losses(head, h, t))
+    # no label token: an empty loss that still reaches the graph, so backward() works
+    per_token = torch.cat(losses) if losses else states.float().sum(-1)
+    return per_token, rows
+
+
+class _HiddenCapture:
+    """Forward pre-hook on the output layer: keeps the final hidden states it is given and
+    passes it an empty slice of them, so the model's own forward computes no logits."""
+
+    def __init__(self):
+        self.hidden = None
+
+    def __call__(self, module, args):
+        if not args or self.hidden is not None:
+            return None  # called by keyword, or a second time: leave the call alone
+        self.hidden = args[0]
+        return (args[0][..., :0, :], *args[1:])
+
+
+def supports_chunked_loss(model) -> bool:
+    """Whether the model's logits are exactly its output layer's output (no scaling or
+    soft-capping after it), so that the chunked loss equals the full-logits one."""
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    altered = [getattr(text_config, k, None) for k in ("final_logit_softcapping", "logit_scale",
+                                                       "output_multiplier_scale")]
+    return model.get_output_embeddings() is not None and all(v in (None, 1, 1.0) for v in altered)
+
+
+def hidden_forward(model, inputs: dict):
+    """Run `model` on `inputs` and return the hidden states its output layer received.
+
+    `model` may be wrapped (DDP, accelerate): the forward goes through the wrapper; the hook
+    sits on the unwrapped model's output layer (the adapted one under PEFT: LoRA on the
+    head, trainable tokens on a tied embedding). None when the layer was not called with
+    the hidden states as its first positional argument.
+    """
+    head = unwrap(model).get_output_embeddings()
+    capture = _HiddenCapture()
+    handle = head.register_forward_pre_hook(capture)
+    try:
+        model(**inputs)
+    finally:
+        handle.remove()
+    return capture.hidden
+
+
+def unwrap(model):
+    """The model inside DDP / DataParallel wrappers."""
+    while hasattr(model, "module") and not hasattr(model, "get_output_embeddings"):
+        model = model.module
+    return model
+
+
+def vocab_rows(model) -> int:
+    """Rows of the model's output layer (its vocabulary size)."""
+    config = unwrap(model).config
+    return (config.get_text_config() if hasattr(config, "get_text_config") else config).vocab_size
+
+
+def model_label_losses(model, inputs: dict, labels):
+    """(per-token losses, their batch rows) at the label positions of one batch, without
+    full-vocabulary logits; None when the model's output layer cannot be hooked."""
+    hidden = hidden_forward(model, inputs)
+    if hidden is None:
+        return None
+    head = unwrap(model).get_output_embeddings()
+    return label_token_losses(head, hidden, labels, vocab_rows(model))
+
+
+def batch_loss_sums(model, inputs: dict, labels, chunked: bool = True):
+    """Per row of one batch: (summed label-token loss, label-token count), no gradients.
+
+    Chunked (the default where `supports_chunked_loss`): from the hidden states at label
+    positions; otherwise from the model's full logits (`sequence_loss_sums`).
+    """
+    import torch
+
+    found = model_label_losses(model, inputs, labels) if chunked and supports_chunked_loss(
+        unwrap(model)) else None
+    if found is None:
+        logits = model(**inputs).logits
+        return sequence_loss_sums(logits, labels.to(logits.device))
+    per_token, rows = found
+    n = labels.shape[0]
+    sums = torch.zeros(n, dtype=torch.float64, device=per_token.device)
+    sums.index_add_(0, rows, per_token.double())
+    return sums.tolist(), [int(c) for c in torch.bincount(rows, minlength=n)]
+
+
+def training_loss(model, inputs: dict, labels, num_items_in_batch=None):
+    """One batch's training loss as transformers' causal-LM loss gives it (the summed
+    label-token loss over `num_items_in_batch` when given, else the mean over the batch's
+    label tokens), through the chunked path; None where that path does not apply."""
+    if not supports_chunked_loss(unwrap(model)):
+        return None
+    found = model_label_losses(model, inputs, labels)
+    if found is None:
+        return None
+    per_token, _ = found
+    if num_items_in_batch is None:
+        return per_token.sum() / per_token.numel()
+    return per_token.sum() / num_items_in_batch.to(per_token.device) if hasattr(
+        num_items_in_batch, "to") else per_token.sum() / num_items_in_batch
+
+
 def record_loss_sums(
-    model, features: Sequence[dict], collate: Callable, batch_size: int
+    model, features: Sequence[dict], collate: Callable, batch_size: int, chunked: bool = True
 ) -> list[tuple[float, int]]:
     """(loss sum, label-token count) for every feature, in order, without gradients."""
     import torch
@@ -46,13 +196,9 @@ def record_loss_sums(
     try:
         for start in range(0, len(features), batch_size):
             batch = collate(list(features[start : start + batch_size]))
-            labels = batch["labels"].to(model.device)
+            inputs = {k: batch[k].to(model.device) for k in ("input_ids", "attention_mask")}
             with torch.no_grad():
-                logits = model(
-                    input_ids=batch["input_ids"].to(model.device),
-                    attention_mask=batch["attention_mask"].to(model.device),
-                ).logits
-            sums, counts = sequence_loss_sums(logits, labels)
+                sums, counts = batch_loss_sums(model, inputs, batch["labels"], chunked)
             out.extend(zip(sums, counts))
     finally:
         model.train(was_training)

@@ -231,15 +231,17 @@ def workflow_trainer_class():
     from workflow_scripts.training.length_sampler import EpochSeededLengthSampler
     from workflow_scripts.training.packing import NUM_TOKENS_KEY
     from workflow_scripts.training.progress import save_clock
-    from workflow_scripts.training.token_loss import mean_loss, record_loss_sums
+    from workflow_scripts.training.token_loss import mean_loss, record_loss_sums, training_loss
 
     class WorkflowTrainer(Trainer):
         """`eval_features` are unpacked tokenized validation records, `eval_collate` pads them
-        as the test-loss code does; `clock` is the run's RunClock."""
+        as the test-loss code does; `clock` is the run's RunClock; `chunked_loss` computes the
+        training and validation losses without full-vocabulary logits (token_loss.py)."""
 
-        def __init__(self, *args, eval_features, eval_collate, clock, **kwargs):
+        def __init__(self, *args, eval_features, eval_collate, clock, chunked_loss=True, **kwargs):
             super().__init__(*args, **kwargs)
             self.eval_features, self.eval_collate, self.clock = eval_features, eval_collate, clock
+            self.chunked_loss = chunked_loss
 
         def _get_train_sampler(self, train_dataset=None):
             if self.args.train_sampling_strategy != "group_by_length":
@@ -248,21 +250,38 @@ def workflow_trainer_class():
             group = args.train_batch_size * args.gradient_accumulation_steps * args.world_size
             return EpochSeededLengthSampler(self.train_dataset["length"], group, args.data_seed)
 
-        def compute_loss(self, model, inputs, *args, **kwargs):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             # A packed batch's 4D mask does not say how many real tokens it holds: the
             # collator's count does (the Trainer's own count is off for packing).
             n_tokens = inputs.pop(NUM_TOKENS_KEY, None)
             if n_tokens is not None and model.training:
                 n_tokens = torch.as_tensor(n_tokens, device=self.args.device)
                 self.state.num_input_tokens_seen += int(self.accelerator.reduce(n_tokens, "sum"))
-            return super().compute_loss(model, inputs, *args, **kwargs)
+            if self.chunked_loss and not return_outputs and "labels" in inputs:
+                loss = self.chunked_compute_loss(model, inputs, num_items_in_batch)
+                if loss is not None:
+                    return loss
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+        def chunked_compute_loss(self, model, inputs, num_items_in_batch):
+            """The loss the Trainer's own path gives, from chunks of label positions
+            (token_loss.training_loss) instead of full-vocabulary logits."""
+            inputs = dict(inputs)
+            labels = inputs.pop("labels")
+            scaled = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+            loss = training_loss(model, inputs, labels, num_items_in_batch if scaled else None)
+            if loss is not None and self.args.average_tokens_across_devices and scaled:
+                loss = loss * (self.accelerator.num_processes if self.args.n_gpu <= 1
+                               else self.args.n_gpu)
+            return loss
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             """Token-weighted loss over the validation records' assistant tokens, each rank
             scoring its share with the unwrapped model (no collective inside the loop)."""
             args = self.args
             shard = self.eval_features[args.process_index::args.world_size]
-            sums = record_loss_sums(self.model, shard, self.eval_collate, args.per_device_eval_batch_size)
+            sums = record_loss_sums(self.model, shard, self.eval_collate, args.per_device_eval_batch_size,
+                                    self.chunked_loss)
             if args.world_size > 1:
                 totals = torch.tensor([sum(s for s, _ in sums), sum(n for _, n in sums)],
                                       dtype=torch.float64, device=args.device)
@@ -413,6 +432,7 @@ def build_trainer(job: dict, model, tokenizer, data_dir: Path, out_dir: Path, ch
         eval_features=valid_features,
         eval_collate=padding_collator(tokenizer),
         clock=clock or RunClock(),
+        chunked_loss=training.get("chunked_loss", True),
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(quiet_progress())

@@ -1,0 +1,154 @@
+"""The chunked loss (token_loss.py) equals the full-logits loss, and its gradients match.
+
+Checked on PEFT models as training builds them (LoRA, DoRA, QLoRA on CPU, trainable tokens
+on a tied-embedding base, so that the output layer is the adapted one), on padded and on
+packed batches, with chunks small enough that every batch spans several.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_training import conversations, make_job, run_training, write_data  # noqa: F401
+
+from workflow_scripts.models.build_base_model import train_tokenizer
+from workflow_scripts.training import token_loss
+from workflow_scripts.training.chat_tokenize import tokenize_records
+from workflow_scripts.training.packing import NUM_TOKENS_KEY, PackedCollator, pack_features
+from workflow_scripts.training.token_loss import (IGNORE_INDEX, record_loss_sums, sequence_loss_sums,
+                                                  training_loss)
+from workflow_scripts.training.train_adapter import build_peft_model, padding_collator
+
+TOKENS = ["<|im_start|>", "<|im_end|>"]
+
+
+def save_tied_model(path: Path) -> Path:
+    """A tiny Qwen2 whose output layer is its input embedding (as Qwen2-0.5B's)."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    tokenizer = train_tokenizer(conversations(), vocab_size=300)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=128, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tied_dir(tmp_path_factory) -> Path:
+    return save_tied_model(tmp_path_factory.mktemp("tied"))
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    """A few label positions per chunk, so that every batch is cut into several."""
+    monkeypatch.setattr(token_loss, "LOGITS_CHUNK_ELEMENTS", 7 * 300)
+
+
+def peft_model(model_dir: Path, method: str, tokens: list[str]):
+    from workflow_scripts.models.loading import load_tokenizer
+
+    job = make_job(model_dir, method=method, lora__trainable_tokens=tokens,
+                   lora__target_modules=["q_proj", "v_proj"], lora__dropout=0.0)
+    experiment = job["experiment"]
+    torch.manual_seed(1)
+    model = build_peft_model(str(model_dir), experiment, False)
+    with torch.no_grad():  # adapters start as a no-op; make them matter
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn_like(param))
+    return model, load_tokenizer(str(model_dir))
+
+
+def features(tokenizer) -> list[dict]:
+    records = [{"id": str(i), "messages": m} for i, m in enumerate(conversations())]
+    return tokenize_records(tokenizer, records, 64)[0]
+
+
+def batch(tokenizer, model, packed: bool) -> dict:
+    feats = features(tokenizer)[:6]
+    if packed:
+        rows = pack_features(feats, 96)
+        out = PackedCollator(tokenizer.pad_token_id, model.config._attn_implementation)(rows)
+        out.pop(NUM_TOKENS_KEY)
+        return out
+    return dict(padding_collator(tokenizer)(feats))
+
+
+CASES = [("lora", TOKENS), ("dora", []), ("qlora", TOKENS)]
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("method,tokens", CASES, ids=[c[0] for c in CASES])
+def test_training_loss_and_gradients_equal_the_full_logits_ones(tied_dir, method, tokens, packed):
+    model, tokenizer = peft_model(tied_dir, method, tokens)
+    model.train()
+    inputs = batch(tokenizer, model, packed)
+    labels = inputs.pop("labels")
+    n_items = torch.tensor(int((labels[:, 1:] != IGNORE_INDEX).sum()) + 3)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    full = model(**inputs, labels=labels, num_items_in_batch=n_items).loss
+    full_grads = torch.autograd.grad(full, trainable)
+    chunked = training_loss(model, inputs, labels, n_items)
+    chunked_grads = torch.autograd.grad(chunked, trainable)
+
+    assert chunked.item() == pytest.approx(full.item(), rel=1e-5)
+    for a, b in zip(chunked_grads, full_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    mean = training_loss(model, inputs, labels)
+    assert mean.item() == pytest.approx(model(**inputs, labels=labels).loss.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("method,tokens", CASES, ids=[c[0] for c in CASES])
+def test_record_loss_sums_equal_the_full_logits_ones(tied_dir, method, tokens):
+    model, tokenizer = peft_model(tied_dir, method, tokens)
+    feats = features(tokenizer)
+    collate = padding_collator(tokenizer)
+    chunked = record_loss_sums(model, feats, collate, 5)
+    full = record_loss_sums(model, feats, collate, 5, chunked=False)
+    assert [n for _, n in chunked] == [n for _, n in full]
+    assert all(n > 0 for _, n in chunked)
+    for (a, _), (b, _) in zip(chunked, full):
+        assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_the_output_layer_computes_no_logits_over_the_sequence(tied_dir):
+    """The model's own forward gets an empty slice: only label positions are projected."""
+    model, tokenizer = peft_model(tied_dir, "lora", TOKENS)
+    head = model.get_output_embeddings()
+    shapes = []
+    handle = head.register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape)))
+    inputs = batch(tokenizer, model, packed=False)
+    labels = inputs.pop("labels")
+    with torch.no_grad():
+        token_loss.batch_loss_sums(model, inputs, labels)
+    handle.remove()
+    n_labels = int((labels[:, 1:] != IGNORE_INDEX).sum())
+    assert shapes[0][1] == 0  # the model's own call: (batch, 0, vocab)
+    assert sum(s[0] for s in shapes[1:]) == n_labels  # then label positions, chunk by chunk
+    assert max(s[0] for s in shapes[1:]) <= token_loss.chunk_rows(head.weight.shape[0])
+
+
+def test_sequence_loss_sums_is_the_reference():
+    logits = torch.randn(2, 5, 11)
+    labels = torch.tensor([[IGNORE_INDEX, 3, 4, IGNORE_INDEX, 1], [IGNORE_INDEX] * 4 + [2]])
+    sums, counts = sequence_loss_sums(logits, labels)
+    expected = torch.nn.functional.cross_entropy(logits[0, [0, 1, 3]], torch.tensor([3, 4, 1]),
+                                                 reduction="sum")
+    assert counts == [3, 1]
+    assert sums[0] == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_training_with_and_without_chunked_loss_logs_the_same_losses(tied_dir, tmp_path):
+    data = write_data(tmp_path / "data")
+    runs = {}
+    for chunked in (True, False):
+        job = make_job(tied_dir, training__max_steps=2, training__chunked_loss=chunked,
+                       lora__trainable_tokens=TOKENS)
+        runs[chunked], _ = run_training(job, tied_dir, data, tmp_path / str(chunked))
+    assert runs[True]["final_loss"] == pytest.approx(runs[False]["final_loss"], rel=1e-5)
+    assert runs[True]["eval_loss"] == pytest.approx(runs[False]["eval_loss"], rel=1e-5)
