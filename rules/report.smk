@@ -40,6 +40,7 @@ rule collect_metrics:
             "common/config",
             "evaluation/metric_intervals",
             "report/studies",
+            "report/family",
         ),
     output:
         experiments=report(
@@ -110,6 +111,7 @@ rule render_report:
             "report/sections",
             "report/studies",
             "report/summary",
+            "report/family",
         ),
     output:
         md="results/report/training_report.md",

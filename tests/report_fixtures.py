@@ -125,6 +125,7 @@ def answers(samples: list[tuple[str, str, str]], quality: float) -> list[dict]:
         prediction = reference[:keep] if quality > 0 else "嗯嗯"
         rows.append({"id": sample_id, "prompt": prompt, "reference": reference,
                      "prediction": prediction, "ended": i < quality * len(samples),
+                     "stopped": i < quality * len(samples),
                      "new_tokens": len(prediction), **sample_scores(prediction, reference)})
     return rows
 
@@ -141,9 +142,11 @@ def record_losses(name: str, quality: float) -> list[dict]:
 
 
 def tool_calls(quality: float, count: int = 10) -> list[dict]:
-    """tool_calls.jsonl rows: a `quality` share of the calls parse, name and argue right."""
+    """tool_calls.jsonl rows: a `quality` share of the calls parse, name and argue right;
+    two call turns per conversation."""
     call = {"name": "get_weather", "arguments": {"city": "北京"}}
-    return [{"id": f"t{i}", "prompt": f"北京今天天气怎么样？第{i}问", "reference": [call],
+    return [{"id": f"t{i // 2}#{i % 2}", "conversation": f"t{i // 2}",
+             "prompt": f"北京今天天气怎么样？第{i}问", "reference": [call],
              "prediction": f"<tool_call>{call}</tool_call>" if i < quality * count else "",
              **dict.fromkeys(("tool_valid", "tool_name_correct", "tool_args_exact"),
                              int(i < quality * count))}

@@ -8,7 +8,7 @@ from workflow_scripts.evaluation.bootstrap import (BETTER, UNCLEAR, WORSE, Inter
                                                    corpus_interval, mean_interval,
                                                    paired_corpus_difference, paired_mean_difference,
                                                    paired_ratio_difference, ratio_interval,
-                                                   unpaired_mean_difference, verdict)
+                                                   verdict)
 from workflow_scripts.evaluation.text_metrics import corpus_scores, corpus_statistics, score_from_statistics
 
 
@@ -90,11 +90,3 @@ def test_perplexity_interval_is_the_exponential_of_the_loss_interval():
     diff = paired_ratio_difference((sums, tokens), ([s / 2 for s in sums], tokens),
                                    transform=np.exp)
     assert diff.estimate == pytest.approx(math.exp(75 / 56) - math.exp(75 / 28))
-
-
-def test_unpaired_difference_of_two_windows():
-    earlier, later = [3.0, 3.2, 2.9, 3.1, 3.0], [2.0, 2.1, 1.9, 2.2, 2.0]
-    drop = unpaired_mean_difference(earlier, later)
-    assert drop.estimate == pytest.approx(np.mean(later) - np.mean(earlier))
-    assert drop.high < 0
-    assert not unpaired_mean_difference(earlier, earlier[::-1]).excludes_zero()

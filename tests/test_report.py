@@ -87,7 +87,9 @@ def test_differences_are_paired_and_verdicts_follow_the_interval(built):
     comparison = table(built, "comparison")
     tested = comparison[comparison["verdict"] != "not tested"]
     excludes = (tested["difference_low"] > 0) | (tested["difference_high"] < 0)
-    assert (excludes == (tested["verdict"] != "no clear difference")).all()
+    held = excludes & (tested["p_holm"] < 0.05)  # Holm over every comparison of the run
+    assert (held == (tested["verdict"] != "no clear difference")).all()
+    assert (excludes & ~held).any()  # a marginal interval that Holm does not keep
     noisy = comparison.set_index(["experiment", "metric"]).loc[("lr-study-lr1e-05", "rougeL")]
     assert noisy["verdict"] == "no clear difference"
     assert noisy["difference_low"] < 0 < noisy["difference_high"]
@@ -99,8 +101,9 @@ def test_tool_call_scores_are_compared_per_sample(built):
     valid = rows.loc[("lccc-r8", "tool_valid_share")]
     assert (valid["base"], valid["finetuned"]) == (0.0, 0.9)
     assert valid["n_paired"] == 10 and valid["difference_low"] > 0 and valid["verdict"] == "better"
-    stopped = rows.loc[("lccc-r8", "stopped_share")]  # no per-sample flag: no interval
-    assert stopped["verdict"] == "not tested" and math.isnan(stopped["difference_low"])
+    stopped = rows.loc[("lccc-r8", "stopped_share")]  # predictions' per-sample flag
+    assert stopped["verdict"] != "not tested" and stopped["p_value"] < 0.05
+    assert 0 < stopped["difference_low"] < stopped["difference"] < stopped["difference_high"]
     experiments = table(built, "experiments").set_index("experiment")
     assert experiments.loc["lccc-r8", "tool_valid_share_low"] < 0.9
     assert math.isnan(experiments.loc["rank-study-r4", "tool_valid_share"])
@@ -150,7 +153,12 @@ def test_summary_claims_match_the_tables(built):
     assert any("no clear difference (noise) in 1 (lr-study-lr1e-05)" in line for line in lines)
     assert any(line.startswith("Loading the base model in 4 bits") and "(worse)" in line
                for line in lines)
-    assert any("still falling" in line and "rank-study-r4" in line for line in lines)
+    trend = next(line for line in lines if line.startswith("Training loss, mean of the last"))
+    assert "not tested" in trend and "rank-study-r4 " in trend and "falling" not in trend
+    family = next(line for line in lines if "paired comparison" in line)
+    n = sum(table(built, t)["p_holm"].notna().sum() for t in ("comparison", "ranking",
+                                                              "quantization"))
+    assert family.startswith(f"This report makes {n} paired comparisons") and "Holm" in family
     md, html = both(built)
     assert md.index("## Summary") < md.index("## 1 Results")
     assert "11 fine-tuning experiments (10 LoRA and 1 QLoRA) of 2 base models on 2 datasets" in md

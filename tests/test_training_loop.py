@@ -212,3 +212,18 @@ def test_progress_file_gets_one_line_per_event(qwen2_dir, data_dir, tmp_path):
     assert times == sorted(times)
     assert metrics["tokens_per_s"] == round(metrics["train_tokens"] / metrics["train_step_time_s"], 2)
     assert 0 < metrics["train_step_time_s"] < metrics["wall_time_s"]
+
+
+def test_final_loss_covers_the_last_step_of_a_short_run(qwen2_dir, data_dir, tmp_path):
+    # 3 steps, logged every 5: without a log at the last step there is no loss at all
+    job = make_job(qwen2_dir, training__max_steps=3, training__logging_steps=5)
+    metrics, out = run_training(job, qwen2_dir, data_dir, tmp_path / "short")
+    logged = [r["step"] for r in read_jsonl(out / "trainer_log.jsonl") if "loss" in r]
+    assert logged == [3]
+    assert metrics["final_loss"] is not None and metrics["final_loss_window_steps"] == 3
+    # 7 steps, logged every 5: the last two steps are logged too, and final_loss is theirs
+    job = make_job(qwen2_dir, training__max_steps=7, training__logging_steps=5)
+    metrics, out = run_training(job, qwen2_dir, data_dir, tmp_path / "odd")
+    rows = [r for r in read_jsonl(out / "trainer_log.jsonl") if "loss" in r]
+    assert [r["step"] for r in rows] == [5, 7]
+    assert metrics["final_loss"] == pytest.approx(rows[-1]["loss"])

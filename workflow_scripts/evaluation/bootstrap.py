@@ -4,18 +4,26 @@ Every figure is recomputed on resampled sets of the same test items (generated s
 test records), drawn with replacement by a seeded generator, so the same inputs always give
 the same interval. Paired differences resample item ids jointly: both models are scored on
 the same draw, which is what makes a difference between two models on 16 prompts testable.
-A difference is claimed only when its 95% interval excludes zero (docs/metrics.md).
+A difference is claimed only when its 95% interval excludes zero and, across all the
+comparisons of one run, its Holm-adjusted p-value is below 5% (docs/metrics.md): each
+interval also carries a two-sided p-value for "no difference", from the bootstrap standard
+error (z = estimate / sd of the resampled values).
+
+Items that are not independent are resampled in clusters (the turns of one conversation).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 RESAMPLES = 1000
 LEVEL = 0.95
 BETTER, WORSE, UNCLEAR = "better", "worse", "no clear difference"
+HIGHER, LOWER = "higher", "lower"  # the verdicts of a metric that is neither better nor worse
+FAMILY_ALPHA = 0.05  # family-wise error rate the Holm procedure keeps
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,8 @@ class Interval:
     estimate: float
     low: float
     high: float
+    # two-sided p-value for "the true value is zero" (meaningful for differences)
+    p_value: float = field(default=float("nan"), compare=False)
 
     def excludes_zero(self) -> bool:
         return bool(self.low > 0 or self.high < 0)
@@ -38,13 +48,26 @@ def draws(n: int, resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
 
 
+def bootstrap_p_value(estimate: float, values: np.ndarray) -> float:
+    """Two-sided p-value of estimate against zero with the bootstrap standard error: fine
+    below 1/resamples (which a share of resampled values could not resolve), as Holm needs
+    for a family of a hundred comparisons."""
+    sd = float(np.std(values, ddof=1)) if values.size > 1 else float("nan")
+    if not math.isfinite(estimate) or not math.isfinite(sd):
+        return float("nan")
+    if sd == 0:
+        return 1.0 if estimate == 0 else 0.0
+    return math.erfc(abs(estimate) / sd / math.sqrt(2))
+
+
 def percentile_interval(estimate: float, values: np.ndarray, level: float = LEVEL) -> Interval:
     tail = 100 * (1 - level) / 2
     finite = values[np.isfinite(values)]
     if not finite.size:
         return Interval(estimate, float("nan"), float("nan"))
     low, high = np.percentile(finite, [tail, 100 - tail])
-    return Interval(float(estimate), float(low), float(high))
+    return Interval(float(estimate), float(low), float(high),
+                    bootstrap_p_value(float(estimate), finite))
 
 
 def mean_interval(values: Sequence[float], resamples: int = RESAMPLES, seed: int = 0,
@@ -54,18 +77,6 @@ def mean_interval(values: Sequence[float], resamples: int = RESAMPLES, seed: int
     if not x.size:
         return NO_INTERVAL
     return percentile_interval(x.mean(), x[draws(x.size, resamples, seed)].mean(axis=1), level)
-
-
-def unpaired_mean_difference(first: Sequence[float], second: Sequence[float],
-                             resamples: int = RESAMPLES, seed: int = 0,
-                             level: float = LEVEL) -> Interval:
-    """Interval for mean(second) - mean(first), two independent sets resampled separately."""
-    a, b = np.asarray(first, dtype=float), np.asarray(second, dtype=float)
-    if not a.size or not b.size:
-        return NO_INTERVAL
-    values = (b[draws(b.size, resamples, seed + 1)].mean(axis=1)
-              - a[draws(a.size, resamples, seed)].mean(axis=1))
-    return percentile_interval(b.mean() - a.mean(), values, level)
 
 
 Transform = Callable[[np.ndarray], np.ndarray]
@@ -157,9 +168,53 @@ def paired_corpus_difference(base: np.ndarray, other: np.ndarray, score: CorpusS
     return percentile_interval(gap(np.arange(len(a))), values, level)
 
 
-def verdict(difference: Interval, higher_is_better: bool) -> str:
+def cluster_mean_interval(values: Sequence[float], clusters: Sequence[Hashable],
+                          resamples: int = RESAMPLES, seed: int = 0,
+                          level: float = LEVEL) -> Interval:
+    """Interval for the mean of per-item values when items come in clusters that are not
+    independent inside (the turns of one conversation): whole clusters are resampled, and
+    the mean is over the items of the drawn clusters."""
+    x = np.asarray(values, dtype=float)
+    if x.size != len(clusters):
+        raise ValueError(f"{x.size} values but {len(clusters)} cluster ids")
+    if not x.size:
+        return NO_INTERVAL
+    _, index = np.unique(np.asarray([str(c) for c in clusters]), return_inverse=True)
+    sums, sizes = np.bincount(index, weights=x), np.bincount(index).astype(float)
+    return ratio_interval(sums, sizes, resamples, seed, level)
+
+
+def paired_cluster_mean_difference(base: Sequence[float], other: Sequence[float],
+                                   clusters: Sequence[Hashable], resamples: int = RESAMPLES,
+                                   seed: int = 0, level: float = LEVEL) -> Interval:
+    """Interval for mean(other) - mean(base) over the same items, whole clusters resampled."""
+    a, b = np.asarray(base, dtype=float), np.asarray(other, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values differ in length: {a.size} and {b.size}")
+    return cluster_mean_interval(b - a, clusters, resamples, seed, level)
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (NaN stays NaN and does not count in the family):
+    rejecting where adjusted < alpha keeps the family-wise error rate at alpha."""
+    p = np.asarray(p_values, dtype=float)
+    adjusted = np.full(p.shape, np.nan)
+    tested = np.flatnonzero(np.isfinite(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    m = order.size
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def verdict(difference: Interval, higher_is_better: bool | None) -> str:
     """"better"/"worse" for `other` against `base` when the interval of other - base
-    excludes zero, else "no clear difference"."""
+    excludes zero, else "no clear difference"; "higher"/"lower" for a metric that is
+    neither better nor worse when higher (higher_is_better None: answer length)."""
     if not difference.excludes_zero():
         return UNCLEAR
+    if higher_is_better is None:
+        return HIGHER if difference.low > 0 else LOWER
     return BETTER if (difference.low > 0) == higher_is_better else WORSE

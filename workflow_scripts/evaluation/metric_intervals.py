@@ -3,7 +3,7 @@
 An evaluation directory (docs/artifacts.md) holds metrics.json, predictions.jsonl (the
 generated samples with per-sample scores), record_losses.jsonl (every test record's loss
 sum and token count) and, for datasets with tool calls, tool_calls.jsonl (per-sample 0/1
-call scores). Point estimates are taken from metrics.json; intervals and paired
+call scores, several per conversation). Point estimates are taken from metrics.json; intervals and paired
 differences are recomputed from the two .jsonl files (workflow_scripts/evaluation/bootstrap.py).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ class Metric:
     makes as repetition, so its bootstrap would be biased low)."""
 
     kind: str  # "records" | "samples" | "tools" | "corpus" | "point"
-    higher_is_better: bool
+    higher_is_better: bool | None  # None: a change that is neither better nor worse
     floor: float  # a base value below this in magnitude gets no percent change
     sample: Callable[[dict], float] | None = None
     transform: bootstrap.Transform = bootstrap.identity
@@ -55,8 +55,10 @@ METRICS: dict[str, Metric] = {
                              sample=lambda row: float(bool(row["prediction"].strip()))),
     "eot_share": Metric("samples", True, SHARE_FLOOR,
                         sample=lambda row: float(bool(row.get("ended")))),
-    "stopped_share": Metric("point", True, SHARE_FLOOR),  # predictions carry no per-sample flag
-    "mean_answer_chars": Metric("samples", True, 1.0,
+    "stopped_share": Metric("samples", True, SHARE_FLOOR,
+                            sample=lambda row: float(bool(row.get("stopped")))),
+    # a model that learns to stop answers shorter, a rambling one longer: neither is better
+    "mean_answer_chars": Metric("samples", None, 1.0,
                                 sample=lambda row: float(len(row["prediction"]))),
     # tool_eval's per-sample scores in tool_calls.jsonl, under their metrics.json names
     **{name: Metric("tools", True, SHARE_FLOOR, sample=_score(key))
@@ -93,6 +95,13 @@ def _rows(path: Path) -> list[dict]:
     return list(read_jsonl(path)) if path.is_file() else []
 
 
+def conversation(row: dict) -> str:
+    """The conversation a tool-call sample comes from: its turns are resampled together.
+    Rows written before tool_calls.jsonl had the field carry it in their id
+    ("<record id>#<message index>")."""
+    return str(row.get("conversation") or row["id"].rsplit("#", 1)[0])
+
+
 def _records(rows: list[dict]) -> tuple[list[float], list[float]]:
     return [r["loss_sum"] for r in rows], [r["n_tokens"] for r in rows]
 
@@ -123,8 +132,12 @@ def interval(run: EvalRun, name: str, seed: int,
     if metric.kind == "records":
         return bootstrap.ratio_interval(*_records(run.records), resamples, seed,
                                           transform=metric.transform)
-    if metric.kind in ("samples", "tools"):
-        return bootstrap.mean_interval(_sample_values(run.items(metric), metric, run.path),
+    if metric.kind == "tools":
+        return bootstrap.cluster_mean_interval(
+            _sample_values(run.tool_calls, metric, run.path),
+            [conversation(row) for row in run.tool_calls], resamples, seed)
+    if metric.kind == "samples":
+        return bootstrap.mean_interval(_sample_values(run.samples, metric, run.path),
                                          resamples, seed)
     if not run.samples:
         return NO_INTERVAL
@@ -153,7 +166,11 @@ def paired_difference(base: EvalRun, other: EvalRun, name: str, seed: int,
     if metric.kind == "records":
         diff = bootstrap.paired_ratio_difference(_records(a), _records(b), resamples, seed,
                                                    transform=metric.transform)
-    elif metric.kind in ("samples", "tools"):
+    elif metric.kind == "tools":
+        diff = bootstrap.paired_cluster_mean_difference(
+            _sample_values(a, metric, base.path), _sample_values(b, metric, other.path),
+            [conversation(row) for row in a], resamples, seed)
+    elif metric.kind == "samples":
         diff = bootstrap.paired_mean_difference(_sample_values(a, metric, base.path),
                                                   _sample_values(b, metric, other.path),
                                                   resamples, seed)

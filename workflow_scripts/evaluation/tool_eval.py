@@ -22,6 +22,7 @@ METRIC_NAMES = {"tool_valid": "tool_valid_share", "tool_name_correct": "tool_nam
 
 class ToolSample(NamedTuple):
     id: str  # "<record id>#<message index>": unique, and the same for base and fine-tuned
+    conversation: str  # the record id: a conversation's turns are resampled together
     messages: list[dict]  # the prompt: every message before the reference turn
     tools: list[dict]
     reference: list[ToolCall]
@@ -36,7 +37,8 @@ def tool_call_samples(records: list[dict], limit: int | None = None) -> list[Too
             continue
         for i, message in enumerate(record["messages"]):
             if message["role"] == "assistant" and message.get("tool_calls"):
-                samples.append(ToolSample(f"{record['id']}#{i}", record["messages"][:i], tools,
+                samples.append(ToolSample(f"{record['id']}#{i}", str(record["id"]),
+                                          record["messages"][:i], tools,
                                           reference_calls(message)))
     return samples[:limit]
 
@@ -57,7 +59,7 @@ def evaluate_tool_calls(tokenizer, records: list[dict], settings: dict,
 
     metrics: tool_valid_share, tool_name_accuracy, tool_args_exact (means of the per-sample
     scores, 0-1) and n_tool_samples; empty when the records hold no call. rows: one per
-    sample for tool_calls.jsonl: id, prompt (the last user message), messages (the whole
+    sample for tool_calls.jsonl: id, conversation (the record id), prompt (the last user message), messages (the whole
     prompt), tools (function names), reference and predicted ([{name, arguments}], predicted
     null when the turn does not parse), prediction (the generated text) and the per-sample
     scores (SCORE_KEYS, 0 or 1) for bootstrap intervals.
@@ -71,7 +73,8 @@ def evaluate_tool_calls(tokenizer, records: list[dict], settings: dict,
     for sample, text in zip(samples, texts, strict=True):
         predicted = parse_tool_calls(text, fmt)
         rows.append({
-            "id": sample.id, "prompt": last_user_text(sample.messages),
+            "id": sample.id, "conversation": sample.conversation,
+            "prompt": last_user_text(sample.messages),
             "messages": sample.messages, "tools": sorted(tool_names(sample.tools)),
             "reference": [c._asdict() for c in sample.reference],
             "predicted": None if predicted is None else [c._asdict() for c in predicted],

@@ -20,6 +20,7 @@ from workflow_scripts.common.io_utils import read_json, read_jsonl, write_json
 from workflow_scripts.evaluation import bootstrap
 from workflow_scripts.evaluation.metric_intervals import (EvalRun, change_pct, interval,
                                                           paired_difference, verdict)
+from workflow_scripts.report import family
 from workflow_scripts.report.studies import study_rows
 
 EVAL_METRICS = ("loss", "perplexity", "bleu4", "rouge1", "rouge2", "rougeL", "sacrebleu",
@@ -38,10 +39,13 @@ SETTINGS = {"base_model": "base_model", "dataset": "dataset", "method": "method"
             "warmup_ratio": "training.warmup_ratio", "max_length": "training.max_length"}
 PAIRED_COLUMNS = ["experiment", "base_model", "dataset", "base_eval", "metric", "base",
                   "finetuned", "difference", "difference_low", "difference_high", "n_paired",
-                  "verdict", "change_pct"]
+                  "verdict", "change_pct", "p_value", "p_holm"]
+# quantization.tsv: the same comparison, the unquantized base against its 4-bit self
+QUANTIZATION_COLUMNS = [{"base_eval": "unquantized_eval", "base": "unquantized",
+                         "finetuned": "quantized"}.get(c, c) for c in PAIRED_COLUMNS]
 RANKING_COLUMNS = ["dataset", "base_model", "position", "experiment", "test_loss",
                    "test_loss_low", "test_loss_high", "difference", "difference_low",
-                   "difference_high", "n_paired", "verdict"]
+                   "difference_high", "n_paired", "verdict", "p_value", "p_holm"]
 DATA_COLUMN_ORDER = ("dataset", "format", "raw", "kept", "rejected_", "splits_", "lengths_",
                      "turns_", "share_")
 DATA_SUFFIX_ORDER = ("train", "valid", "test", "mean", "p50", "p90", "p99", "max")
@@ -133,7 +137,7 @@ def paired_row(name: str, config: dict, metric: str, base: EvalRun | None,
         diff, n = paired_difference(base, other, metric, evals.seed, evals.resamples)
         row.update(difference=diff.estimate, difference_low=diff.low,
                    difference_high=diff.high, n_paired=n,
-                   verdict=verdict(metric, diff))
+                   verdict=verdict(metric, diff), p_value=diff.p_value)
     return row
 
 
@@ -150,16 +154,18 @@ def comparison_rows(configs: dict, results: Path, evals: Evaluations) -> list[di
 
 
 def quantization_rows(configs: dict, evals: Evaluations) -> list[dict]:
-    """For QLoRA experiments: the 4-bit base ("finetuned" column) against the same base
-    unquantized ("base" column), under the same settings: the cost of quantization."""
+    """For QLoRA experiments: the 4-bit base ("quantized" column) against the same base
+    unquantized ("unquantized" column), under the same settings: the cost of quantization."""
     rows = []
     for name, config in configs.items():
         if not config.get("base_eval_unquantized"):
             continue
         full, quant = evals.get(config["base_eval_unquantized"]), evals.get(config["base_eval"])
         for metric in (m for m in EVAL_METRICS if reported(m, full, quant)):
-            rows.append(paired_row(name, config, metric, full, quant, evals)
-                        | {"base_eval": config["base_eval_unquantized"]})
+            row = paired_row(name, config, metric, full, quant, evals)
+            rows.append({"unquantized_eval": config["base_eval_unquantized"],
+                         "unquantized": row.pop("base"), "quantized": row.pop("finetuned"),
+                         **row})
     return rows
 
 
@@ -180,7 +186,7 @@ def ranking_rows(experiments: pd.DataFrame, results: Path, evals: Evaluations) -
                 diff, n = paired_difference(best, other, "loss", evals.seed, evals.resamples)
                 row.update(difference=diff.estimate, difference_low=diff.low,
                            difference_high=diff.high, n_paired=n,
-                           verdict=verdict("loss", diff))
+                           verdict=verdict("loss", diff), p_value=diff.p_value)
             rows.append(row)
     return rows
 
@@ -258,12 +264,15 @@ def collect(run: dict, results: Path, out_dir: Path,
     write_tsv(pd.DataFrame([base_row(d, users, configs, evals)
                             for d, users in base_evals(configs).items()], columns=base_columns),
               out_dir / "base_metrics.tsv")
-    write_tsv(pd.DataFrame(comparison_rows(configs, results, evals), columns=PAIRED_COLUMNS),
-              out_dir / "comparison.tsv")
-    write_tsv(pd.DataFrame(quantization_rows(configs, evals), columns=PAIRED_COLUMNS),
-              out_dir / "quantization.tsv")
-    write_tsv(pd.DataFrame(ranking_rows(experiments, results, evals), columns=RANKING_COLUMNS),
-              out_dir / "ranking.tsv")
+    tested = family.control({
+        "comparison": pd.DataFrame(comparison_rows(configs, results, evals),
+                                   columns=PAIRED_COLUMNS),
+        "quantization": pd.DataFrame(quantization_rows(configs, evals),
+                                     columns=QUANTIZATION_COLUMNS),
+        "ranking": pd.DataFrame(ranking_rows(experiments, results, evals),
+                                columns=RANKING_COLUMNS)})
+    for name, table in tested.items():
+        write_tsv(table, out_dir / f"{name}.tsv")
     write_tsv(pd.DataFrame(study_rows(run), columns=["study", "kind", "varies", "experiment"]),
               out_dir / "studies.tsv")
     write_tsv(training_log(configs, results), out_dir / "training_log.tsv")

@@ -155,8 +155,8 @@ def quantization_table(quantization: pd.DataFrame) -> Table:
                    "difference [95% CI]", "verdict"])
     shown = quantization[quantization["metric"].isin(["loss", "bleu4", "rougeL"])]
     for row in shown.to_dict("records"):
-        table.rows.append([row["experiment"], row["metric"], fmt(row["base"]),
-                           fmt(row["finetuned"]), diff(row),
+        table.rows.append([row["experiment"], row["metric"], fmt(row["unquantized"]),
+                           fmt(row["quantized"]), diff(row),
                            row["verdict"] if isinstance(row["verdict"], str) else NA])
     return table
 

@@ -2,13 +2,15 @@
 
 Claims follow docs/metrics.md: "best" only where the paired loss interval against every
 runner-up excludes zero; a difference from the base only where its paired interval excludes
-zero; everything else is called "no clear difference".
+zero; and either only where it survives Holm's correction over every comparison of the run
+(report/family.py); everything else is called "no clear difference".
 """
 from __future__ import annotations
 
 import pandas as pd
 
-from workflow_scripts.evaluation.bootstrap import BETTER, UNCLEAR, WORSE, unpaired_mean_difference
+from workflow_scripts.evaluation.bootstrap import BETTER, UNCLEAR, WORSE
+from workflow_scripts.report.family import P_HOLM, family_size
 from workflow_scripts.report.formatting import ci, diff, fmt, names
 
 HEADLINE_METRICS = {"loss": "test loss", "bleu4": "BLEU-4", "rougeL": "ROUGE-L"}
@@ -31,7 +33,21 @@ def what_was_run(experiments: pd.DataFrame) -> str:
             f"{names([str(r) for r in records]) or 'n/a'} test records (loss) and "
             f"{names([str(s) for s in samples]) or 'n/a'} generated answers (text metrics). "
             "Intervals are 95% bootstrap intervals; a difference is claimed only where its "
-            "paired interval excludes zero.")
+            "paired interval excludes zero and Holm's correction over all comparisons keeps it.")
+
+
+def family_sentence(tables: list[pd.DataFrame]) -> str | None:
+    """How many comparisons the run made and how many better/worse claims survived Holm."""
+    n = family_size(tables)
+    if not n:
+        return None
+    claims = sum(int((t[P_HOLM].notna() & t["verdict"].isin([BETTER, WORSE])).sum())
+                 for t in tables if P_HOLM in t)
+    return (f"This report makes {plural(n, 'paired comparison')} (each fine-tuned model "
+            "against its base per metric, runner-ups against the lowest test loss, 4-bit "
+            f"against unquantized bases); {plural(claims, 'better/worse claim')} remain after "
+            "Holm's correction, which keeps the chance of any false claim among all of them "
+            "at 5%.")
 
 
 def best_sentence(group: pd.DataFrame) -> str:
@@ -96,39 +112,40 @@ def verdict_counts(comparison: pd.DataFrame) -> list[str]:
     return lines
 
 
-def loss_trend(log: pd.DataFrame, name: str) -> str | None:
-    """"falling", "flat" or "rising": last 20% of logged training losses against the 20%
-    before, with an interval on the difference of their means."""
+def loss_trend(log: pd.DataFrame, name: str) -> tuple[float, float] | None:
+    """Mean logged training loss over the 20% of logged steps before the last 20%, and over
+    the last 20%; None for fewer than ten logged losses."""
     losses = log[(log["experiment"] == name)]["loss"].dropna().astype(float)
     k = int(len(losses) * TREND_SHARE)
     if k < 2:
         return None
-    diff = unpaired_mean_difference(losses.iloc[-2 * k:-k], losses.iloc[-k:])
-    return "falling" if diff.high < 0 else "rising" if diff.low > 0 else "flat"
+    return float(losses.iloc[-2 * k:-k].mean()), float(losses.iloc[-k:].mean())
 
 
 def trend_sentence(experiments: pd.DataFrame, log: pd.DataFrame) -> str | None:
-    trends: dict[str, list[str]] = {}
+    """The end of each training loss curve, described and not tested: consecutive logged
+    losses are autocorrelated (one model, a drifting learning rate, overlapping windows), so
+    resampling them as independent values would claim trends that are noise, and the few
+    values of a short log leave no valid test of a trend. The validation loss and the
+    test-set comparisons carry the claims."""
+    parts = []
     for name in experiments["experiment"]:
         trend = loss_trend(log, name) if not log.empty else None
         if trend:
-            trends.setdefault(trend, []).append(name)
-    if not trends:
+            parts.append(f"{name} {fmt(trend[0])} → {fmt(trend[1])}")
+    if not parts:
         return None
-    words = {"falling": "still falling at the end of training (more steps may help)",
-             "flat": "flat at the end of training (no clear change)",
-             "rising": "rising at the end of training"}
-    parts = [f"{words[t]} for {names(trends[t])}" for t in words if t in trends]
-    return ("Training loss (mean of the last 20% of logged steps against the 20% before) was "
-            + "; ".join(parts) + ".")
+    return ("Training loss, mean of the last 20% of logged steps against the 20% before "
+            "(described, not tested: logged losses are autocorrelated): " + "; ".join(parts)
+            + ".")
 
 
 def quantization_sentence(quantization: pd.DataFrame) -> str | None:
-    rows = quantization[quantization["metric"] == "loss"].drop_duplicates("base_eval")
+    rows = quantization[quantization["metric"] == "loss"].drop_duplicates("unquantized_eval")
     if rows.empty:
         return None
-    parts = [f"{r['dataset']}/{r['base_model']} test loss {fmt(r['base'])} → "
-             f"{fmt(r['finetuned'])}, {diff(r)} ({r['verdict']})"
+    parts = [f"{r['dataset']}/{r['base_model']} test loss {fmt(r['unquantized'])} → "
+             f"{fmt(r['quantized'])}, {diff(r)} ({r['verdict']})"
              for _, r in rows.iterrows()]
     return "Loading the base model in 4 bits (QLoRA) changes its own " + "; ".join(parts) + "."
 
@@ -138,7 +155,8 @@ def summary(experiments: pd.DataFrame, comparison: pd.DataFrame, ranking: pd.Dat
     """{"run": sentence, "best": [sentences], "findings": [sentences]}."""
     if experiments.empty:
         return {"run": "No experiment is configured.", "best": [], "findings": []}
-    findings = verdict_counts(comparison) if not comparison.empty else []
+    findings = [s for s in [family_sentence([comparison, ranking, quantization])] if s]
+    findings += verdict_counts(comparison) if not comparison.empty else []
     findings += [s for s in (quantization_sentence(quantization) if not quantization.empty
                              else None, trend_sentence(experiments, log)) if s]
     return {"run": what_was_run(experiments),

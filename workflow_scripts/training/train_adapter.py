@@ -241,6 +241,20 @@ def workflow_trainer_class():
         def __init__(self, *args, eval_features, eval_collate, clock, chunked_loss=True, **kwargs):
             super().__init__(*args, **kwargs)
             self.eval_features, self.eval_collate, self.clock = eval_features, eval_collate, clock
+def log_last_step():
+    """A callback that logs the training loss at the last step too: otherwise a run that
+    ends between two `logging_steps` leaves its last steps out of final_loss, and one
+    shorter than `logging_steps` has no logged loss at all."""
+    from transformers import TrainerCallback
+
+    class LogLastStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.max_steps and state.global_step >= state.max_steps:
+                control.should_log = True
+
+    return LogLastStep()
+
+
             self.chunked_loss = chunked_loss
 
         def _get_train_sampler(self, train_dataset=None):
@@ -458,6 +472,7 @@ def train(job: dict, model_dir: str, data_dir: Path, out_dir: Path, checkpoint_r
     from workflow_scripts.models.loading import load_tokenizer
     from workflow_scripts.training.progress import ProgressFile, RunClock, RunRecorder, load_clock
 
+    trainer.add_callback(log_last_step())
     experiment, seed = job["experiment"], job["seed"]
     trust = job["base_model"].get("trust_remote_code", False)
     set_seed(seed)
