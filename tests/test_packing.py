@@ -1,10 +1,13 @@
 """Packing puts several samples in one row, and no token attends across a sample boundary."""
+import random
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from workflow_scripts.training.chat_tokenize import IGNORE_INDEX
-from workflow_scripts.training.packing import NUM_TOKENS_KEY, PackedCollator, pack_bins, pack_features
+from workflow_scripts.training.packing import (NUM_TOKENS_KEY, PackedCollator, fill_ratio, pack_bins,
+                                              pack_features)
 
 VOCAB = 97
 PAD = 0
@@ -50,6 +53,36 @@ def test_bins_respect_the_limit_and_keep_every_sample():
     assert len(bins) == 4  # 52 tokens need at least 4 rows of 16
     with pytest.raises(ValueError):
         pack_bins([17], 16)
+
+
+def scanned_first_fit_decreasing(lengths: list[int], max_length: int) -> list[list[int]]:
+    """The reference: first fit decreasing by scanning every open row (quadratic)."""
+    bins, room = [], []
+    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        slot = next((b for b, free in enumerate(room) if free >= lengths[index]), None)
+        if slot is None:
+            bins.append([])
+            room.append(max_length)
+            slot = len(bins) - 1
+        bins[slot].append(index)
+        room[slot] -= lengths[index]
+    return bins
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_tree_packing_gives_the_scans_rows(seed):
+    """Same rows as scanning, hence the same fill ratio, on lengths of every kind."""
+    rng = random.Random(seed)
+    max_length = rng.choice([1, 7, 64, 512])
+    lengths = [rng.randint(1, max_length) for _ in range(rng.randint(0, 300))]
+    if seed % 3 == 0:  # long-tailed, as chat lengths are
+        lengths = [min(max_length, int(rng.paretovariate(1.2) * 4)) for _ in lengths]
+    bins = pack_bins(lengths, max_length)
+    assert bins == scanned_first_fit_decreasing(lengths, max_length)
+    assert sorted(i for b in bins for i in b) == list(range(len(lengths)))
+    assert all(sum(lengths[i] for i in b) <= max_length for b in bins)
+    if bins:
+        assert fill_ratio(sum(lengths), len(bins), max_length) >= sum(lengths) / (len(lengths) * max_length)
 
 
 def test_packed_rows_restart_positions_and_ignore_each_first_token():

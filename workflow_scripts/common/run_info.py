@@ -91,10 +91,12 @@ def collect_run_info(config_slice: dict, seed: int, data_files: list[str]) -> di
     }
 
 
-def write_run_info(out_dir: str | Path, config_slice: dict, seed: int, data_files: list) -> dict:
-    """Record the run next to the artifacts it made, as `out_dir/run_info.json`."""
+def write_run_info(out_dir: str | Path, config_slice: dict, seed: int, data_files: list,
+                   extra: dict | None = None) -> dict:
+    """Record the run next to the artifacts it made, as `out_dir/run_info.json`; `extra`
+    adds what the job knows of its own run (processes and devices that trained)."""
     from workflow_scripts.common.io_utils import write_json
 
-    info = collect_run_info(config_slice, seed, [str(f) for f in data_files])
+    info = collect_run_info(config_slice, seed, [str(f) for f in data_files]) | (extra or {})
     write_json(Path(out_dir) / "run_info.json", info)
     return info

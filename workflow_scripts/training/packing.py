@@ -19,20 +19,46 @@ NUM_TOKENS_KEY = "num_tokens"
 
 
 def pack_bins(lengths: list[int], max_length: int) -> list[list[int]]:
-    """Sample indices grouped into rows of at most `max_length` tokens (first fit decreasing)."""
+    """Sample indices grouped into rows of at most `max_length` tokens (first fit decreasing).
+
+    Samples go longest first into the first row with room for them. That row is found by
+    descending a max-tree over the rows' free room (a segment tree: a leaf per row, each
+    inner node the most room below it), so packing n samples takes O(n log n) time rather
+    than the O(n * rows) of scanning every open row; the rows are the same as the scan's.
+    """
+    for index, length in enumerate(lengths):
+        if length > max_length:
+            raise ValueError(f"sample {index} has {length} tokens, more than {max_length}")
+    size = 1
+    while size < max(len(lengths), 1):
+        size *= 2
+    room = [-1] * (2 * size)  # -1: a row not opened yet
     bins: list[list[int]] = []
-    room: list[int] = []
     for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        if lengths[index] > max_length:
-            raise ValueError(f"sample {index} has {lengths[index]} tokens, more than {max_length}")
-        slot = next((b for b, free in enumerate(room) if free >= lengths[index]), None)
-        if slot is None:
+        need = lengths[index]
+        if room[1] >= need:  # descend to the leftmost row with room
+            node = 1
+            while node < size:
+                node = 2 * node if room[2 * node] >= need else 2 * node + 1
+        else:  # open a row
+            node = size + len(bins)
             bins.append([])
-            room.append(max_length)
-            slot = len(bins) - 1
-        bins[slot].append(index)
-        room[slot] -= lengths[index]
+            room[node] = max_length
+        bins[node - size].append(index)
+        room[node] -= need
+        node //= 2
+        while node:  # refresh the maxima above the leaf, up to the first that holds
+            best = room[2 * node] if room[2 * node] >= room[2 * node + 1] else room[2 * node + 1]
+            if room[node] == best:
+                break
+            room[node] = best
+            node //= 2
     return bins
+
+
+def fill_ratio(tokens: int, rows: int, max_length: int) -> float | None:
+    """Share of `rows` packed rows' max_length tokens that their `tokens` fill (1.0: full)."""
+    return tokens / (rows * max_length) if rows else None
 
 
 def pack_features(features: list[dict[str, list[int]]], max_length: int) -> list[dict[str, list[int]]]:

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from workflow_scripts.common.cli import parser as cli_parser
-from workflow_scripts.common.io_utils import canonical_json, file_sha256, read_jsonl, write_json, write_jsonl
+from workflow_scripts.common.io_utils import canonical_json, read_jsonl, write_json, write_jsonl
 from workflow_scripts.common.run_info import write_run_info
 from workflow_scripts.launch.local_launch import init_from_launcher
+from workflow_scripts.models.content_hash import data_file_hashes, model_file_hashes
 
 LOG_KEYS = ("loss", "learning_rate", "grad_norm", "eval_loss")
 TIMING_KEYS = ("elapsed_s", "memory_mb")
@@ -46,21 +47,42 @@ def rank_device() -> str | None:
     return None
 
 
-def model_files(model_dir: str | Path) -> list[Path]:
-    """Every file of a model directory, hidden ones (download caches) left out."""
-    root = Path(model_dir)
-    return sorted(p for p in root.rglob("*") if p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(root).parts))
+def checkpoint_key(job: dict, data_files: list[Path], model_dir: str | Path,
+                   hash_cache: Path | None = None) -> str:
+    """Hash of the job's config and the content of its data files and base model files.
 
-
-def checkpoint_key(job: dict, data_files: list[Path], model_dir: str | Path) -> str:
-    """Hash of the job's config and the content of its data files and base model files."""
+    With `hash_cache`, a file whose size, mtime, ctime and inode are unchanged since it was
+    last hashed is not read again (models/content_hash.py): ranks and restarts share it.
+    """
     digest = hashlib.sha256(canonical_json(job).encode())
-    for path in data_files:
-        digest.update(f"{path.name}:{file_sha256(path) if path.exists() else 'absent'}\n".encode())
-    for path in model_files(model_dir):
-        digest.update(f"{path.relative_to(model_dir)}:{file_sha256(path)}\n".encode())
+    for name, sha in data_file_hashes(data_files, hash_cache):
+        digest.update(f"{name}:{sha}\n".encode())
+    for name, sha in model_file_hashes(model_dir, hash_cache):
+        digest.update(f"{name}:{sha}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def hash_cache_dir(checkpoint_root: Path) -> Path:
+    """Where file digests are cached: beside every experiment's checkpoints."""
+    return checkpoint_root.parent / ".hash_cache"
+
+
+def world_shape(args) -> dict[str, int]:
+    """How many processes trained, and how many CUDA devices (0: trained on CPUs)."""
+    import torch
+
+    devices = args.world_size * max(args.n_gpu, 1) if torch.cuda.is_available() else 0
+    return {"processes": int(args.world_size), "devices": int(devices)}
+
+
+def packing_fill(train_set, training: dict) -> dict[str, float]:
+    """`packing_fill_ratio`: the share of the packed rows' max_length tokens that samples fill."""
+    if not training.get("packing", False):
+        return {}
+    from workflow_scripts.training.packing import fill_ratio
+
+    lengths = train_set["length"]
+    return {"packing_fill_ratio": round(fill_ratio(sum(lengths), len(lengths), training["max_length"]), 4)}
 
 
 def lora_config(method: str, lora: dict, token_ids: list[int] | None = None):
@@ -241,20 +263,6 @@ def workflow_trainer_class():
         def __init__(self, *args, eval_features, eval_collate, clock, chunked_loss=True, **kwargs):
             super().__init__(*args, **kwargs)
             self.eval_features, self.eval_collate, self.clock = eval_features, eval_collate, clock
-def log_last_step():
-    """A callback that logs the training loss at the last step too: otherwise a run that
-    ends between two `logging_steps` leaves its last steps out of final_loss, and one
-    shorter than `logging_steps` has no logged loss at all."""
-    from transformers import TrainerCallback
-
-    class LogLastStep(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.max_steps and state.global_step >= state.max_steps:
-                control.should_log = True
-
-    return LogLastStep()
-
-
             self.chunked_loss = chunked_loss
 
         def _get_train_sampler(self, train_dataset=None):
@@ -456,7 +464,7 @@ def build_trainer(job: dict, model, tokenizer, data_dir: Path, out_dir: Path, ch
 def prepare_checkpoints(job: dict, model_dir: str, data_dir: Path, checkpoint_root: Path) -> Path:
     """This job's checkpoint directory; the main process removes those of other keys."""
     data_files = [data_dir / "train.jsonl", data_dir / "valid.jsonl"]
-    key = checkpoint_key(job, data_files, model_dir)
+    key = checkpoint_key(job, data_files, model_dir, hash_cache_dir(checkpoint_root))
     checkpoint_dir = checkpoint_root / key
     if is_main_process():
         remove_other_checkpoints(checkpoint_root, key)
@@ -472,7 +480,6 @@ def train(job: dict, model_dir: str, data_dir: Path, out_dir: Path, checkpoint_r
     from workflow_scripts.models.loading import load_tokenizer
     from workflow_scripts.training.progress import ProgressFile, RunClock, RunRecorder, load_clock
 
-    trainer.add_callback(log_last_step())
     experiment, seed = job["experiment"], job["seed"]
     trust = job["base_model"].get("trust_remote_code", False)
     set_seed(seed)
@@ -499,6 +506,7 @@ def train(job: dict, model_dir: str, data_dir: Path, out_dir: Path, checkpoint_r
     write_jsonl(out_dir / "trainer_log.jsonl", rows)
     metrics = train_metrics(model, trainer, rows, recorder, stats, experiment["method"])
     metrics["resumed_from_checkpoint"] = checkpoint is not None
+    metrics.update(world_shape(trainer.args) | packing_fill(trainer.train_dataset, experiment["training"]))
     write_json(out_dir / "train_metrics.json", metrics)
     progress.write("end", step=metrics["steps"], wall_time_s=metrics["wall_time_s"])
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
@@ -533,7 +541,8 @@ def main(argv: list[str] | None = None) -> None:
     if metrics is None:
         return
     data_files = [args.data_dir / name for name in ("train.jsonl", "valid.jsonl")]
-    write_run_info(args.out_dir, job, job["seed"], [p for p in data_files if p.exists()])
+    write_run_info(args.out_dir, job, job["seed"], [p for p in data_files if p.exists()],
+                   extra={k: metrics[k] for k in ("processes", "devices")})
     print(json.dumps({k: metrics[k] for k in ("steps", "final_loss", "eval_loss", "wall_time_s")}))
 
 
