@@ -16,15 +16,21 @@ if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
     _prefix += f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; "
 shell.prefix(_prefix.replace("{", "{{").replace("}", "}}"))  # Snakemake formats the prefix
 
-from workflow_scripts.common.config import alternatives_regex, resolve_experiments, validate
+from workflow_scripts.common.config import (ConfigError, alternatives_regex, check_paths,
+                                            resolve_experiments, validate)
 from workflow_scripts.common.io_utils import canonical_json, evaluation_key
 from workflow_scripts.launch.gpu_slots import stage_resources
 from workflow_scripts.models.loading import resolve_model_dir
 
 
 CONFIG_SOURCE = ", ".join(map(str, workflow.configfiles)) or "the config"
-CFG = validate(config, CONFIG_SOURCE)
-EXPERIMENTS = resolve_experiments(CFG, CONFIG_SOURCE)
+try:
+    CFG = validate(config, CONFIG_SOURCE)
+    EXPERIMENTS = resolve_experiments(CFG, CONFIG_SOURCE)
+    check_paths(CFG, CONFIG_SOURCE)  # missing data or model paths, even after a finished run
+except ConfigError as err:  # the message names the key: no Python traceback around it
+    print(err, file=sys.stderr)
+    sys.exit(1)
 # Relative to the working directory, so that moving repo and results together reruns nothing.
 REPO_DIR = Path(os.path.relpath(workflow.basedir))
 CODE_DIR = REPO_DIR / "workflow_scripts"

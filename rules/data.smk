@@ -27,4 +27,5 @@ rule prepare_dataset:
     shell:
         "python -m workflow_scripts.data.prepare_dataset --name {wildcards.dataset} "
         "--config {params.cfg:q} --out-dir results/data/{wildcards.dataset} --workers {threads} "
-        "> {log:q} 2>&1"
+        "> {log:q} 2>&1 || {{ grep '^prepare_dataset: error' {log:q} >&2; exit 1; }}; "
+        "grep '^prepare_dataset: warning' {log:q} >&2 || true"  # warnings on the terminal too

@@ -9,9 +9,9 @@ from typing import Callable
 import pytest
 import yaml
 
-from workflow_runner import SMOKE_CONFIG, Workflow, make_workflow
-from workflow_scripts.common.config import (ConfigError, alternatives_regex, resolve_experiments,
-                                            validate)
+from workflow_runner import REPO, SMOKE_CONFIG, Workflow, make_workflow
+from workflow_scripts.common.config import (ConfigError, alternatives_regex, check_paths,
+                                            resolve_experiments, validate)
 from workflow_scripts.common.io_utils import canonical_json
 
 Edit = Callable[[dict], None]
@@ -224,3 +224,48 @@ def test_alternatives_regex_matches_exactly_the_names(names):
     assert all(pattern.fullmatch(n) for n in names)
     others = ["", "lr0x1", "rank-r", "rank-r160", "ab/c", "a.b"]
     assert not any(pattern.fullmatch(n) for n in others if n not in names)
+
+
+def test_missing_data_files_and_model_dirs_are_named_with_their_keys(tmp_path):
+    config = smoke_config()
+    config["datasets"]["alpaca_zh"]["files"] = ["data/raw/alpaca_zh_demo.json", "mine.json"]
+    config["datasets"]["lccc"]["files"]["valid"] = "gone/valid.json"
+    config["base_models"]["local"] = {"source": "path", "path": "models/qwen"}
+    (tmp_path / "data/raw").mkdir(parents=True)
+    for path in ("alpaca_zh_demo.json", "LCCC-base_train.json", "LCCC-base_test.json"):
+        (tmp_path / "data/raw" / path).write_text("[]")
+    (tmp_path / "tests").symlink_to(REPO / "tests")
+    with pytest.raises(ConfigError) as err:
+        check_paths(validate(config), "my.yaml", tmp_path)
+    assert str(err.value).splitlines()[1:] == [
+        "  datasets.alpaca_zh.files[1]: no such file: mine.json",
+        "  datasets.lccc.files.valid: no such file: gone/valid.json",
+        "  base_models.local.path: no such directory: models/qwen"]
+    (tmp_path / "mine.json").write_text("[]")
+    (tmp_path / "gone/valid.json").mkdir(parents=True)
+    (tmp_path / "models/qwen").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="datasets.lccc.files.valid: is a directory, not a "
+                                          "file: gone/valid.json"):
+        check_paths(validate(config), "my.yaml", tmp_path)
+    (tmp_path / "gone/valid.json").rmdir()
+    (tmp_path / "gone/valid.json").write_text("[]")
+    check_paths(validate(config), "my.yaml", tmp_path)
+
+
+def test_missing_paths_fail_the_dry_run_after_a_finished_run(smoke_run, tmp_path):
+    """Results exist for every job, yet a config naming a file or a model directory that is
+    not there is refused before any job: the key and the path, and no Python traceback."""
+    workflow = smoke_run.clone(tmp_path)
+    config = smoke_config()
+    config["base_models"]["local"] = {"source": "path", "path": "results/models/tiny"}
+    workflow.config.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    assert workflow.planned_jobs() == {}  # the model directory exists: nothing to do
+    (workflow.workdir / "results/models/tiny").rename(workflow.workdir / "moved")
+    (workflow.workdir / "data/raw/alpaca_zh_demo.json").unlink()
+    proc = workflow.run("-n", check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert output.strip().splitlines() == [
+        f"invalid config in {workflow.config}:",
+        "  datasets.alpaca_zh.files[0]: no such file: data/raw/alpaca_zh_demo.json",
+        "  base_models.local.path: no such directory: results/models/tiny"], output

@@ -365,3 +365,44 @@ def test_plain_datasets_count_no_tool_calls(tmp_path):
                                    "calls_per_record": {"mean": 0.0, "p50": 0, "p90": 0,
                                                         "p99": 0, "max": 0},
                                    "functions": {}}
+
+
+def test_data_warnings_are_in_stats(tmp_path):
+    rows = make_rows(20)
+    files = {"train": write_json(tmp_path / "train.json", rows + rows[:10]),
+             "test": write_json(tmp_path / "test.json", make_rows(1, start=100))}
+    stats = run(files, tmp_path / "out")
+    assert stats["warnings"] == [
+        "the valid split is empty", "the test split has only one record",
+        "10 of 31 records (32%) were rejected (duplicate_exact 10); each one is in "
+        "rejects.jsonl"]
+    assert run([write_json(tmp_path / "all.json", make_rows(200))], tmp_path / "out2"
+               )["warnings"] == []
+
+
+def test_warnings_and_a_whole_file_error_reach_the_terminal(tmp_path):
+    """Through the real rule: the job's log holds everything, the terminal (Snakemake's
+    own stderr) shows the warnings and the reason a file was refused."""
+    from workflow_runner import make_workflow
+    workflow = make_workflow(tmp_path)
+    config = yaml.safe_load(workflow.config.read_text(encoding="utf-8"))
+    rows = make_rows(20)
+    (workflow.workdir / "mine.json").write_text(json.dumps(rows + rows[:10]), encoding="utf-8")
+    (workflow.workdir / "one.json").write_text(json.dumps(make_rows(1, 100)), encoding="utf-8")
+    (workflow.workdir / "chat.json").write_text(json.dumps(
+        [{"conversations": [{"from": "human", "value": "问"}, {"from": "gpt", "value": "答"}]}]
+        * 3), encoding="utf-8")
+    config["datasets"]["mine"] = {"format": "alpaca",
+                                  "files": {"train": "mine.json", "test": "one.json"}}
+    config["datasets"]["chat"] = {"format": "openai", "files": ["chat.json"]}
+    workflow.config.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    proc = workflow.run("--cores", "1", "results/data/mine/stats.json")
+    for warning in ("the valid split is empty", "the test split has only one record",
+                    "10 of 31 records (32%) were rejected"):
+        assert f"prepare_dataset: warning: mine: {warning}" in proc.stderr, proc.stderr[-3000:]
+    proc = workflow.run("--cores", "1", "results/data/chat/stats.json", check=False)
+    assert proc.returncode != 0
+    assert ("prepare_dataset: error: chat.json: 3 of 3 records are not valid openai records: "
+            "this looks like ShareGPT, not OpenAI messages" in proc.stderr), proc.stderr[-3000:]
+    assert "first bad record (index 0): messages: missing (keys found: conversations)" \
+        in proc.stderr, proc.stderr[-3000:]

@@ -251,3 +251,38 @@ def _check_experiment_references(config: dict, experiments: dict, source: str) -
     for name in config.get("merge", []):
         if name not in experiments:
             raise ConfigError(f"invalid config in {source}: merge: unknown experiment {name!r}")
+
+
+def dataset_file_keys(name: str, files: list | dict) -> list[tuple[str, str]]:
+    """(config key, path) of every raw file of dataset `name`, e.g.
+    ("datasets.lccc.files.train", "data/raw/LCCC-base_train.json")."""
+    key = f"datasets.{name}.files"
+    if isinstance(files, list):
+        return [(f"{key}[{i}]", path) for i, path in enumerate(files)]
+    out = []
+    for split, paths in files.items():
+        if isinstance(paths, str):
+            out.append((f"{key}.{split}", paths))
+        else:
+            out += [(f"{key}.{split}[{i}]", path) for i, path in enumerate(paths)]
+    return out
+
+
+def check_paths(config: dict, source: str = "config", root: Path | None = None) -> None:
+    """Refuse a validated config whose data files or `source: path` model directories are
+    not there, naming each key and path; relative paths are read from `root` (default: the
+    working directory, where Snakemake runs the jobs)."""
+    root = Path.cwd() if root is None else Path(root)
+    missing = []
+    for name, spec in config["datasets"].items():
+        for key, path in dataset_file_keys(name, spec["files"]):
+            if not (root / path).is_file():
+                state = "is a directory, not a file" if (root / path).is_dir() else "no such file"
+                missing.append(f"{key}: {state}: {path}")
+    for name, model in config["base_models"].items():
+        if model["source"] == "path" and not (root / model["path"]).is_dir():
+            state = "not a directory" if (root / model["path"]).exists() else "no such directory"
+            missing.append(f"base_models.{name}.path: {state}: {model['path']}")
+    if missing:
+        where = "" if root == Path.cwd() else f" (relative paths are read from {root})"
+        raise ConfigError(f"invalid config in {source}{where}:\n  " + "\n  ".join(missing))

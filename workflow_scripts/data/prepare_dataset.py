@@ -449,6 +449,7 @@ def prepare(name: str, spec: dict, cleaning: dict, split: dict, seed: int,
         if stats.kept == 0:
             raise DataError(f"dataset {name}: no usable records ({_reasons(stats.rejected)})")
         result = stats.result(rules)
+        result["warnings"] = data_warnings(result)
         pipeline.out.commit(result)
     except BaseException:
         pipeline.out.abort()
@@ -478,6 +479,25 @@ def process_text(pipeline: Pipeline, job: FileJob, workers: int) -> int:
 
 def _reasons(counts: dict[str, int]) -> str:
     return ", ".join(f"{reason} {n}" for reason, n in counts.items() if n) or "none"
+
+
+REJECTED_SHARE_WARNING = 0.2  # a larger rejected share is reported as a warning
+
+
+def data_warnings(stats: dict) -> list[str]:
+    """What a user should look at before training on the splits: an empty or one-record
+    split, a large share of rejected records."""
+    warnings = []
+    for split, count in stats["splits"].items():
+        if count < 2:
+            warnings.append(f"the {split} split is empty" if count == 0 else
+                            f"the {split} split has only one record")
+    rejected = stats["raw"] - stats["kept"]
+    if rejected > REJECTED_SHARE_WARNING * stats["raw"]:
+        warnings.append(f"{rejected} of {stats['raw']} records "
+                        f"({rejected / stats['raw']:.0%}) were rejected "
+                        f"({_reasons(stats['rejected'])}); each one is in rejects.jsonl")
+    return warnings
 
 
 def summary_line(stats: dict) -> str:
@@ -510,10 +530,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"prepare_dataset: error: {err}", file=sys.stderr)
         return 1
     print(summary_line(stats), file=sys.stderr)
-    for split in SPLITS:
-        if not stats["splits"][split]:
-            print(f"prepare_dataset: warning: {args.name}: the {split} split is empty",
-                  file=sys.stderr)
+    for warning in stats["warnings"]:  # the rule shows these lines on the terminal too
+        print(f"prepare_dataset: warning: {args.name}: {warning}", file=sys.stderr)
     return 0
 
 

@@ -178,7 +178,8 @@ def parameter_table(experiments: pd.DataFrame) -> Table:
 # Data -----------------------------------------------------------------------------------
 
 def data_tables(datasets: list[str], results: Path) -> list[Table]:
-    """Per dataset: counts, each reject reason that occurred, splits and length percentiles."""
+    """Per dataset: counts, each reject reason that occurred, splits, length percentiles and
+    the warnings of prepare_dataset (a split that is empty or has one record, many rejects)."""
     tables = []
     for name in datasets:
         path = results / "data" / name / "stats.json"
@@ -193,6 +194,7 @@ def data_tables(datasets: list[str], results: Path) -> list[Table]:
         splits = stats.get("splits", {})
         table.rows += [[f"{split} split", fmt(splits[split])]
                        for split in SPLITS if split in splits]
+        table.rows += [["warning", warning] for warning in stats.get("warnings", [])]
         tables.append(table)
     return tables
 
