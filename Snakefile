@@ -20,6 +20,7 @@ include: "rules/models.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
+include: "rules/track.smk"
 
 
 rule all:
@@ -27,4 +28,5 @@ rule all:
         "results/report/training_report.md",
         "results/report/training_report.html",
         expand("results/merged/{experiment}", experiment=CFG["merge"]),
+        TRACKING_TARGETS,
     default_target: True

@@ -111,8 +111,10 @@ rule render_report:
             "report/sections",
             "report/studies",
             "report/summary",
+            "report/tracking_status",
             "report/family",
         ),
+        tracking=lambda w: TRACKING_RECEIPTS,  # empty unless tracking is configured
     output:
         md="results/report/training_report.md",
         summary="results/report/summary.json",
@@ -130,6 +132,8 @@ rule render_report:
     localrule: True
     params:
         templates=lambda w, input: os.path.dirname(input.templates[0]),
+        tracking=lambda w, input: " ".join(["--tracking-receipts", *map(shlex.quote, input.tracking)])
+        if input.tracking else "",
     conda:
         "../envs/workflow.yaml"
     log:
@@ -137,4 +141,4 @@ rule render_report:
     shell:
         "python -m workflow_scripts.report.render_report --metrics-dir results/metrics "
         "--results results --templates {params.templates} "
-        "--config {input.config} --out-dir results/report > {log} 2>&1"
+        "--config {input.config} --out-dir results/report {params.tracking} > {log} 2>&1"

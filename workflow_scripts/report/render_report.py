@@ -25,6 +25,7 @@ from workflow_scripts.report.formatting import Table, fmt
 from workflow_scripts.report.plots import draw_all
 from workflow_scripts.report.studies import HYPERPARAMETERS, METHOD, RANK
 from workflow_scripts.report.summary import summary
+from workflow_scripts.report.tracking_status import tracking_rows
 
 PLOT_ORDER = ("test_loss", "base_vs_finetuned", "rank_metrics", "rank_cost", "method_cost",
               "training_loss")
@@ -41,8 +42,9 @@ def run_infos(names: list[str], results: Path) -> dict[str, dict]:
     return {name: read_json(path) for name, path in paths.items() if path.is_file()}
 
 
-def environment(infos: dict[str, dict]) -> Table:
-    """One row per field; a field whose value differs between experiments lists each."""
+def environment(infos: dict[str, dict], extra_rows: list[list[str]] = ()) -> Table:
+    """One row per field; a field whose value differs between experiments lists each.
+    `extra_rows` (experiment tracking's status) come last."""
     flat = {}
     for name, info in infos.items():
         slim = {k: v for k, v in info.items() if k not in ("config", "data_files")}
@@ -54,6 +56,7 @@ def environment(infos: dict[str, dict]) -> Table:
         shown = (next(iter(values.values())) if len(set(values.values())) == 1
                  else "; ".join(f"{name}: {v}" for name, v in values.items()))
         table.rows.append([key, shown])
+    table.rows.extend(extra_rows)
     return table
 
 
@@ -103,7 +106,8 @@ def tables(metrics_dir: Path) -> dict[str, pd.DataFrame]:
     return {name: read_tsv(metrics_dir / f"{name}.tsv") for name in names}
 
 
-def build_context(run: dict, metrics_dir: Path, results: Path, plot_info: dict) -> dict:
+def build_context(run: dict, metrics_dir: Path, results: Path, plot_info: dict,
+                  tracking_receipts: list[Path] = ()) -> dict:
     t = tables(metrics_dir)
     experiments, comparison, studies = t["experiments"], t["comparison"], t["studies"]
     configs = run["experiments"]
@@ -133,7 +137,7 @@ def build_context(run: dict, metrics_dir: Path, results: Path, plot_info: dict) 
                                       int(report.get("sample_count", 3))),
         "metric_tables": sections.metric_tables(comparison, experiments),
         "base": sections.base_table(t["base_metrics"]),
-        "environment": environment(infos),
+        "environment": environment(infos, tracking_rows(list(tracking_receipts))),
         "data_files": data_files(infos),
         "plots": plot_info,
     }
@@ -149,9 +153,10 @@ def environment_for(templates: Path, html: bool) -> jinja2.Environment:
 
 
 def render(run: dict, metrics_dir: Path, results: Path, templates: Path, out_dir: Path,
-           captions: Path) -> tuple[Path, Path]:
+           captions: Path, tracking_receipts: list[Path] = ()) -> tuple[Path, Path]:
     draw_all(metrics_dir, out_dir / "plots")
-    context = build_context(run, metrics_dir, results, plots(out_dir / "plots", captions))
+    context = build_context(run, metrics_dir, results, plots(out_dir / "plots", captions),
+                            tracking_receipts)
     write_json(out_dir / "summary.json", context["summary"])
     outputs = []
     for template, html in (("report.md.j2", False), ("report.html.j2", True)):
@@ -175,10 +180,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="the config snapshot (results/metrics/config.json)")
     parser.add_argument("--out-dir", default=Path("results/report"), type=Path,
                         help="where the Markdown, HTML, plots and summary.json go")
+    parser.add_argument("--tracking-receipts", nargs="*", type=Path, default=[],
+                        help="track_experiment's receipts, shown in the Environment section")
     args = parser.parse_args(argv)
     captions = args.captions or args.templates.parent / "captions"
     render(read_json(args.config), args.metrics_dir, args.results, args.templates,
-           args.out_dir, captions)
+           args.out_dir, captions, args.tracking_receipts)
 
 
 if __name__ == "__main__":

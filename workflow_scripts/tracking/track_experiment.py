@@ -1,0 +1,88 @@
+"""Log one experiment to the configured trackers (MLflow, SwanLab) and write a receipt.
+
+    python -m workflow_scripts.tracking.track_experiment --config '<job JSON>' \\
+        --results results --receipt results/tracking/experiments/NAME.json
+
+Each backend is independent: a missing package, an unreachable server or any error while
+logging becomes a warning on stderr (the job log) and in the receipt, which the report's
+Environment section shows; the job itself still succeeds and no result file changes.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+
+from workflow_scripts.common.cli import parser as cli_parser
+from workflow_scripts.common.io_utils import file_sha256, write_json
+from workflow_scripts.tracking.model_hash import model_hash
+from workflow_scripts.tracking.run_record import RunRecord, build_record
+
+
+def warn(backend: str, message: str) -> dict:
+    print(f"WARNING: tracking ({backend}): {message}", file=sys.stderr, flush=True)
+    return {"status": "warning", "warning": message}
+
+
+def guarded(backend: str, log) -> dict:
+    """Run one backend's logging; any failure is a warning, never the job's failure."""
+    try:
+        return {"status": "ok", **log()}
+    except ImportError as err:
+        return warn(backend, f"package not installed ({err}); nothing was logged")
+    except Exception as err:  # noqa: BLE001 - a tracker must never fail the workflow
+        traceback.print_exc(file=sys.stderr)
+        return warn(backend, f"{type(err).__name__}: {err}".strip()[:500])
+
+
+def log_mlflow(settings: dict, record: RunRecord) -> dict:
+    from workflow_scripts.tracking import mlflow_backend
+
+    out = mlflow_backend.log_record(settings, record, file_sha256(record.trainer_log))
+    return {"tracking_uri": mlflow_backend.redact(settings["tracking_uri"]),
+            "experiment": settings.get("experiment", "lora-zh"), **out}
+
+
+def log_swanlab(settings: dict, record: RunRecord) -> dict:
+    from workflow_scripts.tracking import swanlab_backend
+
+    out = swanlab_backend.log_record(settings, record)
+    notes = swanlab_backend.warnings_for(settings)
+    for note in notes:
+        warn("swanlab", note)
+    return {**out, **({"warning": "; ".join(notes)} if notes else {})}
+
+
+def track(job: dict, results: Path) -> dict:
+    """Log to every configured backend; the receipt's content."""
+    tracking = job["tracking"]
+    settings = job["settings"]
+    cache = results / "tracking" / "model_hashes" / f"{settings['base_model']}.json"
+    digest = model_hash(settings["model"], Path(job["model_dir"]), cache)
+    record = build_record(job, results, digest)
+    receipt = {"experiment": record.experiment, "config_hash": record.config_hash,
+               "run_key": record.run_key, "backends": {}}
+    if tracking.get("mlflow"):
+        receipt["backends"]["mlflow"] = guarded("mlflow", lambda: log_mlflow(tracking["mlflow"], record))
+    if tracking.get("swanlab"):
+        receipt["backends"]["swanlab"] = guarded("swanlab", lambda: log_swanlab(tracking["swanlab"], record))
+    return receipt
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = cli_parser(__doc__)
+    parser.add_argument("--config", required=True,
+                        help="the job's JSON: experiment, settings, tracking, model_dir")
+    parser.add_argument("--results", default=Path("results"), type=Path,
+                        help="the results directory the experiment's files are in")
+    parser.add_argument("--receipt", required=True, type=Path,
+                        help="where the JSON receipt (run ids, warnings) is written")
+    args = parser.parse_args(argv)
+    receipt = track(json.loads(args.config), args.results)
+    write_json(args.receipt, receipt)
+    print(json.dumps(receipt, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()
