@@ -35,7 +35,8 @@ def workdir(tmp_path) -> Path:
 
 @pytest.fixture
 def client(workdir) -> TestClient:
-    return TestClient(create_app(StudioSettings(config=workdir / "config.yaml", workdir=workdir)))
+    return TestClient(create_app(StudioSettings(config=workdir / "config.yaml", workdir=workdir)),
+                      base_url="http://127.0.0.1")
 
 
 def test_progress_follows_a_resumed_run_and_skips_a_half_written_line(tmp_path):
@@ -204,7 +205,7 @@ def test_a_model_not_built_yet_is_a_404_naming_it(client):
 
 def test_token_is_checked_on_every_request(workdir):
     app = create_app(StudioSettings(config=workdir / "config.yaml", workdir=workdir, token="s3cret"))
-    client = TestClient(app)
+    client = TestClient(app, base_url="http://127.0.0.1")
     for url in ("/", "/api/experiments", "/v1/models", "/static/studio.js"):
         assert client.get(url).status_code == 401, url
     assert client.get("/api/experiments", headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -218,9 +219,21 @@ def test_cli_refuses_a_public_address_without_a_token(workdir, monkeypatch):
     monkeypatch.delenv("STUDIO_TOKEN", raising=False)
     with pytest.raises(SystemExit, match="without an access token"):
         settings_from(parse_args(["--config", "config.yaml", "--host", "0.0.0.0"]))
-    assert settings_from(parse_args(["--config", "config.yaml", "--host", "0.0.0.0", "--token", "t"])).token == "t"
+    with pytest.raises(SystemExit, match="over plain http"):
+        settings_from(parse_args(["--config", "config.yaml", "--host", "0.0.0.0", "--token", "t"]))
+    insecure = settings_from(parse_args(["--config", "config.yaml", "--host", "0.0.0.0", "--token", "t",
+                                         "--insecure-http"]))
+    assert insecure.token == "t" and not insecure.secure_cookie
+    (workdir / "cert.pem").write_text("x")
+    (workdir / "key.pem").write_text("x")
+    tls = settings_from(parse_args(["--config", "config.yaml", "--host", "0.0.0.0", "--token", "t",
+                                    "--certfile", "cert.pem", "--keyfile", "key.pem"]))
+    assert tls.secure_cookie
+    with pytest.raises(SystemExit, match="go together"):
+        settings_from(parse_args(["--config", "config.yaml", "--certfile", "cert.pem"]))
     monkeypatch.setenv("STUDIO_TOKEN", "from-env")
-    assert settings_from(parse_args(["--config", "config.yaml", "--host", "0.0.0.0"])).token == "from-env"
+    assert settings_from(parse_args(["--config", "config.yaml", "--host", "0.0.0.0",
+                                     "--insecure-http"])).token == "from-env"
     defaults = parse_args([])
     assert (defaults.host, defaults.port) == ("127.0.0.1", 8000)
     assert is_loopback("localhost") and is_loopback("::1") and not is_loopback("0.0.0.0")

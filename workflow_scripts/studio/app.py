@@ -7,7 +7,7 @@ import json
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Callable
 
@@ -17,14 +17,17 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from workflow_scripts.studio.batching import Overloaded
 from workflow_scripts.studio.catalog import STATUSES, Catalog
 from workflow_scripts.studio.chat_engine import ModelPool
 from workflow_scripts.studio.compare import comparison
+from workflow_scripts.studio.general_view import general_view
 from workflow_scripts.studio.data_view import dataset_summary, search
 from workflow_scripts.studio.errors import BadRequest, UnknownName
 from workflow_scripts.studio.files import read_from, read_tail
 from workflow_scripts.studio.logs import find_log, log_listing
-from workflow_scripts.studio.openai_api import build_router, openai_error
+from workflow_scripts.studio.guard import RequestGuard, allowed_hosts
+from workflow_scripts.studio.openai_api import RequestLimits, build_router, openai_error
 
 HERE = Path(__file__).resolve().parent
 PAGES = {"experiments": "Experiments", "compare": "Compare", "live": "Live", "chat": "Chat",
@@ -43,6 +46,13 @@ class StudioSettings:
     stale_after_s: float = 900.0
     log_tail_bytes: int = 200_000
     threads: int | None = None  # torch's intra-op threads for generation; None: torch's default
+    host: str = "127.0.0.1"  # the address served: requests must name it (or an allowed host)
+    allowed_hosts: tuple[str, ...] = ()  # more names a request's Host may carry
+    secure_cookie: bool = False  # served over TLS: the token cookie is Secure
+    batching: bool = True  # False: one generation at a time per base (the unbatched baseline)
+    max_batch: int = 16  # rows decoded together per base model
+    queue_depth: int = 32  # requests waiting per base model beyond the batch; then 429
+    limits: RequestLimits = field(default_factory=RequestLimits)
 
 
 def _error_handlers(app: FastAPI) -> None:
@@ -54,6 +64,12 @@ def _error_handlers(app: FastAPI) -> None:
     @app.exception_handler(BadRequest)
     async def bad(_: Request, err: BadRequest):
         return openai_error(400, str(err), "invalid_request_error", param=err.param)
+
+    @app.exception_handler(Overloaded)
+    async def busy(_: Request, err: Overloaded):
+        response = openai_error(429, str(err), "rate_limit_error", code="queue_full")
+        response.headers["Retry-After"] = str(err.retry_after)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError):
@@ -67,7 +83,7 @@ def _error_handlers(app: FastAPI) -> None:
                             status_code=422)
 
 
-def _token_guard(app: FastAPI, token: str) -> None:
+def _token_guard(app: FastAPI, token: str, secure: bool) -> None:
     """Every request must carry the token: a bearer header, a cookie, or `?token=` (which
     then sets the cookie, so a browser opened with the link stays signed in)."""
 
@@ -80,13 +96,15 @@ def _token_guard(app: FastAPI, token: str) -> None:
             return openai_error(401, "missing or wrong access token", "authentication_error")
         response = await call_next(request)
         if request.query_params.get("token"):
-            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", secure=secure)
         return response
 
 
 def create_app(settings: StudioSettings, pool: ModelPool | None = None) -> FastAPI:
     catalog = Catalog(settings.config, settings.workdir, settings.stale_after_s)
-    pool = pool or ModelPool(catalog, settings.max_tokens_cap, settings.threads)
+    pool = pool or ModelPool(catalog, settings.max_tokens_cap, settings.threads,
+                             batching=settings.batching, max_batch=settings.max_batch,
+                             queue_depth=settings.queue_depth)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -100,9 +118,12 @@ def create_app(settings: StudioSettings, pool: ModelPool | None = None) -> FastA
     app.state.stopping = threading.Event()
     _error_handlers(app)
     if settings.token:
-        _token_guard(app, settings.token)
+        _token_guard(app, settings.token, settings.secure_cookie)
+    # Added last, so it runs first: nothing else sees a refused request.
+    app.add_middleware(RequestGuard, hosts=allowed_hosts(settings.host, settings.allowed_hosts),
+                       max_body_bytes=settings.limits.max_body_bytes)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    app.include_router(build_router(pool))
+    app.include_router(build_router(pool, settings.limits))
     _pages(app, catalog)
     _experiment_api(app, catalog, settings)
     _data_and_logs_api(app, catalog, settings)
@@ -146,7 +167,7 @@ def _experiment_api(app: FastAPI, catalog: Catalog, settings: StudioSettings) ->
     @app.get("/api/experiments/{name}")
     def experiment(name: str) -> dict:
         return {"row": catalog.row(name), "config": catalog.experiment(name),
-                "curves": catalog.curves(name)}
+                "curves": catalog.curves(name), **general_view(catalog.workdir, [name])}
 
     @app.get("/api/compare")
     def compare(e: list[str] = Query(..., min_length=1, description="experiment names")) -> JSONResponse:
@@ -179,6 +200,11 @@ def _experiment_api(app: FastAPI, catalog: Catalog, settings: StudioSettings) ->
             bases[name] = {"ready": name in available, "adapters": adapters,
                            "max_tokens_cap": settings.max_tokens_cap}
         return {"base_models": bases}
+
+    @app.get("/api/chat/load")
+    def chat_load() -> dict:
+        """Per loaded base model: rows decoding in its batch and requests queued."""
+        return {"batching": settings.batching, "bases": app.state.pool.load()}
 
 
 def _data_and_logs_api(app: FastAPI, catalog: Catalog, settings: StudioSettings) -> None:

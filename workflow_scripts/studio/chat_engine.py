@@ -1,14 +1,17 @@
-"""One copy of each base model in memory, its adapters attached and switched per request.
+"""One copy of each base model in memory, its adapters attached, requests batched across them.
 
 A request names a base model or an experiment. An experiment's adapter is loaded once into
-the PEFT model wrapping its base (a QLoRA adapter into the 4-bit copy of its base) and made
-active for that request only; a base-model request runs with the adapters disabled. Each
-loaded base has a lock, so concurrent requests for it wait their turn instead of failing.
-Generation runs in a worker thread and stops between two tokens once its `cancel` event is
-set (a client that went away, or a stop string).
+the PEFT model wrapping its base (a QLoRA adapter into the 4-bit copy of its base). By
+default every request for one loaded base joins that base's running batch (batching.py):
+each row names its adapter, a base-model row runs unadapted, and the queue in front has a
+fixed depth (429 beyond it). With `batching=False` the pool serves as it did before
+batching: one `generate` at a time per base (its lock), the adapter made active for that
+request only; the benchmark keeps it as the baseline. Either way generation stops between
+two tokens once its `cancel` event is set (a client that went away, or a stop string).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import threading
 from dataclasses import dataclass, field
@@ -16,6 +19,7 @@ from typing import Any, Callable
 
 from workflow_scripts.evaluation.generation import (generation_config, only_configured_decoding,
                                                     stop_token_ids)
+from workflow_scripts.studio.batching import BASE_ROW, BatchEngine, Overloaded, Row
 from workflow_scripts.studio.catalog import Catalog
 from workflow_scripts.studio.errors import BadRequest, UnknownName
 from workflow_scripts.studio.files import read_json_cached
@@ -68,6 +72,7 @@ class LoadedBase:
     stop_ids: list[int]
     lock: threading.Lock = field(default_factory=threading.Lock)
     adapters: dict[str, str] = field(default_factory=dict)  # experiment -> PEFT adapter name
+    mix_keys: dict[str, frozenset] = field(default_factory=dict)  # PEFT adapter name -> mix key
 
 
 class TokenStreamer:
@@ -84,7 +89,10 @@ class TokenStreamer:
         if not self.prompt_skipped:  # generate() first passes the prompt
             self.prompt_skipped = True
             return
-        self.tokens.extend(value.reshape(-1).tolist())
+        self.put_ids(value.reshape(-1).tolist())
+
+    def put_ids(self, ids: list[int]) -> None:
+        self.tokens.extend(ids)
         self._flush(final=False)
 
     def end(self) -> None:
@@ -111,6 +119,26 @@ def _cancel_criteria(cancel: threading.Event):
     return Cancelled()
 
 
+def mix_key(model, adapter: str) -> frozenset:
+    """Which adapters may share a batch with `adapter`: PEFT mixes LoRA adapters freely, but
+    a wrapper of trainable tokens or saved modules serves only the adapters it wraps (and
+    the base), so those adapters share only with adapters wrapping the same modules."""
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    wrapped = frozenset(name for name, module in model.named_modules()
+                        if isinstance(module, AuxiliaryTrainingWrapper) and adapter in module._adapters)
+    return wrapped or frozenset({"lora"})
+
+
+def _joins_running(model) -> bool:
+    """Whether new rows may join a running batch: not with sliding-window attention, whose
+    cache layers are cropped (its rows then wait for the batch to empty)."""
+    config = model.config
+    types = getattr(config, "layer_types", None) or []
+    return not (getattr(config, "use_sliding_window", False) and getattr(config, "sliding_window", None)) \
+        and all(t == "full_attention" for t in types)
+
+
 _IMPORT_LOCK = threading.Lock()
 _IMPORTED = threading.Event()
 
@@ -134,11 +162,16 @@ def heavy_imports() -> None:
 class ModelPool:
     """Loads base models and adapters on first use and serves generations from them."""
 
-    def __init__(self, catalog: Catalog, max_tokens_cap: int = 512, threads: int | None = None):
+    def __init__(self, catalog: Catalog, max_tokens_cap: int = 512, threads: int | None = None,
+                 batching: bool = True, max_batch: int = 16, queue_depth: int = 32):
         self.catalog = catalog
         self.max_tokens_cap = max_tokens_cap
         self.threads = threads
+        self.batching, self.max_batch, self.queue_depth = batching, max_batch, queue_depth
         self.loaded: dict[tuple[str, bool], LoadedBase] = {}
+        self.engines: dict[tuple[str, bool], BatchEngine] = {}
+        self._serial_count: dict[tuple[str, bool], int] = collections.defaultdict(int)
+        self._serial_lock = threading.Lock()
         self._load_lock = threading.Lock()  # one model load at a time
         self._tokenizer_lock = threading.Lock()
         self._tokenizers: dict[str, tuple[Any, threading.Lock]] = {}
@@ -208,9 +241,74 @@ class ModelPool:
         return PreparedChat(target, input_ids, min(wanted, context - len(input_ids)), decoding,
                             call_format(tokenizer.chat_template) if tools else None)
 
+    def submit(self, chat: PreparedChat, cancel: threading.Event,
+               report: Callable[[str, Any], None]) -> None:
+        """Start a generation without waiting for it: `report` gets ("text", piece)... then
+        ("done", Outcome) or ("error", exception), from another thread. Raises Overloaded
+        (nothing started) when the base's queue is full. Loads the model first if needed."""
+        base = self._base(chat.target)
+        key = (chat.target.base_model, chat.target.quantized)
+        if not self.batching:
+            return self._submit_serial(key, chat, cancel, report)
+        with self._load_lock:
+            engine = self.engines.get(key)
+            if engine is None:
+                label = f"{key[0]} (4-bit)" if key[1] else key[0]
+                engine = self.engines[key] = BatchEngine(
+                    label, base, self.max_batch, self.queue_depth, joins_running=_joins_running(base.model))
+        streamer = TokenStreamer(base.tokenizer, lambda text: report("text", text))
+        streamer.prompt_skipped = True
+        prompt_tokens = len(chat.input_ids)
+
+        def on_event(kind: str, value: Any) -> None:
+            if kind == "token":
+                streamer.put_ids([value])
+            elif kind == "done":
+                streamer.end()
+                tokens, reason = value
+                report("done", Outcome(prompt_tokens, tokens, reason))
+            else:
+                report("error", value)
+
+        adapter = base.adapters[chat.target.experiment] if chat.target.experiment else BASE_ROW
+        decoding = chat.decoding
+        engine.submit(Row(prompt=list(chat.input_ids), max_new_tokens=chat.max_new_tokens,
+                          adapter=adapter, mix_key=base.mix_keys.get(adapter, frozenset()),
+                          temperature=decoding.temperature, top_p=decoding.top_p,
+                          seed=decoding.seed, cancel=cancel, report=on_event))
+
+    def _submit_serial(self, key, chat: PreparedChat, cancel: threading.Event,
+                       report: Callable[[str, Any], None]) -> None:
+        """The unbatched path: a thread per request, queued on the base's lock (bounded)."""
+        with self._serial_lock:
+            if self._serial_count[key] >= 1 + self.queue_depth:
+                raise Overloaded(key[0], self._serial_count[key], 1)
+            self._serial_count[key] += 1
+
+        def work() -> None:
+            try:
+                report("done", self.generate(chat, cancel, lambda text: report("text", text)))
+            except Exception as err:  # reported to the client, not lost in the thread
+                report("error", err)
+            finally:
+                with self._serial_lock:
+                    self._serial_count[key] -= 1
+
+        threading.Thread(target=work, name=f"generate-{chat.target.model_id}", daemon=True).start()
+
+    def load(self) -> dict[str, dict]:
+        """Per loaded base: rows running in its batch and requests waiting."""
+        out = {}
+        for (name, quantized), engine in list(self.engines.items()):
+            out[f"{name} (4-bit)" if quantized else name] = engine.load()
+        for (name, quantized), count in list(self._serial_count.items()):
+            out.setdefault(f"{name} (4-bit)" if quantized else name, {"running": min(count, 1),
+                                                                      "waiting": max(count - 1, 0)})
+        return out
+
     def generate(self, chat: PreparedChat, cancel: threading.Event,
                  on_text: Callable[[str], None]) -> Outcome:
-        """Run one generation (blocking: call it from a worker thread)."""
+        """Run one generation alone, holding the base (blocking: call it from a worker thread)."""
         import torch
 
         base = self._base(chat.target)
@@ -290,6 +388,7 @@ class ModelPool:
         else:
             base.model.load_adapter(adapter_dir, adapter_name=name)
         base.model.eval()
+        base.mix_keys[name] = mix_key(base.model, name)
         base.adapters[experiment] = name
 
     @staticmethod

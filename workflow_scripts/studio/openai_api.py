@@ -13,6 +13,7 @@ import json
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Literal
 
 from fastapi import APIRouter, Request
@@ -20,6 +21,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from workflow_scripts.studio.chat_engine import Decoding, ModelPool, Outcome, PreparedChat
+from workflow_scripts.studio.errors import BadRequest
 from workflow_scripts.studio.tool_calling import (CallSplitter, openai_calls, split_answer,
                                                   template_message, template_tools)
 
@@ -92,6 +94,31 @@ class ChatCompletionRequest(BaseModel):
         return None if self.tool_choice == "none" else template_tools(self.tools)
 
 
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one chat request may ask for; over a limit is a 400 (413 for the body) naming it."""
+
+    max_body_bytes: int = 4 << 20
+    max_messages: int = 256
+    max_prompt_chars: int = 200_000
+    max_tools_bytes: int = 64 << 10
+
+    def check(self, body: "ChatCompletionRequest") -> None:
+        if len(body.messages) > self.max_messages:
+            raise BadRequest(f"{len(body.messages)} messages; this studio takes at most "
+                             f"{self.max_messages} (max_messages)", param="messages")
+        chars = sum(len(m.content) if isinstance(m.content, str) else
+                    sum(len(p.text) for p in m.content or []) for m in body.messages)
+        if chars > self.max_prompt_chars:
+            raise BadRequest(f"the messages hold {chars} characters; this studio takes at most "
+                             f"{self.max_prompt_chars} (max_prompt_chars)", param="messages")
+        if body.tools:
+            size = len(json.dumps(body.tools, ensure_ascii=False).encode())
+            if size > self.max_tools_bytes:
+                raise BadRequest(f"the tool schemas take {size} bytes as JSON; this studio takes "
+                                 f"at most {self.max_tools_bytes} (max_tools_bytes)", param="tools")
+
+
 class StopMatcher:
     """Cuts streamed text at the first stop sequence, holding back only a tail that could
     still become one."""
@@ -119,10 +146,12 @@ class StopMatcher:
         return out
 
 
-def start_generation(pool: ModelPool, chat: PreparedChat, cancel: threading.Event) -> asyncio.Queue:
-    """Start generating in a worker thread; the queue gets ("text", piece)... then ("done",
-    Outcome) or ("error", exception)."""
-    loop = asyncio.get_running_loop()
+def start_generation_sync(pool: ModelPool, chat: PreparedChat, cancel: threading.Event,
+                          loop: asyncio.AbstractEventLoop) -> asyncio.Queue:
+    """Hand the chat to the pool (its batch, or a worker thread when unbatched), loading
+    the model first if needed (blocking: call it off the event loop). The queue gets
+    ("text", piece)... then ("done", Outcome) or ("error", exception). Raises Overloaded,
+    with nothing started, when the base's queue is full."""
     queue: asyncio.Queue = asyncio.Queue()
 
     def put(kind: str, value: Any) -> None:
@@ -131,13 +160,7 @@ def start_generation(pool: ModelPool, chat: PreparedChat, cancel: threading.Even
         except RuntimeError:  # the loop is gone: nobody is listening any more
             cancel.set()
 
-    def work() -> None:
-        try:
-            put("done", pool.generate(chat, cancel, lambda text: put("text", text)))
-        except Exception as err:  # reported to the client, not lost in the thread
-            put("error", err)
-
-    threading.Thread(target=work, name=f"generate-{chat.target.model_id}", daemon=True).start()
+    pool.submit(chat, cancel, put)
     return queue
 
 
@@ -160,7 +183,8 @@ def splitter(chat: PreparedChat) -> CallSplitter | None:
     return CallSplitter(chat.call_format) if chat.call_format else None
 
 
-def build_router(pool: ModelPool) -> APIRouter:
+def build_router(pool: ModelPool, limits: RequestLimits | None = None) -> APIRouter:
+    limits = limits or RequestLimits()
     router = APIRouter(prefix="/v1")
 
     def model_card(model_id: str, target) -> dict:
@@ -178,12 +202,15 @@ def build_router(pool: ModelPool) -> APIRouter:
 
     @router.post("/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request):
+        limits.check(body)
         messages = [m.as_template_message(i) for i, m in enumerate(body.messages)]
         chat = await asyncio.to_thread(pool.prepare, body.model, messages, body.decoding(),
                                        body.template_tools())
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
-            events = stream_chunks(pool, chat, body.stop or [], completion_id, created, body.model)
+            cancel = threading.Event()
+            queue = await asyncio.to_thread(start_generation_sync, pool, chat, cancel, asyncio.get_running_loop())
+            events = stream_chunks(queue, cancel, chat, body.stop or [], completion_id, created, body.model)
             return StreamingResponse(events, media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return await complete(pool, chat, body.stop or [], request, completion_id, created, body.model)
@@ -194,7 +221,8 @@ def build_router(pool: ModelPool) -> APIRouter:
 async def complete(pool: ModelPool, chat: PreparedChat, stops: list[str], request: Request,
                    completion_id: str, created: int, model: str) -> JSONResponse:
     cancel, matcher, pieces = threading.Event(), StopMatcher(stops), []
-    queue, getter = start_generation(pool, chat, cancel), None
+    queue = await asyncio.to_thread(start_generation_sync, pool, chat, cancel, asyncio.get_running_loop())
+    getter = None
     try:
         while True:
             getter = getter or asyncio.ensure_future(queue.get())
@@ -230,10 +258,12 @@ async def complete(pool: ModelPool, chat: PreparedChat, stops: list[str], reques
     })
 
 
-async def stream_chunks(pool: ModelPool, chat: PreparedChat, stops: list[str],
-                        completion_id: str, created: int, model: str) -> AsyncIterator[str]:
-    """Server-sent chunks; leaving early (the client went away) cancels the generation."""
-    cancel, matcher, calls_reader = threading.Event(), StopMatcher(stops), splitter(chat)
+async def stream_chunks(queue: asyncio.Queue, cancel: threading.Event, chat: PreparedChat,
+                        stops: list[str], completion_id: str, created: int,
+                        model: str) -> AsyncIterator[str]:
+    """Server-sent chunks of a started generation; leaving early (the client went away)
+    cancels it."""
+    matcher, calls_reader = StopMatcher(stops), splitter(chat)
 
     def content(text: str) -> str:
         """What of the answer's text may go out now (a possible call is held back)."""
@@ -247,7 +277,6 @@ async def stream_chunks(pool: ModelPool, chat: PreparedChat, stops: list[str],
 
     try:
         yield chunk({"role": "assistant", "content": ""})
-        queue = start_generation(pool, chat, cancel)
         while True:
             kind, value = await queue.get()
             if kind == "text":
