@@ -1,7 +1,7 @@
 EVAL_CODE = ("evaluation/evaluate", "evaluation/generation", "evaluation/text_metrics",
              "evaluation/tool_eval", "evaluation/tool_calls", "training/chat_tokenize",
              "training/token_loss", "models/chat_templates", "models/loading", "data/formats",
-             "common/run_info")
+             "common/run_info", "common/resource_usage")
 EVAL_OUTPUTS = ("metrics.json", "predictions.jsonl", "record_losses.jsonl", "tool_calls.jsonl",
                 "run_info.json")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from workflow_scripts.common.cli import parser as cli_parser
 from workflow_scripts.common.io_utils import evaluation_key, read_jsonl, write_json, write_jsonl
+from workflow_scripts.common.resource_usage import peak_memory
 from workflow_scripts.common.run_info import write_run_info
 from workflow_scripts.evaluation.generation import (Generation, generate, load_for_eval,
                                                     model_context)
@@ -111,10 +112,18 @@ def evaluate(job: dict, model_dir: str, adapter_dir: str | None, test_file: Path
         gen_time_per_sample_s=round(per_sample, 4), n_samples=len(sample), context_tokens=context,
         quantization=job.get("quantization"), settings_key=evaluation_key(job),
     )
+    metrics.update({f"eval_{k}": v for k, v in peak_memory().items()})  # host RSS; CUDA peaks
     write_jsonl(out_dir / "record_losses.jsonl", losses)
     write_jsonl(out_dir / "predictions.jsonl", rows)
     write_json(out_dir / "metrics.json", metrics)
     return metrics
+
+
+def evaluation_shape() -> dict[str, int]:
+    """One process; the CUDA devices it used (0: evaluated on CPUs)."""
+    import torch
+
+    return {"processes": 1, "devices": 1 if torch.cuda.is_available() else 0}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     job = json.loads(args.config)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     metrics = evaluate(job, args.model_dir, args.adapter_dir, args.test_file, args.out_dir)
-    write_run_info(args.out_dir, job, job["seed"], [args.test_file])
+    write_run_info(args.out_dir, job, job["seed"], [args.test_file], extra=evaluation_shape())
     print(json.dumps({k: metrics.get(k) for k in ("loss", "perplexity", "bleu4", "rougeL", "eot_share")}))
 
 

@@ -28,10 +28,12 @@ EVAL_METRICS = ("loss", "perplexity", "bleu4", "rouge1", "rouge2", "rougeL", "sa
                 "stopped_share", "mean_answer_chars", "tool_valid_share", "tool_name_accuracy",
                 "tool_args_exact")
 EVAL_EXTRA = ("n_loss_tokens", "n_records", "gen_time_per_sample_s", "n_samples",
-              "quantization", "settings_key")
+              "quantization", "settings_key", "eval_peak_memory_mb", "eval_peak_cuda_allocated_mb",
+              "eval_peak_cuda_reserved_mb")
 TRAIN_FIELDS = ("trainable_params", "total_params", "trainable_share", "steps", "wall_time_s",
-                "train_tokens", "tokens_per_s", "peak_memory_mb", "final_loss", "eval_loss",
-                "device")
+                "train_tokens", "tokens_per_s", "peak_memory_mb", "peak_cuda_allocated_mb",
+                "peak_cuda_reserved_mb", "final_loss", "eval_loss", "device", "processes",
+                "devices", "packing_fill_ratio")
 SETTINGS = {"base_model": "base_model", "dataset": "dataset", "method": "method",
             "r": "lora.r", "alpha": "lora.alpha", "dropout": "lora.dropout",
             "learning_rate": "training.learning_rate", "batch_size": "training.batch_size",

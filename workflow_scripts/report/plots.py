@@ -19,6 +19,7 @@ import pandas as pd  # noqa: E402
 from matplotlib import font_manager  # noqa: E402
 
 from workflow_scripts.common.cli import parser as cli_parser
+from workflow_scripts.report.memory_columns import memory_panels  # noqa: E402
 from workflow_scripts.report.studies import METHOD, RANK  # noqa: E402
 
 ALWAYS = ("training_loss", "test_loss", "base_vs_finetuned")
@@ -182,8 +183,7 @@ def plot_method_cost(groups: list[pd.DataFrame], path: Path) -> Path:
     frame = pd.concat(groups)
     labels = [f"{m}\n({s})" for m, s in zip(frame["method"], frame["study"])]
     x = np.arange(len(frame))
-    panels = {"peak_memory_mb": "peak memory (MB)", "wall_time_s": "training time (s)",
-              "test_loss": "test loss"}
+    panels = memory_panels(frame) | {"wall_time_s": "training time (s)", "test_loss": "test loss"}
     fig, axes = plt.subplots(1, len(panels), figsize=(12, 3.8))
     for ax, (column, label) in zip(axes, panels.items()):
         values = frame[column].astype(float)
@@ -208,7 +208,7 @@ def draw_all(metrics_dir: Path, out_dir: Path) -> list[Path]:
     if RANK in set(studies["kind"]):
         groups = study_members(studies, experiments, RANK)
         quality = {"test_loss": "test loss", "bleu4": "BLEU-4", "rougeL": "ROUGE-L"}
-        cost = {"wall_time_s": "training time (s)", "peak_memory_mb": "peak memory (MB)",
+        cost = {"wall_time_s": "training time (s)", **memory_panels(pd.concat(groups)),
                 "trainable_params": "trainable parameters"}
         paths.append(plot_against_rank(groups, quality, "Quality vs rank (95% intervals)",
                                        out_dir / "rank_metrics.png"))

@@ -9,6 +9,7 @@ import pandas as pd
 from workflow_scripts.common.io_utils import read_json, read_jsonl
 from workflow_scripts.data.split import SPLITS
 from workflow_scripts.report.formatting import NA, Table, ci, diff, fmt, fmt_pct, fmt_share, missing
+from workflow_scripts.report.memory_columns import with_memory
 from workflow_scripts.report.studies import HYPERPARAMETERS, METHOD, RANK
 
 METRIC_LABELS = {"loss": "test loss", "perplexity": "perplexity", "bleu4": "BLEU-4",
@@ -111,12 +112,12 @@ def base_table(base: pd.DataFrame) -> Table:
 
 STUDY_COLUMNS = {
     RANK: {"r": "rank", "trainable_params": "trainable params", "wall_time_s": "time (s)",
-           "peak_memory_mb": "memory (MB)", "final_loss": "final train loss",
+           "peak_memory_mb": "host RSS (MB)", "final_loss": "final train loss",
            "test_loss": "test loss", "bleu4": "BLEU-4", "rougeL": "ROUGE-L"},
     HYPERPARAMETERS: {"learning_rate": "learning rate", "batch": "batch x accum",
                       "epochs": "epochs", "warmup_ratio": "warmup", "wall_time_s": "time (s)",
                       "eval_loss": "eval loss", "perplexity": "test perplexity"},
-    METHOD: {"method": "method", "r": "rank", "peak_memory_mb": "memory (MB)",
+    METHOD: {"method": "method", "r": "rank", "peak_memory_mb": "host RSS (MB)",
              "wall_time_s": "time (s)", "final_loss": "final train loss",
              "test_loss": "test loss", "bleu4": "BLEU-4", "rougeL": "ROUGE-L"},
 }
@@ -136,7 +137,7 @@ def study_tables(studies: pd.DataFrame, experiments: pd.DataFrame, comparison: p
                                       zip(experiments["batch_size"], experiments["grad_accum"])])
     by_name = frame.set_index("experiment", drop=False)
     eot = comparison[comparison["metric"] == "eot_share"].set_index("experiment")
-    columns = STUDY_COLUMNS[kind]
+    columns = with_memory(STUDY_COLUMNS[kind], frame)  # GPU memory first where measured
     tables = []
     for study, members in studies[studies["kind"] == kind].groupby("study", sort=False):
         table = Table(["experiment", *columns.values(), "end-of-turn (base)"],
@@ -164,14 +165,15 @@ def quantization_table(quantization: pd.DataFrame) -> Table:
 # Training -------------------------------------------------------------------------------
 
 def parameter_table(experiments: pd.DataFrame) -> Table:
-    table = Table(["experiment", "total params", "trainable params", "trainable %", "steps",
-                   "time (s)", "tokens/s", "peak memory (MB)", "final loss", "eval loss"])
+    later = with_memory({"steps": "steps", "wall_time_s": "time (s)", "tokens_per_s": "tokens/s",
+                         "peak_memory_mb": "", "final_loss": "final loss", "eval_loss": "eval loss"},
+                        experiments)
+    table = Table(["experiment", "total params", "trainable params", "trainable %", *later.values()])
     for row in experiments.to_dict("records"):
         share = row.get("trainable_share")
         table.rows.append([row["experiment"], *(fmt(row.get(c)) for c in (
             "total_params", "trainable_params")), fmt(None if missing(share) else 100 * share),
-            *(fmt(row.get(c)) for c in ("steps", "wall_time_s", "tokens_per_s",
-                                        "peak_memory_mb", "final_loss", "eval_loss"))])
+            *(fmt(row.get(c)) for c in later)])
     return table
 
 
