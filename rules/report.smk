@@ -109,6 +109,7 @@ rule render_report:
             "common/config",
             "report/formatting",
             "report/sections",
+            "report/memory_columns",
             "report/studies",
             "report/summary",
             "report/tracking_status",
