@@ -44,11 +44,13 @@ def generation_config(settings: dict, stop_ids: list[int], pad_id: int):
     from transformers import GenerationConfig
 
     sampling = settings["do_sample"]
+    # top_k only when sampling: greedy decoding ignores it, and transformers warns about a
+    # top_k set beside do_sample=False
+    top_k = {"top_k": settings.get("top_k", 0)} if sampling else {}
     return GenerationConfig(
         max_new_tokens=settings["max_new_tokens"], min_new_tokens=0, do_sample=sampling,
         num_beams=1, temperature=settings["temperature"] if sampling else 1.0,
-        top_p=settings["top_p"] if sampling else 1.0,
-        top_k=settings.get("top_k", 0) if sampling else 0,
+        top_p=settings["top_p"] if sampling else 1.0, **top_k,
         repetition_penalty=settings.get("repetition_penalty", 1.0), no_repeat_ngram_size=0,
         eos_token_id=stop_ids, pad_token_id=pad_id,
     )
