@@ -256,7 +256,7 @@ def test_missing_paths_fail_the_dry_run_after_a_finished_run(smoke_run, tmp_path
     """Results exist for every job, yet a config naming a file or a model directory that is
     not there is refused before any job: the key and the path, and no Python traceback."""
     workflow = smoke_run.clone(tmp_path)
-    config = smoke_config()
+    config = yaml.safe_load(workflow.config.read_text(encoding="utf-8"))  # the run's own
     config["base_models"]["local"] = {"source": "path", "path": "results/models/tiny"}
     workflow.config.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
     assert workflow.planned_jobs() == {}  # the model directory exists: nothing to do
