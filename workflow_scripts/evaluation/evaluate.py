@@ -12,6 +12,7 @@ differences. See docs/metrics.md.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from workflow_scripts.common.cli import parser as cli_parser
@@ -84,6 +85,7 @@ def evaluate(job: dict, model_dir: str, adapter_dir: str | None, test_file: Path
     from workflow_scripts.evaluation.text_metrics import compute_text_metrics
     from workflow_scripts.evaluation.tool_eval import evaluate_tool_calls, plain_reply_records
 
+    started = time.perf_counter()
     settings, seed = job["evaluation"], job["seed"]
     trust = job["base_model"].get("trust_remote_code", False)
     model, tokenizer = load_for_eval(model_dir, adapter_dir, trust, job.get("quantization"))
@@ -112,7 +114,9 @@ def evaluate(job: dict, model_dir: str, adapter_dir: str | None, test_file: Path
         gen_time_per_sample_s=round(per_sample, 4), n_samples=len(sample), context_tokens=context,
         quantization=job.get("quantization"), settings_key=evaluation_key(job),
     )
-    metrics.update({f"eval_{k}": v for k, v in peak_memory().items()})  # host RSS; CUDA peaks
+    # the job's own cost, beside Snakemake's results/benchmarks/ file (docs/benchmarks.md)
+    metrics.update({f"eval_{k}": v for k, v in peak_memory().items()},
+                   eval_wall_time_s=round(time.perf_counter() - started, 3))
     write_jsonl(out_dir / "record_losses.jsonl", losses)
     write_jsonl(out_dir / "predictions.jsonl", rows)
     write_json(out_dir / "metrics.json", metrics)
