@@ -1,6 +1,7 @@
 """The studio's speed and memory, each next to a baseline measured in the same run.
 
     python benchmarks/bench_studio.py [--workdir DIR] [--adapters 4] [--max-tokens 32]
+                                      [--parts pages,chat,memory,batching,soak]
 
 - Pages: latency of the Experiments and Compare pages (HTML plus the JSON the page
   fetches) over 200 experiments with fabricated results (200-row trainer logs, 50
@@ -10,6 +11,14 @@
   /v1/chat/completions on the default base model (`tiny-zh` of config/config.yaml) with
   random LoRA adapters; baseline: `model.generate` called directly, no server. Target:
   first token under 250 ms at one client.
+- Batching: total generated tokens/s and p50/p95 time to first token for 1, 4, 8 and 16
+  concurrent streamed chats over three adapters (random, with trained chat tokens as the
+  default config's) and the base; baseline: the same server unbatched (one generation at a
+  time per base, as before batching). Targets: at 8 clients 4x the tokens/s and p95 first
+  token under 1 s; at 1 client no more than 10% slower.
+- Soak: 2,000 requests (plain, streamed, streams cut mid-answer, 8 MB bodies, floods of 40
+  at once) against a queue of 16 + 16 per base: every answer a 200, 413 or 429, and the
+  thread count and RSS back where they were (RSS within 10%).
 - Memory: one base with N adapters attached (the studio's way) against N separately
   loaded base+adapter models, in fresh processes: resident memory added by loading, and
   the bytes of distinct weight tensors.
@@ -21,7 +30,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
+import threading
 import json
 import random
 import statistics
@@ -246,6 +257,158 @@ def bench_chat(workdir: Path | None, adapters: int, max_tokens: int, threads: in
     return workdir
 
 
+# ---------------------------------------------------------------- batching
+BATCH_TARGET, TTFT_P95_TARGET_S, ONE_CLIENT_SLOWDOWN = 4.0, 1.0, 0.10
+
+
+def batching_workdir(model_dir: Path, root: Path) -> list[str]:
+    """The default base with three random adapters that train the chat tokens, as the
+    default config's adapters do (tests/random_chat_models.py)."""
+    from random_chat_models import random_adapter
+
+    config = default_config()
+    (root / "results" / "models").mkdir(parents=True)
+    (root / "results" / "models" / MODEL).symlink_to(model_dir.resolve())
+    names = [f"adapter-{i}" for i in range(3)]
+    for i, name in enumerate(names):
+        random_adapter(model_dir, root / "results" / "adapters" / name, seed=i)
+    config.update(experiments={n: {"base_model": MODEL, "dataset": "alpaca_zh"} for n in names},
+                  sweeps={}, merge=[])
+    (root / "config.yaml").write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return names
+
+
+async def streamed_round(url: str, models: list[str], clients: int, max_tokens: int):
+    import openai
+
+    async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="-", max_retries=0, timeout=600) as client:
+        return await asyncio.gather(*(one_chat(client, models[i % len(models)], PROMPTS[i % 4],
+                                               max_tokens, i) for i in range(clients)))
+
+
+def bench_batching(model_dir: Path, max_tokens: int, threads: int, rounds: int) -> None:
+    """Unbatched (one generation at a time per base, as before) beside batched, in one run."""
+    print(f"\nbatching on {MODEL}: streamed chats over 3 adapters + the base, {max_tokens} new "
+          f"tokens each, sampled; {threads} torch thread(s); best of {rounds} round(s)")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        models = [MODEL, *batching_workdir(model_dir, root)]
+        figures: dict[tuple[bool, int], tuple[float, float, float]] = {}
+        for batching in (False, True):
+            app = create_app(StudioSettings(config=root / "config.yaml", workdir=root, threads=threads,
+                                            batching=batching, queue_depth=64))
+            with BackgroundServer(app) as server:
+                asyncio.run(streamed_round(server.url, models, 4, 4))  # load base and adapters
+                for clients in (1, 4, 8, 16):
+                    best = None
+                    for _ in range(rounds):
+                        started = time.perf_counter()
+                        results = asyncio.run(streamed_round(server.url, models, clients, max_tokens))
+                        wall = time.perf_counter() - started
+                        rate = sum(r[1] for r in results) / wall
+                        firsts = [r[0] for r in results]
+                        row = (rate, statistics.median(firsts), percentile(firsts, 0.95))
+                        best = row if best is None or row[0] > best[0] else best
+                    figures[(batching, clients)] = best
+        print(f"  {'clients':>7s}  {'unbatched tok/s':>15s}  {'batched tok/s':>13s}  {'ratio':>6s}   "
+              f"{'TTFT p50/p95 unbatched':>22s}  {'batched':>15s}")
+        for clients in (1, 4, 8, 16):
+            (u_rate, u50, u95), (b_rate, b50, b95) = figures[(False, clients)], figures[(True, clients)]
+            verdict = ""
+            if clients == 8:
+                ok = b_rate >= BATCH_TARGET * u_rate and b95 < TTFT_P95_TARGET_S
+                verdict = "  ok" if ok else f"  MISSES {BATCH_TARGET:.0f}x / p95 < {TTFT_P95_TARGET_S:.0f} s"
+            elif clients == 1:
+                ok = b_rate >= (1 - ONE_CLIENT_SLOWDOWN) * u_rate
+                verdict = "  ok" if ok else "  MISSES (more than 10% slower)"
+            print(f"  {clients:7d}  {u_rate:15.1f}  {b_rate:13.1f}  {b_rate / u_rate:5.2f}x   "
+                  f"{u50 * 1000:9.0f} / {u95 * 1000:6.0f} ms  {b50 * 1000:6.0f} / {b95 * 1000:6.0f} ms{verdict}")
+
+
+# ---------------------------------------------------------------- soak
+def bench_soak(model_dir: Path, requests: int, threads: int) -> None:
+    """Many requests, some cut off mid-stream, oversized or flooding the queue: every
+    well-formed one is answered or refused with a status that says why, and the server's
+    threads and memory come back to where they were."""
+    import httpx2
+    import psutil
+
+    process = psutil.Process()
+    rng = random.Random(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        models = [MODEL, *batching_workdir(model_dir, root)]
+        app = create_app(StudioSettings(config=root / "config.yaml", workdir=root, threads=threads,
+                                        max_batch=16, queue_depth=16))
+        with BackgroundServer(app) as server:
+            async def one(http, i: int) -> str:
+                kind = rng.choices(["chat", "stream", "cut", "big", "flood"], [4, 3, 2, 1, 1])[0]
+                try:
+                    return await ask(http, i, kind)
+                except httpx2.TransportError as err:  # counted: the summary shows any
+                    return f"{kind} {type(err).__name__}"
+
+            async def ask(http, i: int, kind: str) -> str:
+                body = {"model": models[i % 4], "messages": [{"role": "user", "content": PROMPTS[i % 4]}],
+                        "max_tokens": 16, "temperature": 1.0, "seed": i}
+                if kind == "big":
+                    response = await http.post("/v1/chat/completions", content=b" " * (8 << 20),
+                                               headers={"Content-Type": "application/json"})
+                    return f"big {response.status_code}"
+                if kind == "chat":
+                    response = await http.post("/v1/chat/completions", json=body)
+                    return f"chat {response.status_code}"
+                async with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True,
+                                                                              "max_tokens": 64}) as response:
+                    async for line in response.aiter_lines():
+                        if kind == "cut" and '"content": "' in line:
+                            return f"cut {response.status_code}"  # leaves mid-answer
+                    return f"{kind} {response.status_code}"
+
+            async def soak(count: int) -> collections.Counter:
+                limits = httpx2.Limits(max_connections=200)
+                async with httpx2.AsyncClient(base_url=server.url, timeout=120, limits=limits) as http:
+                    outcomes: collections.Counter = collections.Counter()
+                    pending = set()
+                    for i in range(count):
+                        burst = 40 if i % 200 == 0 else 1  # a flood now and then
+                        for _ in range(burst):
+                            pending.add(asyncio.ensure_future(one(http, i)))
+                        if len(pending) >= 32:
+                            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                            outcomes.update(d.result() for d in done)
+                    done, _ = await asyncio.wait(pending)
+                    outcomes.update(d.result() for d in done)
+                    return outcomes
+
+            asyncio.run(soak(40))  # warm: models loaded, pools filled
+            time.sleep(3)
+            gc_collect()
+            threads_before, rss_before = threading.active_count(), process.memory_info().rss
+            started = time.perf_counter()
+            outcomes = asyncio.run(soak(requests))
+            wall = time.perf_counter() - started
+            time.sleep(3)  # the batch worker ends after 2 s idle
+            gc_collect()
+            threads_after, rss_after = threading.active_count(), process.memory_info().rss
+    total = sum(outcomes.values())
+    unexplained = {k: v for k, v in outcomes.items() if k.split()[1] not in ("200", "413", "429")}
+    print(f"\nsoak: {total} requests in {wall:.0f} s (chats, streams, streams cut mid-answer, 8 MB "
+          f"bodies, floods of 40)")
+    print("  " + ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items())))
+    rss_change = (rss_after - rss_before) / rss_before
+    print(f"  threads {threads_before} -> {threads_after}   RSS {rss_before / 2**20:.0f} -> "
+          f"{rss_after / 2**20:.0f} MB ({rss_change:+.1%})   "
+          + ("ok" if threads_after == threads_before and abs(rss_change) <= 0.10 and not unexplained
+             else f"MISSES (unexplained statuses: {unexplained})"))
+
+
+def gc_collect() -> None:
+    import gc
+
+    gc.collect()
+
+
 # ---------------------------------------------------------------- memory
 MEMORY_SCRIPT = r"""
 import gc, json, sys, psutil
@@ -303,11 +466,30 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for generation")
+    parser.add_argument("--parts", default="pages,chat,memory,batching,soak",
+                        help="comma-separated parts to run")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds per batching figure (best kept)")
+    parser.add_argument("--soak-requests", type=int, default=2000)
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (wall times grow with it)")
-    bench_pages(args.repeats)
-    workdir = bench_chat(args.workdir, args.adapters, args.max_tokens, args.threads)
-    bench_memory(workdir, args.adapters)
+    if "pages" in parts:
+        bench_pages(args.repeats)
+    workdir = args.workdir
+    if "chat" in parts:
+        workdir = bench_chat(workdir, args.adapters, args.max_tokens, args.threads)
+    if workdir is None:
+        workdir = build_default_model(Path(tempfile.mkdtemp(prefix="bench-studio-")))
+    if "memory" in parts:
+        bench_memory(workdir, args.adapters)
+    model_dir = workdir / "results" / "models" / MODEL
+    if "batching" in parts:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        bench_batching(model_dir, args.max_tokens, args.threads, args.rounds)
+    if "soak" in parts:
+        bench_soak(model_dir, args.soak_requests, args.threads)
 
 
 if __name__ == "__main__":

@@ -91,6 +91,29 @@ def test_every_page_loads_without_errors(browser, server, shots, page):
     browser.save_screenshot(str(shots / f"studio_{page}.png"))
 
 
+def test_experiments_fit_1280_px_and_columns_can_be_chosen(browser, server, shots):
+    rows = len(server.app.state.catalog.experiments)
+    browser.set_window_size(1280, 900)
+    try:
+        browser.get(f"{server.url}/experiments")
+        wait_for(browser, f"document.querySelectorAll('#experiments tbody tr').length === {rows}")
+        width = browser.execute_script("return [document.documentElement.scrollWidth, "
+                                       "document.documentElement.clientWidth];")
+        assert width[0] <= width[1], width
+        steps = browser.execute_script("return [...document.querySelectorAll('#experiments tbody tr')]"
+                                       ".map((tr) => tr.children[9].textContent);")
+        assert steps and not any("-1" in s for s in steps), steps
+        columns = "document.querySelectorAll('#experiments thead th').length"
+        before = browser.execute_script(f"return {columns};")
+        browser.execute_script("document.querySelector('#columns').open = true;"
+                               "document.querySelector('#columns input[data-key=tokens_per_s]').click();")
+        wait_for(browser, f"{columns} === {before - 1}")
+        browser.save_screenshot(str(shots / "studio_experiments_1280.png"))
+        browser.execute_script("localStorage.removeItem('studio.hiddenColumns');")
+    finally:
+        browser.set_window_size(1400, 1000)
+
+
 def test_compare_draws_the_loss_chart(browser, server, shots):
     browser.get(f"{server.url}/compare?e=rank-r2&e=rank-r4&e=lccc-qlora")
     wait_for(browser, "document.querySelector('#loss-chart canvas') !== null")

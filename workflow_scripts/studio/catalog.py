@@ -201,7 +201,7 @@ class Catalog:
             "r": exp["lora"].get("r"), "alpha": exp["lora"].get("alpha"),
             "learning_rate": training.get("learning_rate"),
             "steps": train.get("steps", live.get("step")),
-            "max_steps": training.get("max_steps", live.get("max_steps")),
+            "max_steps": positive(training.get("max_steps", live.get("max_steps"))),
             "wall_time_s": train.get("wall_time_s", live.get("elapsed_s")),
             "tokens_per_s": train.get("tokens_per_s", live.get("tokens_per_s")),
             "peak_memory_mb": train.get("peak_memory_mb"),
@@ -260,3 +260,8 @@ class Catalog:
                 continue
             out.append({"experiment": name, **progress.summary(now)})
         return out
+
+
+def positive(value):
+    """A step limit, or None where none was set (-1, 0 or missing)."""
+    return value if isinstance(value, (int, float)) and value > 0 else None

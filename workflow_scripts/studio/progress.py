@@ -68,7 +68,7 @@ class Progress:
         elapsed = max(0.0, end - self.started)
         remaining = None
         done_steps = self.step - self.start_step
-        if not self.ended and self.max_steps and done_steps > 0 and self.last_time:
+        if not self.ended and (self.max_steps or 0) > 0 and done_steps > 0 and self.last_time:
             per_step = (self.last_time - self.started) / done_steps
             remaining = max(0.0, per_step * (self.max_steps - self.step))
         elif self.ended:

@@ -27,8 +27,9 @@ async function api(url, options) {
 function fmt(value, digits = 4) {
   if (value === null || value === undefined) return "";
   if (typeof value !== "number") return String(value);
-  if (Number.isInteger(value)) return value.toLocaleString("en");
-  return Math.abs(value) >= 1000 ? value.toFixed(0) : Number(value.toPrecision(digits)).toString();
+  // One format for a column: thousands separated whether the value is whole or not.
+  if (Number.isInteger(value) || Math.abs(value) >= 1000) return Math.round(value).toLocaleString("en");
+  return Number(value.toPrecision(digits)).toString();
 }
 
 function duration(seconds) {
@@ -77,18 +78,45 @@ const COLUMNS = [
   ["m.bleu4", "BLEU-4"], ["m.rougeL", "ROUGE-L"], ["m.chrf", "chrF"], ["m.distinct2", "distinct-2"],
 ];
 
+// Shown unless the reader picks otherwise (kept in localStorage): the table fits 1280 px.
+const HIDDEN_BY_DEFAULT = ["alpha", "peak_memory_mb", "final_loss", "m.distinct2"];
+
+function shownColumns() {
+  let hidden = HIDDEN_BY_DEFAULT;
+  try { hidden = JSON.parse(localStorage.getItem("studio.hiddenColumns")) || hidden; } catch (e) { /* default */ }
+  return COLUMNS.filter(([key]) => !hidden.includes(key));
+}
+
+function columnChooser(onChange) {
+  const shown = new Set(shownColumns().map(([key]) => key));
+  return el("details", { id: "columns", class: "columns" }, el("summary", {}, "columns"),
+    COLUMNS.map(([key, title]) => el("label", {}, el("input", {
+      type: "checkbox", "data-key": key, checked: shown.has(key), onchange: (ev) => {
+        ev.target.checked ? shown.add(key) : shown.delete(key);
+        localStorage.setItem("studio.hiddenColumns",
+          JSON.stringify(COLUMNS.map(([k]) => k).filter((k) => !shown.has(k))));
+        onChange();
+      } }), " " + title)));
+}
+
 function cell(row, key) {
   return key.startsWith("m.") ? row.metrics[key.slice(2)] : row[key];
 }
 
 async function experimentsPage() {
   const table = $("#experiments"), selected = new Set();
-  let rows = [], sortKey = "experiment", ascending = true;
-  const head = el("tr", {}, el("th", {}, ""), COLUMNS.map(([key, title]) =>
-    el("th", { "data-key": key, onclick: () => {
-      ascending = sortKey === key ? !ascending : true; sortKey = key; draw();
-    } }, title)));
+  let rows = [], sortKey = "experiment", ascending = true, columns = shownColumns();
+  const head = el("tr");
+  function drawHead() {
+    columns = shownColumns();
+    head.replaceChildren(el("th", {}, ""), ...columns.map(([key, title]) =>
+      el("th", { "data-key": key, onclick: () => {
+        ascending = sortKey === key ? !ascending : true; sortKey = key; draw();
+      } }, title)));
+  }
+  drawHead();
   table.tHead.append(head);
+  $(".toolbar").append(columnChooser(() => { drawHead(); draw(); }));
   const compareButton = $("#compare-selected");
   compareButton.addEventListener("click", () => {
     location.href = "/compare?" + [...selected].map((e) => "e=" + encodeURIComponent(e)).join("&");
@@ -115,11 +143,11 @@ async function experimentsPage() {
         ev.target.checked ? selected.add(r.experiment) : selected.delete(r.experiment);
         compareButton.disabled = selected.size < 1;
       } })),
-      COLUMNS.map(([key]) => {
+      columns.map(([key]) => {
         const value = cell(r, key);
         if (key === "status") return el("td", {}, el("span", { class: `status status-${value}` }, value));
         if (key === "wall_time_s") return el("td", { class: "num" }, duration(value));
-        if (key === "steps") return el("td", { class: "num" }, r.max_steps ? `${fmt(value)} / ${fmt(r.max_steps)}` : fmt(value));
+        if (key === "steps") return el("td", { class: "num" }, r.max_steps > 0 ? `${fmt(value)} / ${fmt(r.max_steps)}` : fmt(value));
         const ci = r.intervals[key.startsWith("m.") ? key.slice(2) : key];
         if (ci) {
           return el("td", { class: "num" }, fmt(value), el("span", { class: "ci" }, ` [${fmt(ci[0], 3)}, ${fmt(ci[1], 3)}]`));
@@ -220,7 +248,7 @@ function liveCard(name) {
 
 function updateCard(card, run) {
   const q = (cls) => card.node.querySelector("." + cls);
-  q("step").textContent = run.max_steps ? `${run.step} / ${run.max_steps}` : run.step;
+  q("step").textContent = run.max_steps > 0 ? `${fmt(run.step)} / ${fmt(run.max_steps)}` : fmt(run.step);
   q("loss").textContent = fmt(run.loss);
   q("learning_rate").textContent = fmt(run.learning_rate, 3);
   q("tokens_per_s").textContent = fmt(run.tokens_per_s, 3);
