@@ -172,3 +172,21 @@ def base_eval_resource(key, default):
         return max((v for v in values if v is not None), default=default)
 
     return get
+
+
+def tracking_job(wildcards):
+    """What a run holds and where it goes: the experiment's resolved settings (its params,
+    hashed into the run key), the tracking settings and the base model's directory."""
+    name = wildcards.experiment
+    exp = {k: v for k, v in EXPERIMENTS[name].items() if k != "resources"}
+    settings = {**exp, "seed": CFG["seed"], "model": model_spec(exp["base_model"]),
+                "data": CFG["datasets"][exp["dataset"]], "cleaning": CFG["cleaning"],
+                "split": CFG["split"]}
+    return canonical_json({
+        "experiment": name,
+        "settings": settings,
+        "tracking": CFG["tracking"],
+        "log_adapter": CFG["tracking"]["log_adapter"],
+        "model_dir": model_dir(exp["base_model"]),
+        "snakemake_job": f"track_experiment[experiment={name}]",
+    })

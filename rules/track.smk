@@ -11,24 +11,6 @@ TRACK_CODE = ("tracking/track_experiment", "tracking/run_record", "tracking/mlfl
               "tracking/swanlab_backend", "tracking/model_hash")
 
 
-def tracking_job(wildcards):
-    """What a run holds and where it goes: the experiment's resolved settings (its params,
-    hashed into the run key), the tracking settings and the base model's directory."""
-    name = wildcards.experiment
-    exp = {k: v for k, v in EXPERIMENTS[name].items() if k != "resources"}
-    settings = {**exp, "seed": CFG["seed"], "model": model_spec(exp["base_model"]),
-                "data": CFG["datasets"][exp["dataset"]], "cleaning": CFG["cleaning"],
-                "split": CFG["split"]}
-    return canonical_json({
-        "experiment": name,
-        "settings": settings,
-        "tracking": TRACKING,
-        "log_adapter": TRACKING["log_adapter"],
-        "model_dir": model_dir(exp["base_model"]),
-        "snakemake_job": f"track_experiment[experiment={name}]",
-    })
-
-
 rule track_experiment:
     input:
         adapter_config="results/adapters/{experiment}/adapter_config.json",
