@@ -19,6 +19,8 @@ shell.prefix(_prefix.replace("{", "{{").replace("}", "}}"))  # Snakemake formats
 from workflow_scripts.common.config import (ConfigError, alternatives_regex, check_paths,
                                             resolve_experiments, validate)
 from workflow_scripts.common.io_utils import canonical_json, evaluation_key
+from workflow_scripts.evaluation.general_spec import (exam_files, general_inputs, general_job,
+                                                      local_benchmarks)
 from workflow_scripts.launch.gpu_slots import stage_resources
 from workflow_scripts.models.loading import resolve_model_dir
 
@@ -94,13 +96,16 @@ def eval_settings(experiment, quantized):
     An adapter and the base it is compared with are scored with exactly these settings:
     the same test records, truncation, prompts, decoding and quantization."""
     exp = EXPERIMENTS[experiment]
-    return {
-        "evaluation": exp["evaluation"],
+    settings = {
+        # benchmarks are scored under "general" below; generation does not depend on them
+        "evaluation": {k: v for k, v in exp["evaluation"].items() if k != "benchmarks"},
         "quantization": "4bit" if quantized else None,
         "seed": CFG["seed"],
         "base_model": model_spec(exp["base_model"]),
         "dialogue": is_dialogue(exp["dataset"]),
     }
+    general = general_job(CFG, exp)  # general text and benchmarks (evaluation/general_spec.py)
+    return settings | ({"general": general} if general else {})
 
 
 def base_evaluations():
@@ -190,3 +195,4 @@ def tracking_job(wildcards):
         "model_dir": model_dir(exp["base_model"]),
         "snakemake_job": f"track_experiment[experiment={name}]",
     })
+

@@ -1,9 +1,10 @@
 EVAL_CODE = ("evaluation/evaluate", "evaluation/generation", "evaluation/text_metrics",
              "evaluation/tool_eval", "evaluation/tool_calls", "training/chat_tokenize",
              "training/token_loss", "models/chat_templates", "models/loading", "data/formats",
-             "common/run_info", "common/resource_usage")
+             "common/run_info", "common/resource_usage", "evaluation/general_text", "evaluation/benchmarks",
+             "evaluation/exam_files", "models/build_base_model")
 EVAL_OUTPUTS = ("metrics.json", "predictions.jsonl", "record_losses.jsonl", "tool_calls.jsonl",
-                "run_info.json")
+                "general_text.jsonl", "benchmarks.jsonl", "run_info.json")
 
 
 rule evaluate:
@@ -11,6 +12,8 @@ rule evaluate:
         model=get_experiment_model_dir,
         adapter="results/adapters/{experiment}/adapter_model.safetensors",
         test=lambda w: f"{experiment_data_dir(w)}/test.jsonl",
+        general=lambda w: general_inputs(eval_settings(
+            w.experiment, EXPERIMENTS[w.experiment]["method"] == "qlora").get("general")),
         code=code(*EVAL_CODE),
     output:
         **{f.split(".")[0]: f"results/eval/{{experiment}}/{f}" for f in EVAL_OUTPUTS},
@@ -44,6 +47,7 @@ rule evaluate_base:
     input:
         model=get_model_dir,
         test="results/data/{dataset}/test.jsonl",
+        general=lambda w: general_inputs(BASE_EVALS[(w.model, w.dataset, w.key)].get("general")),
         code=code(*EVAL_CODE),
     output:
         **{f.split(".")[0]: f"results/eval/base/{{model}}/{{dataset}}/{{key}}/{f}"
@@ -71,3 +75,29 @@ rule evaluate_base:
         "python -m workflow_scripts.evaluation.evaluate --config {params.cfg:q} "
         "--model-dir {input.model:q} --test-file {input.test:q} --out-dir {params.out_dir:q} "
         "--threads {threads} > {log:q} 2>&1"
+
+
+# A local exam (benchmarks: {name: {format: ceval, files: ...}}) checked and turned into an
+# lm-eval task under results/benchmark_tasks/{benchmark}/ (evaluation/exam_files.py).
+rule prepare_benchmark:
+    input:
+        test=lambda w: exam_files(CFG["benchmarks"][w.benchmark])["test"],
+        dev=lambda w: exam_files(CFG["benchmarks"][w.benchmark])["dev"],
+        code=code("evaluation/exam_files", "common/cli"),
+    output:
+        **{f.split(".")[0]: f"results/benchmark_tasks/{{benchmark}}/{f}"
+           for f in ("task.yaml", "test.jsonl", "dev.jsonl")},
+    wildcard_constraints:
+        benchmark=alternatives_regex(local_benchmarks(CFG)),
+    params:
+        out_dir=lambda w, output: os.path.dirname(output.task),
+        dev=lambda w, input: " ".join(["--dev", *map(shlex.quote, input.dev)]) if input.dev else "",
+    localrule: True
+    conda:
+        "../envs/workflow.yaml"
+    log:
+        "logs/prepare_benchmark/{benchmark}.log",
+    shell:
+        "python -m workflow_scripts.evaluation.exam_files --name {wildcards.benchmark} "
+        "--test {input.test:q} {params.dev} --out-dir {params.out_dir:q} > {log:q} 2>&1"
+

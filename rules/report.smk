@@ -25,16 +25,18 @@ rule collect_metrics:
         base=[f"results/eval/base/{m}/{d}/{k}/metrics.json" for m, d, k in BASE_EVALS],
         # The per-item files behind the bootstrap intervals and paired differences.
         eval_items=expand(
-            "results/eval/{e}/{f}.jsonl", e=EXPERIMENTS, f=("predictions", "record_losses")
+            "results/eval/{e}/{f}.jsonl", e=EXPERIMENTS,
+            f=("predictions", "record_losses", "general_text", "benchmarks"),
         ),
         base_items=[
             f"results/eval/base/{m}/{d}/{k}/{f}.jsonl"
             for m, d, k in BASE_EVALS
-            for f in ("predictions", "record_losses")
+            for f in ("predictions", "record_losses", "general_text", "benchmarks")
         ],
         stats=expand("results/data/{d}/stats.json", d=CFG["datasets"]),
         code=code(
             "report/collect_metrics",
+            "report/general_tables",
             "evaluation/bootstrap",
             "evaluation/text_metrics",
             "common/config",
@@ -83,6 +85,16 @@ rule collect_metrics:
             caption="../reports/captions/studies.rst",
             category="Tables",
         ),
+        general_text=report(
+            "results/metrics/general_text.tsv",
+            caption="../reports/captions/general_text.rst",
+            category="Tables",
+        ),
+        benchmarks=report(
+            "results/metrics/benchmarks.tsv",
+            caption="../reports/captions/benchmarks.rst",
+            category="Tables",
+        ),
         manifest="results/metrics/experiments.json",
     localrule: True
     conda:
@@ -104,6 +116,7 @@ rule render_report:
         captions=sorted(REPO_DIR.joinpath("reports/captions").glob("*")),
         code=code(
             "report/render_report",
+            "report/general_tables",
             "report/plots",
             "evaluation/bootstrap",
             "common/config",

@@ -95,6 +95,7 @@ def make_workflow(path: Path, config: Path = SMOKE_CONFIG) -> Workflow:
         else:
             shutil.copy2(src, code / part)
     shutil.copytree(REPO / "data" / "raw", workdir / "data" / "raw")
+    shutil.copytree(REPO / "data" / "exams", workdir / "data" / "exams")
     shutil.copytree(REPO / "tests" / "data", workdir / "tests" / "data",
                     ignore=shutil.ignore_patterns("*.py", "__pycache__", "templates"))
     shutil.copy(config, workdir / "config.yaml")

@@ -251,6 +251,24 @@ def _check_experiment_references(config: dict, experiments: dict, source: str) -
     for name in config.get("merge", []):
         if name not in experiments:
             raise ConfigError(f"invalid config in {source}: merge: unknown experiment {name!r}")
+    _check_benchmarks(config, experiments, source)
+
+
+def _check_benchmarks(config: dict, experiments: dict, source: str) -> None:
+    """Benchmarks an evaluation names exist, and a local exam asked for shots has a dev split."""
+    known = config.get("benchmarks", {})
+    for name, exp in experiments.items():
+        for bench in exp.get("evaluation", {}).get("benchmarks", []):
+            if bench not in known:
+                raise ConfigError(
+                    f"invalid config in {source}: experiments.{name}.evaluation.benchmarks: "
+                    f"unknown benchmark {bench!r} (known: {', '.join(sorted(known)) or 'none'})")
+    for bench, spec in known.items():
+        has_dev = isinstance(spec.get("files"), dict) and "dev" in spec["files"]
+        if "format" in spec and spec.get("shots", 0) and not has_dev:
+            raise ConfigError(
+                f"invalid config in {source}: benchmarks.{bench}.shots: {spec['shots']} shots "
+                "need a dev split to take them from (files: {test: ..., dev: ...})")
 
 
 def dataset_file_keys(name: str, files: list | dict) -> list[tuple[str, str]]:

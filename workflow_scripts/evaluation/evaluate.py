@@ -7,7 +7,8 @@ tokens (workflow_scripts/training/token_loss.py, the routine training's validati
 uses too); answers come from evaluation/generation.py, and text metrics compare them with
 the reference replies. Per-record losses and
 per-sample scores are written so that collect_metrics can give intervals and paired
-differences. See docs/metrics.md.
+differences. The same job scores the base model's general text and the configured
+benchmarks (general_scores), so those too are like for like. See docs/metrics.md.
 """
 from __future__ import annotations
 
@@ -81,6 +82,23 @@ def sample_rows(sample: list[dict], generations: list[Generation]) -> list[dict]
     return rows
 
 
+def general_scores(job: dict, model, tokenizer, out_dir: Path, context: int) -> dict:
+    """The general text's per-record losses and the benchmarks' per-question results
+    (evaluation/general_spec.py), written beside the test split's; their summaries."""
+    from workflow_scripts.evaluation import benchmarks, general_text
+
+    general = job.get("general") or {"texts": {}, "benchmarks": {}}
+    batch_size = job["evaluation"]["batch_size"]
+    texts = (general_text.score_general_text(model, tokenizer, general, batch_size)
+             if general["texts"] else [])
+    questions = benchmarks.score_benchmarks(model, tokenizer, general["benchmarks"], batch_size,
+                                            context, job["seed"])
+    write_jsonl(out_dir / "general_text.jsonl", texts)
+    write_jsonl(out_dir / "benchmarks.jsonl", questions)
+    return {"general_text": general_text.summary(texts),
+            "benchmarks": benchmarks.summary(questions)}
+
+
 def evaluate(job: dict, model_dir: str, adapter_dir: str | None, test_file: Path, out_dir: Path) -> dict:
     from workflow_scripts.evaluation.text_metrics import compute_text_metrics
     from workflow_scripts.evaluation.tool_eval import evaluate_tool_calls, plain_reply_records
@@ -117,6 +135,7 @@ def evaluate(job: dict, model_dir: str, adapter_dir: str | None, test_file: Path
     # the job's own cost, beside Snakemake's results/benchmarks/ file (docs/benchmarks.md)
     metrics.update({f"eval_{k}": v for k, v in peak_memory().items()},
                    eval_wall_time_s=round(time.perf_counter() - started, 3))
+    metrics.update(general_scores(job, model, tokenizer, out_dir, context))
     write_jsonl(out_dir / "record_losses.jsonl", losses)
     write_jsonl(out_dir / "predictions.jsonl", rows)
     write_json(out_dir / "metrics.json", metrics)

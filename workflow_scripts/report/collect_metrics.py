@@ -21,6 +21,7 @@ from workflow_scripts.evaluation import bootstrap
 from workflow_scripts.evaluation.metric_intervals import (EvalRun, change_pct, interval,
                                                           paired_difference, verdict)
 from workflow_scripts.report import family
+from workflow_scripts.report.general_tables import collect_general
 from workflow_scripts.report.studies import study_rows
 
 EVAL_METRICS = ("loss", "perplexity", "bleu4", "rouge1", "rouge2", "rougeL", "sacrebleu",
@@ -279,6 +280,7 @@ def collect(run: dict, results: Path, out_dir: Path,
               out_dir / "studies.tsv")
     write_tsv(training_log(configs, results), out_dir / "training_log.tsv")
     write_tsv(data_stats(run.get("datasets", {}), results, configs), out_dir / "data_stats.tsv")
+    collect_general(configs, results, out_dir, evals.seed, resamples)  # forgetting, benchmarks
     write_json(out_dir / "experiments.json", configs)
 
 

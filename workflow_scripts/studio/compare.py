@@ -5,6 +5,7 @@ import json
 
 from workflow_scripts.studio.catalog import TEXT_METRICS, Catalog, flatten
 from workflow_scripts.studio.files import read_jsonl_cached
+from workflow_scripts.studio.general_view import general_view
 
 COMPARED_FIGURES = ("final_loss", "eval_loss", "test_loss", "perplexity", *TEXT_METRICS,
                     "tokens_per_s", "wall_time_s", "peak_memory_mb")
@@ -71,5 +72,6 @@ def comparison(catalog: Catalog, names: list[str]) -> dict:
         "config_diff": config_diff(catalog, names),
         "metrics": metrics_side_by_side(rows),
         "predictions": predictions_side_by_side(catalog, names),
+        **general_view(catalog.workdir, names),  # forgetting and benchmarks, from the report's tables
         "rows": rows,
     }
