@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from report_fixtures import build_results, run_pipeline
+from report_fixtures import REPO, build_results, run_pipeline
 
 from workflow_scripts.common.io_utils import read_json, write_json
 from workflow_scripts.report.memory_columns import with_memory
@@ -84,3 +84,22 @@ def test_cpu_only_tables_show_host_rss_only():
         "steps": "steps", "peak_memory_mb": "host RSS (MB)"}
     header = parameter_table(frame).columns
     assert "host RSS (MB)" in header and not any("GPU" in h for h in header)
+
+
+def test_the_studio_lists_gpu_memory_beside_host_rss(tmp_path):
+    import shutil
+
+    from workflow_scripts.studio.catalog import Catalog
+
+    shutil.copy(REPO / "tests" / "configs" / "smoke.yaml", tmp_path / "config.yaml")
+    name = next(iter(Catalog(tmp_path / "config.yaml", tmp_path).rows()))["experiment"]
+    adapter = tmp_path / "results" / "adapters" / name
+    adapter.mkdir(parents=True)
+    write_json(adapter / "train_metrics.json", {"steps": 4, "peak_memory_mb": 2100.0,
+                                                "peak_cuda_allocated_mb": 801.5,
+                                                "peak_cuda_reserved_mb": 1024.0})
+    row = next(r for r in Catalog(tmp_path / "config.yaml", tmp_path).rows() if r["experiment"] == name)
+    assert (row["peak_cuda_reserved_mb"], row["peak_cuda_allocated_mb"], row["peak_memory_mb"]) == (
+        1024.0, 801.5, 2100.0)
+    script = (REPO / "workflow_scripts" / "studio" / "static" / "studio.js").read_text()
+    assert '["peak_cuda_reserved_mb", "GPU MB"]' in script and '["peak_memory_mb", "host RSS MB"]' in script

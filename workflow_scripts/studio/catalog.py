@@ -204,7 +204,9 @@ class Catalog:
             "max_steps": positive(training.get("max_steps", live.get("max_steps"))),
             "wall_time_s": train.get("wall_time_s", live.get("elapsed_s")),
             "tokens_per_s": train.get("tokens_per_s", live.get("tokens_per_s")),
-            "peak_memory_mb": train.get("peak_memory_mb"),
+            "peak_memory_mb": train.get("peak_memory_mb"),  # host RSS
+            "peak_cuda_reserved_mb": train.get("peak_cuda_reserved_mb"),  # GPU, on CUDA only
+            "peak_cuda_allocated_mb": train.get("peak_cuda_allocated_mb"),
             "final_loss": train.get("final_loss", live.get("loss")),
             "eval_loss": train.get("eval_loss", live.get("eval_loss")),
             "test_loss": metric_value(metrics, "loss"),

@@ -73,7 +73,8 @@ function ema(values, alpha) {
 const COLUMNS = [
   ["experiment", "experiment"], ["status", "status"], ["base_model", "base model"], ["dataset", "dataset"],
   ["method", "method"], ["r", "r"], ["alpha", "alpha"], ["learning_rate", "lr"], ["steps", "steps"],
-  ["wall_time_s", "time"], ["tokens_per_s", "tokens/s"], ["peak_memory_mb", "peak MB"],
+  ["wall_time_s", "time"], ["tokens_per_s", "tokens/s"], ["peak_cuda_reserved_mb", "GPU MB"],
+  ["peak_memory_mb", "host RSS MB"],
   ["final_loss", "train loss"], ["eval_loss", "valid loss"], ["test_loss", "test loss"],
   ["m.bleu4", "BLEU-4"], ["m.rougeL", "ROUGE-L"], ["m.chrf", "chrF"], ["m.distinct2", "distinct-2"],
 ];
