@@ -62,6 +62,15 @@ def test_evaluation_setting_reruns_evaluations_not_training(clone):
     assert planned["evaluate"] == 3 and planned["evaluate_base"] == 3
 
 
+def test_exam_edit_reruns_its_task_and_the_evaluations_only(clone):
+    exam = clone.workdir / "tests/data/exam_small.csv"
+    exam.write_text(exam.read_text(encoding="utf-8") + "k3,一年有几个月？,10,11,12,13,C\n",
+                    encoding="utf-8")
+    # every experiment and base evaluation names the exam (smoke.yaml's defaults)
+    assert clone.planned_jobs() == {"prepare_benchmark": 1, "evaluate": 5, "evaluate_base": 5,
+                                    "collect_metrics": 1, "render_report": 1, "all": 1}
+
+
 def test_new_records_rerun_that_dataset_downstream_only(clone):
     raw = clone.workdir / "data/raw/alpaca_zh_demo.json"
     records = json.loads(raw.read_text())

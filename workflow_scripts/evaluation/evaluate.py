@@ -85,8 +85,11 @@ def sample_rows(sample: list[dict], generations: list[Generation]) -> list[dict]
 def general_scores(job: dict, model, tokenizer, out_dir: Path, context: int) -> dict:
     """The general text's per-record losses and the benchmarks' per-question results
     (evaluation/general_spec.py), written beside the test split's; their summaries."""
+    import time
+
     from workflow_scripts.evaluation import benchmarks, general_text
 
+    start = time.perf_counter()
     general = job.get("general") or {"texts": {}, "benchmarks": {}}
     batch_size = job["evaluation"]["batch_size"]
     texts = (general_text.score_general_text(model, tokenizer, general, batch_size)
@@ -95,6 +98,8 @@ def general_scores(job: dict, model, tokenizer, out_dir: Path, context: int) -> 
                                             context, job["seed"])
     write_jsonl(out_dir / "general_text.jsonl", texts)
     write_jsonl(out_dir / "benchmarks.jsonl", questions)
+    # in the log, not metrics.json: a rerun must give identical metrics
+    print(f"general text and benchmarks: {time.perf_counter() - start:.1f} s", flush=True)
     return {"general_text": general_text.summary(texts),
             "benchmarks": benchmarks.summary(questions)}
 
