@@ -7,15 +7,19 @@
 #      sees none);
 #   3. benchmarks/bench_training.py on a Qwen2-0.5B-shaped random model: tokens/s of this
 #      trainer (grouped, packed) against padding to 512 and against TRL's SFTTrainer, and peak
-#      allocated and reserved GPU memory of LoRA against QLoRA.
+#      allocated and reserved GPU memory of LoRA against QLoRA;
+#   4. benchmarks/bench_scale.py --section memory key: the loss's peak memory with a 151,936-row
+#      vocabulary, full logits against the chunked loss, in CUDA bytes (max_memory_allocated
+#      and max_memory_reserved; evaluation 16 x 1024, training 4 x 1024), and the checkpoint
+#      key's first and second start on a 2 GB model directory.
 # Without a GPU, parts 1 and 3 are skipped (the tests report "skipped") and it still ends with
 # status 0 (tests/test_benchmarks.py checks that). Target: under 8 minutes on one H100.
 # Put bench.log's tables, the GPU's name and the date in docs/benchmarks.md.
 #
-#   bash benchmarks/gpu_check.sh [tests|slots|bench|all]     # default: all
+#   bash benchmarks/gpu_check.sh [tests|slots|bench|scale|all]     # default: all
 #
 # Logs go to $OUT if set (the device machine's folder that comes back), else to
-# benchmarks/out/gpu_check/: environment.txt, tests.log, slots.log, bench.log.
+# benchmarks/out/gpu_check/: environment.txt, tests.log, slots.log, bench.log, scale.log.
 #
 # Carrying what the machine lacks. Its python3 (3.12) has torch, transformers, peft,
 # accelerate, pandas, jinja2, matplotlib, sacrebleu, tensorboard, pyyaml, but not
@@ -101,6 +105,14 @@ if [[ $PARTS == all || $PARTS == bench ]]; then
     # 512 records: 64 steps of batch 8, so that the first steps' CUDA warm-up is a small share
     run_part bench "$PY" benchmarks/bench_training.py --shape qwen2-0.5b --samples 512 \
       --trl-site "${trl_site:-}"
+  fi
+fi
+
+if [[ $PARTS == all || $PARTS == scale ]]; then
+  if [ "$HAS_CUDA" != 1 ]; then
+    echo "== scale: skipped (no CUDA GPU; on a CPU run benchmarks/bench_scale.py itself)"
+  else
+    run_part scale "$PY" benchmarks/bench_scale.py --section memory key --json "$LOGS/scale.json"
   fi
 fi
 
