@@ -101,3 +101,33 @@ rule prepare_benchmark:
         "python -m workflow_scripts.evaluation.exam_files --name {wildcards.benchmark} "
         "--test {input.test:q} {params.dev} --out-dir {params.out_dir:q} > {log:q} 2>&1"
 
+
+# Optional (a top-level `judge:`): an OpenAI-compatible model judges each experiment's
+# generated answers against its base's, both orders; replies are cached in
+# results/judge_cache/ (not an output: kept when a job fails, shared by every job).
+JUDGE = CFG.get("judge")
+JUDGMENTS = expand("results/eval/{e}/judgments.jsonl", e=EXPERIMENTS) if JUDGE else []
+
+
+rule judge:
+    input:
+        tuned="results/eval/{experiment}/predictions.jsonl",
+        base=lambda w: f"{base_eval_dir(w.experiment)}/predictions.jsonl",
+        code=code("evaluation/judge", "evaluation/judge_client", "common/io_utils"),
+    output:
+        "results/eval/{experiment}/judgments.jsonl",
+    wildcard_constraints:
+        experiment=alternatives_regex(EXPERIMENTS),
+    params:
+        cfg=canonical_json(JUDGE or {}),
+        tuned_dir=lambda w, input: os.path.dirname(input.tuned),
+        base_dir=lambda w, input: os.path.dirname(input.base),
+    localrule: True  # network calls only: from the submitting node, which reaches the judge
+    conda:
+        "../envs/workflow.yaml"
+    log:
+        "logs/judge/{experiment}.log",
+    shell:
+        "python -m workflow_scripts.evaluation.judge --config {params.cfg:q} "
+        "--base-eval {params.base_dir:q} --eval {params.tuned_dir:q} "
+        "--cache-dir results/judge_cache --out {output:q} > {log:q} 2>&1"

@@ -9,6 +9,7 @@ rule snapshot_config:
             "base_models": CFG["base_models"],
             "report": CFG["report"],
             "seed": CFG["seed"],
+            **({"judge": JUDGE} if JUDGE else {}),
         }),
     localrule: True
     log:
@@ -34,6 +35,7 @@ rule collect_metrics:
             for f in ("predictions", "record_losses", "general_text", "benchmarks")
         ],
         stats=expand("results/data/{d}/stats.json", d=CFG["datasets"]),
+        judgments=JUDGMENTS,  # empty unless a judge is configured
         code=code(
             "report/collect_metrics",
             "report/general_tables",
@@ -43,8 +45,11 @@ rule collect_metrics:
             "evaluation/metric_intervals",
             "report/studies",
             "report/family",
+            "report/judge_table",
+            "evaluation/judge",
         ),
     output:
+        **({"judge": "results/metrics/judge.tsv"} if JUDGE else {}),
         experiments=report(
             "results/metrics/experiments.tsv",
             caption="../reports/captions/experiments.rst",
@@ -127,6 +132,7 @@ rule render_report:
             "report/summary",
             "report/tracking_status",
             "report/family",
+            "report/judge_section",
         ),
         tracking=lambda w: TRACKING_RECEIPTS,  # empty unless tracking is configured
     output:

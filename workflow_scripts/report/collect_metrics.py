@@ -21,6 +21,7 @@ from workflow_scripts.evaluation import bootstrap
 from workflow_scripts.evaluation.metric_intervals import (EvalRun, change_pct, interval,
                                                           paired_difference, verdict)
 from workflow_scripts.report import family
+from workflow_scripts.report.judge_table import judge_tables
 from workflow_scripts.report.general_tables import collect_general
 from workflow_scripts.report.studies import study_rows
 
@@ -273,7 +274,8 @@ def collect(run: dict, results: Path, out_dir: Path,
         "quantization": pd.DataFrame(quantization_rows(configs, evals),
                                      columns=QUANTIZATION_COLUMNS),
         "ranking": pd.DataFrame(ranking_rows(experiments, results, evals),
-                                columns=RANKING_COLUMNS)})
+                                columns=RANKING_COLUMNS),
+        **judge_tables(run, results, evals.seed, resamples)})  # judge.tsv, when judging
     for name, table in tested.items():
         write_tsv(table, out_dir / f"{name}.tsv")
     write_tsv(pd.DataFrame(study_rows(run), columns=["study", "kind", "varies", "experiment"]),

@@ -23,6 +23,7 @@ from workflow_scripts.common.io_utils import read_json, write_json
 from workflow_scripts.report import sections
 from workflow_scripts.report.general_tables import report_tables as general_tables
 from workflow_scripts.report.formatting import Table, fmt
+from workflow_scripts.report.judge_section import judge_context
 from workflow_scripts.report.plots import draw_all
 from workflow_scripts.report.studies import HYPERPARAMETERS, METHOD, RANK
 from workflow_scripts.report.summary import summary
@@ -123,6 +124,7 @@ def build_context(run: dict, metrics_dir: Path, results: Path, plot_info: dict,
         "gains": sections.gains_table(comparison, experiments),
         "tools": sections.tool_table(comparison),
         **general_tables(metrics_dir),  # general text (forgetting) and benchmarks
+        **judge_context(metrics_dir),  # the judge's table, empty without judge.tsv
         "studies": {label: sections.study_tables(studies, experiments, comparison, kind)
                     for label, kind in (("Rank", RANK), ("LoRA vs QLoRA", METHOD),
                                         ("Hyper-parameter rounds", HYPERPARAMETERS))},

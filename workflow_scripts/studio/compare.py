@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from workflow_scripts.studio.catalog import TEXT_METRICS, Catalog, flatten
+from workflow_scripts.studio.compare_claims import add_claims
 from workflow_scripts.studio.files import read_jsonl_cached
 from workflow_scripts.studio.general_view import general_view
 
@@ -70,7 +71,7 @@ def comparison(catalog: Catalog, names: list[str]) -> dict:
         "experiments": names,
         "curves": {n: catalog.curves(n) for n in names},
         "config_diff": config_diff(catalog, names),
-        "metrics": metrics_side_by_side(rows),
+        "metrics": add_claims(catalog.workdir, metrics_side_by_side(rows), rows),  # verdicts
         "predictions": predictions_side_by_side(catalog, names),
         **general_view(catalog.workdir, names),  # forgetting and benchmarks, from the report's tables
         "rows": rows,

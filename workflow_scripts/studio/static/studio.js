@@ -201,12 +201,19 @@ async function comparePage() {
   $("#metrics").replaceChildren(el("thead", {}, el("tr", {}, el("th", {}, "metric"),
     names.map((n, i) => el("th", {}, i ? `${n} (Δ vs ${names[0]})` : n)))),
     el("tbody", {}, data.metrics.map((m) => el("tr", {}, el("td", {}, m.metric), names.map((n, i) => {
-      const diff = m.diff[n], ci = m.intervals[n];
-      const better = diff ? (diff < 0) === m.lower_is_better : null;
+      const diff = m.diff[n], ci = m.intervals[n], base = m.vs_base && m.vs_base[n];
+      // coloured only where the report's paired interval backs a verdict (compare_claims.py)
+      const claim = (v) => (v === "better" || v === "worse" ? v : "ci");
+      const signed = (x) => `${x > 0 ? "+" : ""}${fmt(x, 3)}`;
       return el("td", { class: "num" }, fmt(m.values[n]),
         ci ? el("span", { class: "ci" }, ` [${fmt(ci[0], 3)}, ${fmt(ci[1], 3)}]`) : null,
-        i && diff !== null && diff !== undefined ? el("span", { class: better === null ? "ci" : better ? "better" : "worse" },
-          ` (${diff > 0 ? "+" : ""}${fmt(diff, 3)})`) : null);
+        i && m.not_compared && m.not_compared[n] ? el("span", { class: "ci not-compared" },
+          ` (${m.not_compared[n]}: not compared)`) : null,
+        i && diff !== null && diff !== undefined ? el("span", { class: `vs-first ${claim(m.verdict && m.verdict[n])}` },
+          ` (${signed(diff)})`) : null,
+        base && base.difference !== null ? el("span", { class: `vs-base ${claim(base.verdict)}`,
+          title: base.verdict || "" }, ` vs base ${signed(base.difference)}` +
+          (base.low !== null ? ` [${signed(base.low)}, ${signed(base.high)}]` : "")) : null);
     })))));
 
   $("#predictions").replaceChildren(el("thead", {}, el("tr", {}, el("th", {}, "prompt"), el("th", {}, "reference"),
