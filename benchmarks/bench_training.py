@@ -179,14 +179,15 @@ def run_workflow(work: Path, batch: int, packing: bool) -> dict:
     from transformers import set_seed
 
     from workflow_scripts.models.loading import load_tokenizer
-    from workflow_scripts.training.train_adapter import build_peft_model, build_trainer
+    from workflow_scripts.training.train_adapter import build_peft_model, build_trainer, tokenize_here
 
     model_dir = work / "speed-model"
     spec = job(model_dir, "lora", **speed_training(batch, packing=packing))
     set_seed(0)
     model = build_peft_model(str(model_dir), spec["experiment"], False)
     name = f"workflow-{packing}"
-    trainer, _ = build_trainer(spec, model, load_tokenizer(str(model_dir)), work / "speed-data",
+    tokenized = tokenize_here(spec, str(model_dir), work / "speed-data", work / f"{name}-tokenized")
+    trainer, _ = build_trainer(spec, model, load_tokenizer(str(model_dir)), tokenized,
                                work / name, work / f"{name}-checkpoints")
     trainer.args.save_strategy = "no"  # no checkpoint at the end either, as in the baselines
     return timed_train(trainer)

@@ -15,7 +15,8 @@ rule train_adapter:
         model=get_experiment_model_dir,
         train=lambda w: f"{experiment_data_dir(w)}/train.jsonl",
         valid=lambda w: f"{experiment_data_dir(w)}/valid.jsonl",
-        code=code(*TRAIN_CODE),
+        tokenized=lambda w: f"{tokenized_dir(w)}/manifest.json",  # rules/tokenize.smk
+        code=code(*TRAIN_CODE, "training/tokenize_dataset"),
     output:
         adapter="results/adapters/{experiment}/adapter_model.safetensors",
         adapter_config="results/adapters/{experiment}/adapter_config.json",
@@ -25,6 +26,7 @@ rule train_adapter:
     params:
         cfg=training_job,
         data_dir=experiment_data_dir,
+        tokenized_dir=tokenized_dir,
         launcher=lambda w: train_launcher(EXPERIMENTS[w.experiment]["training"]),
     threads: lambda w: stage_resources(EXPERIMENTS[w.experiment], "train")["threads"]
     resources:
@@ -55,6 +57,7 @@ rule train_adapter:
         "--total {resources.machine_gpus} -- "
         "{params.launcher} -m workflow_scripts.training.train_adapter --config {params.cfg:q} "
         "--model-dir {input.model:q} --data-dir {params.data_dir:q} "
+        "--tokenized-dir {params.tokenized_dir:q} "
         "--out-dir results/adapters/{wildcards.experiment} "
         "--checkpoint-dir results/checkpoints/{wildcards.experiment} "
         "--progress-file logs/train_adapter/{wildcards.experiment}.progress.jsonl "

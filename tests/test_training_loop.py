@@ -13,7 +13,8 @@ from workflow_scripts.training.chat_tokenize import tokenize_records
 from workflow_scripts.training.length_sampler import EpochSeededLengthSampler, length_grouped_order
 from workflow_scripts.training.token_loss import mean_loss, record_loss_sums
 from workflow_scripts.training.train_adapter import (build_trainer, final_training_loss,
-                                                     padding_collator, train, training_arguments)
+                                                     padding_collator, tokenize_here, train,
+                                                     training_arguments)
 
 
 def test_same_config_twice_gives_identical_adapters(qwen2_dir, data_dir, tmp_path):
@@ -97,8 +98,9 @@ def test_batches_are_grouped_by_length_but_not_visited_longest_first(qwen2_dir, 
     job = make_job(qwen2_dir, training__max_length=128, training__batch_size=4)
     tokenizer = load_tokenizer(str(qwen2_dir))
     model = load_model(str(qwen2_dir))
-    trainer, _ = build_trainer(job, model, tokenizer, varied_lengths_data(tmp_path / "d", 200),
-                               tmp_path / "out", tmp_path / "c")
+    tokenized = tokenize_here(job, str(qwen2_dir), varied_lengths_data(tmp_path / "d", 200),
+                              tmp_path / "tokenized")
+    trainer, _ = build_trainer(job, model, tokenizer, tokenized, tmp_path / "out", tmp_path / "c")
     loader = trainer.get_train_dataloader()
     grouped = padding_share(loader)
     # 50 batches in mega-batches of 12: walked longest-first, a batch is longer than the one

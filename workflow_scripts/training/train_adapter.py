@@ -1,8 +1,10 @@
 """Train one PEFT adapter (LoRA, QLoRA or DoRA) with the transformers Trainer.
 
-Checkpoints go to a directory outside the rule's outputs, keyed by a hash of the job's
-config, its data files and its base model's files, so a killed job resumes where it stopped
-and a changed config, data file or model never resumes from a stale checkpoint. Batches are
+The data comes tokenized (workflow_scripts/training/tokenize_dataset.py: Arrow files, memory-mapped,
+shared by every experiment with the same tokens). Checkpoints go to a directory outside the
+rule's outputs, keyed by a hash of the job's config, its tokenized data's manifest and its base
+model's files, so a killed job resumes where it stopped and a changed config, token or model
+never resumes from a stale checkpoint. Batches are
 length-grouped with dynamic padding (workflow_scripts/training/length_sampler.py), or packed
 (`training.packing`, see workflow_scripts/training/packing.py). Every reported validation loss is the
 token-weighted loss of workflow_scripts/training/token_loss.py. Under a data-parallel launch
@@ -16,11 +18,12 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from workflow_scripts.common.cli import parser as cli_parser
-from workflow_scripts.common.io_utils import canonical_json, read_jsonl, write_json, write_jsonl
+from workflow_scripts.common.io_utils import canonical_json, write_json, write_jsonl
 from workflow_scripts.common.run_info import write_run_info
 from workflow_scripts.launch.local_launch import init_from_launcher
 from workflow_scripts.models.content_hash import data_file_hashes, model_file_hashes
@@ -135,32 +138,15 @@ def build_peft_model(model_dir: str, experiment: dict, trust_remote_code: bool):
     return get_peft_model(model, lora_config(experiment["method"], experiment["lora"], token_ids))
 
 
-def tokenize_split(tokenizer, path: Path, training: dict):
-    """The split's features and tokenization stats; no features for a missing or empty file."""
-    from workflow_scripts.training.chat_tokenize import TokenizeStats, tokenize_records
+def tokenize_here(job: dict, model_dir: str, data_dir: Path, out_dir: Path) -> Path:
+    """Tokenize `data_dir` for this job into `out_dir`, as the workflow's tokenize_dataset job
+    does once for every experiment with the same tokens; for runs outside the workflow."""
+    from workflow_scripts.training.tokenize_dataset import token_settings, tokenize
 
-    if not path.exists():
-        return [], TokenizeStats()
-    records = list(read_jsonl(path))
-    overflow = training.get("overflow", "truncate")
-    return tokenize_records(tokenizer, records, training["max_length"], overflow)
-
-
-def training_dataset(tokenizer, path: Path, training: dict):
-    """The train split as a Dataset (packed if configured) with a `length` column."""
-    from datasets import Dataset
-
-    from workflow_scripts.training.packing import pack_features
-
-    features, stats = tokenize_split(tokenizer, path, training)
-    if not features:
-        raise SystemExit(f"{path}: no record left to train on after tokenization ({stats.as_dict()})")
-    if training.get("packing", False):
-        features = pack_features(features, training["max_length"])
-        stats.packed_rows = len(features)
-    for feature in features:
-        feature["length"] = len(feature["input_ids"])
-    return Dataset.from_list(features), stats
+    settings = token_settings(job["experiment"]["training"])
+    settings["trust_remote_code"] = job["base_model"].get("trust_remote_code", False)
+    tokenize(data_dir, model_dir, settings, out_dir)
+    return out_dir
 
 
 def training_arguments(experiment: dict, seed: int, checkpoint_dir: Path, tensorboard_dir: Path,
@@ -428,20 +414,21 @@ def padding_collator(tokenizer):
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
 
 
-def build_trainer(job: dict, model, tokenizer, data_dir: Path, out_dir: Path, checkpoint_dir: Path,
-                  clock=None):
-    """The configured Trainer and the tokenization stats of the train split.
+def build_trainer(job: dict, model, tokenizer, tokenized_dir: Path, out_dir: Path,
+                  checkpoint_dir: Path, clock=None):
+    """The configured Trainer and the tokenization stats of the train split, from a tokenized
+    dataset (tokenize_dataset's Arrow files, memory-mapped).
 
     Without validation records (an empty or missing valid.jsonl) the Trainer never evaluates.
     """
     from transformers.trainer_callback import ProgressCallback
 
     from workflow_scripts.training.progress import RunClock
+    from workflow_scripts.training.tokenize_dataset import load_tokenized
 
     experiment = job["experiment"]
     training = experiment["training"]
-    train_set, stats = training_dataset(tokenizer, data_dir / "train.jsonl", training)
-    valid_features, _ = tokenize_split(tokenizer, data_dir / "valid.jsonl", training)
+    train_set, valid_features, stats = load_tokenized(tokenized_dir)
     args = training_arguments(experiment, job["seed"], checkpoint_dir, out_dir / "tensorboard",
                               evaluate=bool(valid_features))
     trainer = workflow_trainer_class()(
@@ -461,9 +448,13 @@ def build_trainer(job: dict, model, tokenizer, data_dir: Path, out_dir: Path, ch
     return trainer, stats
 
 
-def prepare_checkpoints(job: dict, model_dir: str, data_dir: Path, checkpoint_root: Path) -> Path:
-    """This job's checkpoint directory; the main process removes those of other keys."""
-    data_files = [data_dir / "train.jsonl", data_dir / "valid.jsonl"]
+def prepare_checkpoints(job: dict, model_dir: str, tokenized_dir: Path, checkpoint_root: Path
+                        ) -> Path:
+    """This job's checkpoint directory; the main process removes those of other keys.
+
+    The tokenized data's manifest names its settings, tokenizer and the SHA-256 of its
+    sources and Arrow files: other tokens never resume this checkpoint."""
+    data_files = [tokenized_dir / "manifest.json"]
     key = checkpoint_key(job, data_files, model_dir, hash_cache_dir(checkpoint_root))
     checkpoint_dir = checkpoint_root / key
     if is_main_process():
@@ -473,8 +464,22 @@ def prepare_checkpoints(job: dict, model_dir: str, data_dir: Path, checkpoint_ro
 
 
 def train(job: dict, model_dir: str, data_dir: Path, out_dir: Path, checkpoint_root: Path,
-          progress_file: Path | None = None) -> dict | None:
-    """Train, evaluate and write the adapter and its logs; the metrics (None off rank 0)."""
+          progress_file: Path | None = None, tokenized_dir: Path | None = None) -> dict | None:
+    """Train, evaluate and write the adapter and its logs; the metrics (None off rank 0).
+
+    The data is `tokenized_dir` (the workflow's tokenize_dataset output) or, without one,
+    `data_dir`'s JSONL tokenized here into a temporary directory."""
+    if tokenized_dir is not None:
+        return train_tokenized(job, model_dir, tokenized_dir, out_dir, checkpoint_root,
+                               progress_file)
+    with tempfile.TemporaryDirectory(prefix="tokenized-") as tmp:
+        tokenized = tokenize_here(job, model_dir, data_dir, Path(tmp))
+        return train_tokenized(job, model_dir, tokenized, out_dir, checkpoint_root, progress_file)
+
+
+def train_tokenized(job: dict, model_dir: str, tokenized_dir: Path, out_dir: Path,
+                    checkpoint_root: Path, progress_file: Path | None = None) -> dict | None:
+    """`train` on a tokenized dataset."""
     from transformers import set_seed
 
     from workflow_scripts.models.loading import load_tokenizer
@@ -486,10 +491,11 @@ def train(job: dict, model_dir: str, data_dir: Path, out_dir: Path, checkpoint_r
     tokenizer = load_tokenizer(model_dir, trust_remote_code=trust)
     model = build_peft_model(model_dir, experiment, trust)
 
-    checkpoint_dir = prepare_checkpoints(job, model_dir, data_dir, checkpoint_root)
+    checkpoint_dir = prepare_checkpoints(job, model_dir, tokenized_dir, checkpoint_root)
     checkpoint = last_complete_checkpoint(checkpoint_dir)
     clock = RunClock(load_clock(checkpoint))
-    trainer, stats = build_trainer(job, model, tokenizer, data_dir, out_dir, checkpoint_dir, clock)
+    trainer, stats = build_trainer(job, model, tokenizer, tokenized_dir, out_dir, checkpoint_dir,
+                                   clock)
     writes = trainer.is_world_process_zero()
     progress = ProgressFile(progress_file if writes else None)
     recorder = RunRecorder(clock, checkpoint_dir / "timings.jsonl", progress, checkpoint is not None)
@@ -519,6 +525,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", required=True, help="the base model's directory")
     parser.add_argument("--data-dir", required=True, type=Path,
                         help="the prepared dataset (train.jsonl, valid.jsonl)")
+    parser.add_argument("--tokenized-dir", type=Path, default=None,
+                        help="its tokenized form (tokenize_dataset's output); without it, "
+                        "--data-dir is tokenized here")
     parser.add_argument("--out-dir", required=True, type=Path,
                         help="where the adapter, trainer_log.jsonl and train_metrics.json go")
     parser.add_argument("--checkpoint-dir", required=True, type=Path,
@@ -537,10 +546,12 @@ def main(argv: list[str] | None = None) -> None:
     if is_main_process():
         args.out_dir.mkdir(parents=True, exist_ok=True)
     metrics = train(job, args.model_dir, args.data_dir, args.out_dir, args.checkpoint_dir,
-                    args.progress_file)
+                    args.progress_file, args.tokenized_dir)
     if metrics is None:
         return
     data_files = [args.data_dir / name for name in ("train.jsonl", "valid.jsonl")]
+    if args.tokenized_dir is not None:
+        data_files.append(args.tokenized_dir / "manifest.json")
     write_run_info(args.out_dir, job, job["seed"], [p for p in data_files if p.exists()],
                    extra={k: metrics[k] for k in ("processes", "devices")})
     print(json.dumps({k: metrics[k] for k in ("steps", "final_loss", "eval_loss", "wall_time_s")}))
