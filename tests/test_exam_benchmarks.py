@@ -184,3 +184,27 @@ def test_smoke_report_shows_forgetting_and_benchmarks_for_every_adapter(smoke_ru
                     "Benchmarks (multiple choice through lm-eval"):
         section = report.split(heading, 1)[1].split("###", 1)[0]
         assert all(f"| {name} |" in section for name in experiments)
+
+
+def test_a_configured_general_text_reads_txt_and_jsonl_and_names_a_bad_line(tmp_path):
+    from workflow_scripts.evaluation.general_spec import general_job
+    from workflow_scripts.evaluation.general_text import GeneralTextError, part_texts
+
+    (tmp_path / "wiki.txt").write_text("第一段。\n\n第二段。\n", encoding="utf-8")
+    (tmp_path / "chat.jsonl").write_text(
+        '{"id": "a", "text": "你好"}\n'
+        '{"messages": [{"role": "user", "content": "问"}, {"role": "assistant", "content": "答"}]}\n',
+        encoding="utf-8")
+    config = {"base_models": {"real": {"source": "path", "path": "/m", "general_text": {
+        "files": [str(tmp_path / "wiki.txt"), str(tmp_path / "chat.jsonl")], "max_records": 2}}},
+        "benchmarks": {}}
+    job = general_job(config, {"base_model": "real", "evaluation": {}})
+    assert list(job["texts"]) == ["wiki", "chat"] and job["max_records"] == 2
+    assert part_texts(job["texts"]["wiki"], 2) == [("1", "第一段。"), ("3", "第二段。")]
+    assert part_texts(job["texts"]["chat"], 2) == [("a", "你好"), ("2", "问\n答")]
+    (tmp_path / "chat.jsonl").write_text('{"id": "a", "text": "你好"}\n{"body": 1}\n', encoding="utf-8")
+    with pytest.raises(GeneralTextError, match=r"chat\.jsonl, line 2: expected a JSON object"):
+        part_texts(job["texts"]["chat"], 5)
+    # a hub or path model without general_text and without benchmarks scores nothing extra
+    del config["base_models"]["real"]["general_text"]
+    assert general_job(config, {"base_model": "real", "evaluation": {}}) is None
