@@ -2,7 +2,7 @@ rule prepare_dataset:
     input:
         raw=lambda w: dataset_files(w.dataset),
         code=code("data/prepare_dataset", "data/formats", "data/cleaning", "data/split",
-                  "common/run_info"),
+                  "data/dedupe_index", "common/run_info"),
     output:
         train="results/data/{dataset}/train.jsonl",
         valid="results/data/{dataset}/valid.jsonl",

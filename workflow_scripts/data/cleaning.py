@@ -16,7 +16,10 @@ import unicodedata
 from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
+
 from workflow_scripts.common.io_utils import canonical_json
+from workflow_scripts.data.dedupe_index import DigestIndex, Run, digest_halves, first_in_batch
 
 # Every reason a record can be rejected for, in the order the checks run.
 TOOL_REASONS = ("bad_tools", "bad_tool_call", "tool_args_not_json", "tool_result_without_call",
@@ -210,10 +213,11 @@ def content_digests(messages: list[dict[str, str]]) -> tuple[int, bytes]:
 
 
 class Deduplicator:
-    """Remembers kept records by normalized digest; the first occurrence is kept."""
+    """Remembers kept records by normalized digest; the first occurrence is kept. The
+    digests are held compactly (`dedupe_index.DigestIndex`: 32 bytes a record)."""
 
     def __init__(self) -> None:
-        self._seen: dict[bytes, tuple[int, str, int]] = {}
+        self._index = DigestIndex()
 
     def check(self, exact: int, normalized: bytes, file: str, index: int) -> Rejection | None:
         """None for a new record (now remembered), else why it is a duplicate of a kept one."""
@@ -222,12 +226,27 @@ class Deduplicator:
     def check_all(self, exact: list[int], normalized: list[bytes], file: str,
                   indexes: list[int]) -> dict[int, Rejection]:
         """`check` for records in file order: {position in the lists: why} for duplicates."""
-        seen, found = self._seen, {}
-        for k, (digest, exact_digest, index) in enumerate(zip(normalized, exact, indexes)):
-            first = seen.get(digest)
-            if first is None:
-                seen[digest] = (exact_digest, file, index)
-                continue
-            reason = "duplicate_exact" if first[0] == exact_digest else "duplicate_normalized"
-            found[k] = reason, f"same content as {first[1]} record {first[2]}"
+        if not normalized:
+            return {}
+        hi, lo = digest_halves(normalized)
+        exact_hashes = np.array(exact, dtype=np.int64)
+        match = self._index.lookup(hi, lo)
+        first = first_in_batch(hi, lo)
+        positions = np.arange(len(hi))
+        new = ~match.found & (first == positions)
+        number = self._index.file_number(file)
+        self._index.add(Run(hi[new], lo[new], exact_hashes[new],
+                            np.full(int(new.sum()), number, np.int32),
+                            np.array(indexes, dtype=np.int64)[new]))
+        found = {}
+        for k in np.flatnonzero(match.found):
+            found[int(k)] = self._rejection(exact[k], int(match.exact[k]),
+                                            self._index.files[match.file[k]], int(match.index[k]))
+        for k in np.flatnonzero(~match.found & (first != positions)):
+            found[int(k)] = self._rejection(exact[k], exact[first[k]], file, indexes[first[k]])
         return found
+
+    @staticmethod
+    def _rejection(exact: int, first_exact: int, file: str, index: int) -> Rejection:
+        reason = "duplicate_exact" if exact == first_exact else "duplicate_normalized"
+        return reason, f"same content as {file} record {index}"

@@ -202,25 +202,30 @@ class Span(NamedTuple):
     end: int  # where the record after the span starts; len(text) at the end of the file
 
 
-def span_starts(text: str, layout: str, size: int) -> list[int]:
-    """Starts of spans of about `size` characters; the first is 0 (the file's start)."""
-    starts = [0]
+def span_starts(text: str, layout: str, size: int, begin: int = 0, limit: int | None = None,
+                cut: re.Pattern | None = None) -> list[int]:
+    """Starts of spans of about `size` characters in [begin, limit); the first is `begin`
+    (the file's start or a true record start). `cut` is `array_cut` of the file's start
+    (default: computed from `text`, which must then start the file)."""
+    limit = len(text) if limit is None else limit
+    starts = [begin]
     if layout == "array":
-        cut = _array_cut(text)
+        cut = cut or array_cut(text)
         if cut is None:
             return starts
         find = lambda pos: (m := cut.search(text, pos)) and m.end()  # noqa: E731
     else:
         find = lambda pos: text.find("\n", pos) + 1  # noqa: E731
-    pos = find(size)
-    while pos and pos < len(text):
+    pos = find(begin + size)
+    while pos and pos < limit:
         starts.append(pos)
         pos = find(pos + size)
     return starts
 
 
-def _array_cut(text: str) -> re.Pattern | None:
-    """A comma and blanks followed by the start of the first record up to its first key."""
+def array_cut(text: str) -> re.Pattern | None:
+    """A comma and blanks followed by the start of the first record up to its first key,
+    read from the start of an array file; None when records are not objects."""
     try:
         start = _JSON_WS.match(text, _JSON_WS.match(text).end() + 1).end()
         _, end = _raw_decode(text, start)
@@ -232,18 +237,39 @@ def _array_cut(text: str) -> re.Pattern | None:
     return re.compile(r",[ \t\n\r]*(?=" + re.escape(key.group()) + ")")
 
 
-def parse_span(text: str, layout: str, start: int, stop: int) -> Span:
-    """The records starting in [start, stop) of a span that starts at a record (or at 0)."""
+
+def is_array_lines(text: str) -> bool:
+    """Whether text starting with `[` is JSON Lines of arrays (LCCC dialogues one per line):
+    its first line is a whole JSON value and more follows it."""
+    start = _JSON_WS.match(text).end()
+    newline = text.find("\n", start)
+    if newline < 0:
+        return False
+    try:
+        _decode(text[start:newline])
+    except ValueError:
+        return False
+    return bool(text[newline:newline + 4096].strip())
+
+
+def parse_span(text: str, layout: str, start: int, stop: int, first: bool = True,
+               last: bool = True) -> Span:
+    """The records starting in [start, stop) of a span that starts at a record (or at 0).
+
+    `text` may be one block of a file read piece by piece: `first` when it starts the file
+    (an array's `[` is at 0), `last` when it ends it (an array's `]` may close it)."""
     try:
         if layout == "array":
-            return _array_span(text, start, stop)
+            return _array_span(text, start, stop, first, last)
         return _lines_span(text, start, stop)
-    except (json.JSONDecodeError, IndexError):
+    except SpanError:
+        raise
+    except (ValueError, IndexError):  # JSONDecodeError, or a line that does not end in text
         raise SpanError(f"no valid records at {start}") from None
 
 
-def _array_span(text: str, pos: int, stop: int) -> Span:
-    if pos == 0:  # past the opening bracket
+def _array_span(text: str, pos: int, stop: int, first: bool = True, last: bool = True) -> Span:
+    if pos == 0 and first:  # past the opening bracket
         pos = _JSON_WS.match(text).end()
         if text[pos] != "[":
             raise SpanError("no array")
@@ -254,7 +280,7 @@ def _array_span(text: str, pos: int, stop: int) -> Span:
         span.records.append(record)
         span.places.append((pos, end))
         pos = _JSON_WS.match(text, end).end()
-        if text[pos] == "]" and _JSON_WS.match(text, pos + 1).end() == len(text):
+        if last and text[pos] == "]" and _JSON_WS.match(text, pos + 1).end() == len(text):
             return span
         if text[pos] != ",":
             raise SpanError(f"no comma after the record at {span.places[-1][0]}")

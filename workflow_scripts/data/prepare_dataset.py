@@ -7,15 +7,21 @@ file paths in it are relative to the current directory. One pass over each file:
 normalize -> clean -> dedupe -> split -> write; large files are parsed and cleaned in
 spans by several processes, with the same outputs. The outputs are written under temporary
 names and renamed at the end, so a failed run leaves no half-written split behind.
+
+Memory does not grow with the corpus beyond the dedupe index (32 bytes a kept record): each
+file is read in blocks of BLOCK_BYTES, records are written as their block is done, and the
+length statistics are counts per length.
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import json.encoder
 import math
 import multiprocessing
 import os
+import re
 import sys
 from array import array
 from collections import Counter, deque
@@ -37,6 +43,8 @@ _encode = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
 _encode_str = json.encoder.encode_basestring  # the C string encoder that keeps non-ASCII
 MEASURES = ("prompt_chars", "response_chars", "turns", "has_input", "trimmed")
 SPAN_CHARS = 1 << 21  # characters per span of a file: about 7,000 Alpaca records
+BLOCK_BYTES = 1 << 26  # bytes of a file read at a time (64 MiB: 32 spans of Chinese text)
+TAIL_CHARS = 1 << 20  # characters kept back at a block's end for a record that crosses it
 
 
 class OutputFiles:
@@ -70,14 +78,38 @@ class OutputFiles:
             handle.close()
 
 
-def summarize(values: array) -> dict[str, float]:
-    """Mean and nearest-rank percentiles of a list of lengths."""
-    ordered = sorted(values)
-    if not ordered:
+class Lengths(Counter):
+    """Lengths as counts per length: exact summaries in memory that grows with the number
+    of distinct lengths only (at most `max_chars`), never with the records."""
+
+    def extend(self, values) -> None:
+        self.update(values)
+
+    def number(self) -> int:
+        """How many lengths were counted."""
+        return sum(self.values())
+
+    def total_length(self) -> int:
+        return sum(length * count for length, count in self.items())
+
+
+def summarize(values: Lengths) -> dict[str, float]:
+    """Mean and nearest-rank percentiles of the lengths, as of the sorted list of them."""
+    n = values.number()
+    if not n:
         return {"mean": 0.0, "p50": 0, "p90": 0, "p99": 0, "max": 0}
-    rank = lambda q: ordered[max(0, math.ceil(q * len(ordered)) - 1)]  # noqa: E731
-    return {"mean": round(sum(ordered) / len(ordered), 2), "p50": rank(0.5),
-            "p90": rank(0.9), "p99": rank(0.99), "max": ordered[-1]}
+    ordered = sorted(values.items())
+
+    def rank(q: float) -> int:
+        position, seen = max(0, math.ceil(q * n) - 1), 0
+        for length, count in ordered:
+            seen += count
+            if seen > position:
+                return length
+        return ordered[-1][0]
+
+    return {"mean": round(values.total_length() / n, 2), "p50": rank(0.5),
+            "p90": rank(0.9), "p99": rank(0.99), "max": ordered[-1][0]}
 
 
 @dataclass
@@ -90,13 +122,13 @@ class DatasetStats:
     per_file: dict[str, dict[str, Any]] = field(default_factory=dict)
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
     splits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
-    prompt_chars: array = field(default_factory=lambda: array("L"))
-    response_chars: array = field(default_factory=lambda: array("L"))
-    turns: array = field(default_factory=lambda: array("L"))
+    prompt_chars: Lengths = field(default_factory=Lengths)
+    response_chars: Lengths = field(default_factory=Lengths)
+    turns: Lengths = field(default_factory=Lengths)
     with_input: int = 0
     trimmed_turns: int = 0
     tool_records: int = 0  # records with a `tools` list
-    calls: array = field(default_factory=lambda: array("L"))  # calls, per record with any
+    calls: Lengths = field(default_factory=Lengths)  # calls, per record with any
     functions: Counter = field(default_factory=Counter)  # calls per function name
 
     def add_file(self, path: str, sha256: str, raw: int, split: str | None) -> None:
@@ -122,7 +154,7 @@ class DatasetStats:
             if kept_positions is None or position in kept_positions:
                 self.tool_records += 1
                 if names:
-                    self.calls.append(len(names))
+                    self.calls[len(names)] += 1
                     self.functions.update(names)
 
     def reject(self, path: str, reason: str) -> None:
@@ -131,7 +163,7 @@ class DatasetStats:
 
     @property
     def kept(self) -> int:
-        return len(self.turns)
+        return self.turns.number()
 
     def result(self, rules: CleaningRules) -> dict[str, Any]:
         kept = max(self.kept, 1)
@@ -143,11 +175,13 @@ class DatasetStats:
                         "response_chars": summarize(self.response_chars)},
             "turns": {"mean": summarize(self.turns)["mean"], "max": max(self.turns, default=0)},
             "share_with_input": round(self.with_input / kept, 4),
-            "share_with_history": round(sum(t > 1 for t in self.turns) / kept, 4),
+            "share_with_history": round(sum(c for t, c in self.turns.items() if t > 1) / kept,
+                                        4),
             "files": self.files, "per_file": self.per_file,
             "trimmed_turns": self.trimmed_turns, "cleaning": vars(rules),
             "tool_calls": {"records_with_tools": self.tool_records,
-                           "records_with_calls": len(self.calls), "calls": sum(self.calls),
+                           "records_with_calls": self.calls.number(),
+                           "calls": self.calls.total_length(),
                            "calls_per_record": summarize(self.calls),
                            "functions": dict(sorted(self.functions.items()))},
         }
@@ -164,6 +198,11 @@ class FileJob:
     normalize: Callable[[Any], Conversation]
     rules: CleaningRules
     splitter: HashSplitter
+    # `text` is one block of the file: whether it starts and ends the file, and how array
+    # spans are cut (`formats.array_cut` of the file's start; None: one span per block)
+    first: bool = True
+    last: bool = True
+    cut: re.Pattern | None = None
 
 
 @dataclass
@@ -234,7 +273,7 @@ def process_span(bounds: tuple[int, int]) -> SpanResult:
     """Parse, normalize, check and hash the records of one span of `_job`'s text."""
     job, (start, stop) = _job, bounds
     try:
-        span = formats.parse_span(job.text, job.layout, start, stop)
+        span = formats.parse_span(job.text, job.layout, start, stop, job.first, job.last)
     except formats.SpanError:
         return SpanResult(start, error=True)
     result = SpanResult(start, span.end, count=len(span.records))
@@ -297,14 +336,17 @@ def called_functions(messages: list[dict]) -> tuple[str, ...]:
 _TURN_STARTS = {role: f'{{"role": "{role}", "content": ' for role in ("system", "user", "assistant")}
 
 
-def run_spans(job: FileJob, workers: int) -> Iterator[SpanResult]:
-    """The file's span results in file order, each starting where the one before ended.
+def run_spans(job: FileJob, workers: int, limit: int | None = None) -> Iterator[SpanResult]:
+    """The block's span results in file order, each starting where the one before ended,
+    for the records that start before `limit` (default: the block's end).
 
     A span whose guessed start fell inside a record is redone here from the true start;
     a span that does not parse from a true start raises `SpanError`.
     """
-    starts = formats.span_starts(job.text, job.layout, SPAN_CHARS)
-    bounds = list(zip(starts, starts[1:] + [len(job.text)]))
+    limit = len(job.text) if limit is None else limit
+    starts = ([0] if job.layout == "array" and job.cut is None
+              else formats.span_starts(job.text, job.layout, SPAN_CHARS, 0, limit, job.cut))
+    bounds = list(zip(starts, starts[1:] + [limit]))
     expected = 0
     for (_, stop), result in zip(bounds, _map_spans(job, bounds, workers)):
         if result.start != expected:
@@ -351,10 +393,11 @@ class Pipeline:
     out: OutputFiles
     stats: DatasetStats
 
-    def process_file(self, job: FileJob, workers: int) -> int:
-        """Process and write every record of `job`; returns the number of records."""
-        format_errors, first_error, index = 0, None, 0
-        for result in run_spans(job, workers):
+    def process_file(self, spans: Iterator[tuple[FileJob, SpanResult]]) -> int:
+        """Write every record of one file's spans (from `file_spans`); returns the number
+        of records."""
+        format_errors, first_error, index, job = 0, None, 0, None
+        for job, result in spans:
             for i, reason, raw, _, detail in result.rejects:
                 if reason in FORMAT_REASONS:
                     format_errors += 1
@@ -437,15 +480,10 @@ def prepare(name: str, spec: dict, cleaning: dict, split: dict, seed: int,
                         stats)
     try:
         for path, fixed_split in plan:
-            data = read_file(path)
-            stats.add_file(path, hashlib.sha256(data).hexdigest(), 0, fixed_split)
-            text = formats.decode_utf8(data, path)
-            del data
-            job = FileJob(text, formats.text_layout(text, path), path, fixed_split, normalize,
-                          rules, splitter)
-            stats.per_file[path]["raw"] = process_text(pipeline, job,
-                                                       workers or default_workers())
-            del text, job
+            stats.add_file(path, "", 0, fixed_split)
+            job = FileJob("", "", path, fixed_split, normalize, rules, splitter)
+            stats.files[path], stats.per_file[path]["raw"] = process_stream(
+                pipeline, job, workers or default_workers())
         if stats.kept == 0:
             raise DataError(f"dataset {name}: no usable records ({_reasons(stats.rejected)})")
         result = stats.result(rules)
@@ -457,24 +495,95 @@ def prepare(name: str, spec: dict, cleaning: dict, split: dict, seed: int,
     return result
 
 
-def process_text(pipeline: Pipeline, job: FileJob, workers: int) -> int:
-    """Process one file's text; returns its number of records.
+class TextReader:
+    """A file's text, read a block at a time: UTF-8 decoded as it comes (a leading BOM
+    dropped) and hashed (SHA-256 of the bytes)."""
 
-    When the text does not parse span by span, the whole-file parser names the error; the
-    one file it accepts anyway is JSON Lines of arrays (LCCC), whose first line looks like
-    an array and fails at once.
-    """
-    try:
-        count = pipeline.process_file(job, workers)
-    except formats.SpanError:
-        formats.parse_text(job.text, job.path)
-        counts = pipeline.stats.per_file[job.path]
-        if job.layout != "array" or counts["kept"] or counts["rejected"]:
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self._file = open(path, "rb")
+        except OSError as err:
+            raise DataError(f"{path}: cannot read ({err.strerror})") from None
+        self._decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self.sha256 = hashlib.sha256()
+        self.eof = False
+
+    def read(self, size: int) -> str:
+        data = self._file.read(size)
+        self.eof = len(data) < size  # a regular file gives less only at its end
+        self.sha256.update(data)
+        try:
+            return self._decoder.decode(data, final=self.eof)
+        except UnicodeDecodeError:
+            refuse_unreadable(self.path)  # names the byte and line
             raise
-        return pipeline.process_file(replace(job, layout="lines"), workers)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def file_spans(reader: TextReader, job: FileJob, workers: int
+               ) -> Iterator[tuple[FileJob, SpanResult]]:
+    """(block, span result) for every span of the file, in file order.
+
+    A block is the text read so far from the first record not yet processed; the records
+    that start before its last TAIL_CHARS characters are processed (all of them at the end
+    of the file) and the rest carried into the next block. A span that fails before the end
+    of the file may hold a record longer than the tail: more is read and it is tried again.
+    """
+    text, tail = job.text, TAIL_CHARS
+    while True:
+        if not reader.eof:
+            text += reader.read(BLOCK_BYTES)
+        block = replace(job, text=text, last=reader.eof)
+        limit = len(text) if block.last else len(text) - tail
+        done = 0
+        try:
+            if limit > 0:
+                for result in run_spans(block, workers, limit):
+                    yield block, result
+                    done = result.end
+        except formats.SpanError:
+            if block.last:
+                raise
+            tail *= 2
+        else:
+            if block.last:
+                return
+            tail = TAIL_CHARS
+        text = text[done:]
+        job = replace(job, first=job.first and done == 0)
+
+
+def process_stream(pipeline: Pipeline, job: FileJob, workers: int) -> tuple[str, int]:
+    """Process one file (`job` without its text); returns its SHA-256 and its number of
+    records."""
+    reader = TextReader(job.path)
+    try:
+        text = reader.read(BLOCK_BYTES)
+        layout = formats.text_layout(text, job.path)
+        if layout == "array" and formats.is_array_lines(text):
+            layout = "lines"  # JSON Lines of arrays (LCCC dialogues)
+        cut = formats.array_cut(text) if layout == "array" else None
+        job = replace(job, text=text, layout=layout, cut=cut)
+        try:
+            count = pipeline.process_file(file_spans(reader, job, workers))
+        except formats.SpanError:
+            refuse_unreadable(job.path)
+            raise
+    finally:
+        reader.close()
     if count == 0:
-        formats.parse_text(job.text, job.path)  # raises: the file holds no records
-    return count
+        raise DataError(f"{job.path}: contains no records")
+    return reader.sha256.hexdigest(), count
+
+
+def refuse_unreadable(path: str) -> None:
+    """Raise the `DataError` that says where a file that does not read record by record is
+    broken, from the whole-file parser (only ever run on a broken file)."""
+    formats.parse_text(formats.decode_utf8(read_file(path), path), path)
+    raise DataError(f"{path}: cannot be read record by record")
 
 
 def _reasons(counts: dict[str, int]) -> str:
