@@ -120,3 +120,12 @@ def test_p_values_come_with_paired_intervals():
     noise = metric_intervals.bootstrap.paired_mean_difference(base, base + rng.normal(size=40))
     assert clear.p_value < 1e-10 and clear.excludes_zero()
     assert noise.p_value > 0.05 and not noise.excludes_zero()
+
+
+def test_the_judge_joins_the_family_in_the_summary():
+    comparison = paired(["better", UNCLEAR], [1e-6, 0.5])
+    judge = paired(["better"], [1e-4]).assign(criterion="win_rate")
+    tested = family.control({"comparison": comparison, "judge": judge})
+    sentence = summary.family_sentence(list(tested.values()))
+    assert sentence.startswith("This report makes 3 paired comparisons")
+    assert "the judge's win rates and scores" in sentence

@@ -28,11 +28,16 @@ def judge_table(table: pd.DataFrame) -> Table:
     return out
 
 
+def judge_frame(metrics_dir: Path) -> pd.DataFrame | None:
+    """judge.tsv, or None without a judge."""
+    path = metrics_dir / "judge.tsv"
+    return pd.read_csv(path, sep="\t") if path.is_file() else None
+
+
 def judge_context(metrics_dir: Path) -> dict:
     """{"judge": Table, "judge_model": name}; an empty table without judge.tsv."""
-    path = metrics_dir / "judge.tsv"
-    if not path.is_file():
+    table = judge_frame(metrics_dir)
+    if table is None:
         return {"judge": Table([]), "judge_model": ""}
-    table = pd.read_csv(path, sep="\t")
     model = str(table["judge_model"].iloc[0]) if not table.empty else ""
     return {"judge": judge_table(table), "judge_model": model}

@@ -23,7 +23,7 @@ from workflow_scripts.common.io_utils import read_json, write_json
 from workflow_scripts.report import sections
 from workflow_scripts.report.general_tables import report_tables as general_tables
 from workflow_scripts.report.formatting import Table, fmt
-from workflow_scripts.report.judge_section import judge_context
+from workflow_scripts.report.judge_section import judge_context, judge_frame
 from workflow_scripts.report.plots import draw_all
 from workflow_scripts.report.studies import HYPERPARAMETERS, METHOD, RANK
 from workflow_scripts.report.summary import summary
@@ -119,7 +119,7 @@ def build_context(run: dict, metrics_dir: Path, results: Path, plot_info: dict,
     return {
         "title": report.get("title", "Training report"),
         "summary": summary(experiments, comparison, t["ranking"], t["quantization"],
-                           t["training_log"]),
+                           t["training_log"], judge_frame(metrics_dir)),
         "rankings": sections.ranking_tables(t["ranking"]) if not t["ranking"].empty else [],
         "gains": sections.gains_table(comparison, experiments),
         "tools": sections.tool_table(comparison),

@@ -43,9 +43,11 @@ def family_sentence(tables: list[pd.DataFrame]) -> str | None:
         return None
     claims = sum(int((t[P_HOLM].notna() & t["verdict"].isin([BETTER, WORSE])).sum())
                  for t in tables if P_HOLM in t)
+    judged = any("criterion" in t for t in tables)
     return (f"This report makes {plural(n, 'paired comparison')} (each fine-tuned model "
             "against its base per metric, runner-ups against the lowest test loss, 4-bit "
-            f"against unquantized bases); {plural(claims, 'better/worse claim')} remain after "
+            "against unquantized bases" + ("; the judge's win rates and scores" if judged else "")
+            + f"); {plural(claims, 'better/worse claim')} remain after "
             "Holm's correction, which keeps the chance of any false claim among all of them "
             "at 5%.")
 
@@ -151,11 +153,14 @@ def quantization_sentence(quantization: pd.DataFrame) -> str | None:
 
 
 def summary(experiments: pd.DataFrame, comparison: pd.DataFrame, ranking: pd.DataFrame,
-            quantization: pd.DataFrame, log: pd.DataFrame) -> dict:
-    """{"run": sentence, "best": [sentences], "findings": [sentences]}."""
+            quantization: pd.DataFrame, log: pd.DataFrame,
+            judge: pd.DataFrame | None = None) -> dict:
+    """{"run": sentence, "best": [sentences], "findings": [sentences]}; `judge` (judge.tsv)
+    joins the family of comparisons when there is one."""
     if experiments.empty:
         return {"run": "No experiment is configured.", "best": [], "findings": []}
-    findings = [s for s in [family_sentence([comparison, ranking, quantization])] if s]
+    family = [comparison, ranking, quantization] + ([judge] if judge is not None else [])
+    findings = [s for s in [family_sentence(family)] if s]
     findings += verdict_counts(comparison) if not comparison.empty else []
     findings += [s for s in (quantization_sentence(quantization) if not quantization.empty
                              else None, trend_sentence(experiments, log)) if s]
