@@ -29,8 +29,9 @@ def run(out: Path, spec: dict, monkeypatch, block: int, tail: int, span: int,
 
 def lccc_dialogs(n: int) -> list:
     rng = random.Random(1)
-    return [[" ".join(f"你好{rng.randint(0, n // 3)}"), " ".join(f"很好{i % 7}"), "谢 谢"]
-            for i in range(n)]
+    trap = '好 , [ "x" , [ 啊'  # inside a string: a wrong span start for arrays of arrays
+    return [[" ".join(f"你好{rng.randint(0, n // 3)}"), " ".join(f"很好{i % 7}"),
+             trap if i % 50 == 0 else "谢 谢"] for i in range(n)]
 
 
 LONG = {"instruction": "长", "output": "很长的回答。" * 400}  # longer than the small tail

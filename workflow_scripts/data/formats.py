@@ -224,13 +224,16 @@ def span_starts(text: str, layout: str, size: int, begin: int = 0, limit: int | 
 
 
 def array_cut(text: str) -> re.Pattern | None:
-    """A comma and blanks followed by the start of the first record up to its first key,
-    read from the start of an array file; None when records are not objects."""
+    """A comma and blanks followed by the start of the first record up to its first key
+    (or by "[" when records are arrays, as LCCC's dialogues), read from the start of an
+    array file; None when records are neither."""
     try:
         start = _JSON_WS.match(text, _JSON_WS.match(text).end() + 1).end()
-        _, end = _raw_decode(text, start)
+        first, end = _raw_decode(text, start)
     except (json.JSONDecodeError, IndexError):
         return None
+    if isinstance(first, list):
+        return re.compile(r",[ \t\n\r]*(?=\[)")
     key = _FIRST_KEY.match(text, start)
     if key is None or key.end() > end:
         return None
