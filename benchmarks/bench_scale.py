@@ -260,14 +260,22 @@ def data_section(args, work: Path) -> list[dict]:
     preparation adds prepare timing and peak RSS, at 100k, 1M and 10M synthetic LCCC-style
     dialogues with the growth exponent. Each returns rows of
     {"stage", "dialogues", "seconds", "peak_rss_mb"} and prints them; `data_summary` below
-    prints the targets. Until then this section measures nothing."""
-    print("data section: not measured yet (items 3 and 4 of issue 19 fill it in)", flush=True)
-    return []
+    prints the targets."""
+    return prepare_section(work)
+
+
+def prepare_section(work: Path) -> list[dict]:
+    """Item 4, bounded-memory preparation: benchmarks/bench_prepare_scale.py (prepare, and
+    json.load of the same file as the baseline, at 100k, 1M and 10M dialogues)."""
+    from bench_prepare_scale import SIZES, prepare_rows
+    return prepare_rows(list(SIZES), work)
 
 
 def data_summary(rows: list[dict]) -> None:
     """Targets: 100k -> 1M grows at most 12x; 1M through prepare+tokenize+pack under 180 s;
-    10M prepared under 3 GiB peak RSS. Filled in with data_section."""
+    10M prepared under 3 GiB peak RSS."""
+    from bench_prepare_scale import print_prepare_summary
+    print_prepare_summary([r for r in rows if r["stage"] in ("prepare", "json.load")])
 
 
 # ---------------------------------------------------------------------------------------------
