@@ -138,11 +138,16 @@ def test_judge_end_to_end_in_the_workflow(smoke_run, server, tmp_path, monkeypat
         "*/predictions.jsonl")))
     assert set(planned) <= {"snapshot_config", "collect_metrics", "render_report", "all"}
     before = server.count("judge-fair")
-    flow.run("--cores", "2")
+    flow.run("--cores", "1")  # one judge job at a time: experiments share answers to ask once
     results = flow.workdir / "results"
     judgments = {p.parent.name: list(read_jsonl(p)) for p in results.glob("eval/*/judgments.jsonl")}
+    for name, rows in judgments.items():  # both orders of every prompt both models answered
+        ids = {r["id"] for r in read_jsonl(results / "eval" / name / "predictions.jsonl")}
+        assert sorted((r["id"], r["order"]) for r in rows) == sorted(
+            (i, o) for i in ids for o in ("base_first", "finetuned_first"))
     n = sum(len(rows) for rows in judgments.values())
-    assert n and server.count("judge-fair") - before == n
+    asked = len(list((results / "judge_cache").rglob("*.json")))  # distinct pairs
+    assert 0 < asked <= n and server.count("judge-fair") - before == asked
     table = pd.read_csv(results / "metrics" / "judge.tsv", sep="\t")
     assert set(table["experiment"]) == set(judgments)
     assert set(table["criterion"]) == {"win_rate", *CRITERIA}
@@ -153,10 +158,10 @@ def test_judge_end_to_end_in_the_workflow(smoke_run, server, tmp_path, monkeypat
     assert "### Judged by judge-fair" in md and "win rate (fine-tuned)" in md
     # re-judging everything hits the cache: not one new call
     flow.run("--cores", "2", "--forcerun", "judge")
-    assert server.count("judge-fair") - before == n
+    assert server.count("judge-fair") - before == asked
     # a judge whose replies do not parse: counted in the table and the report
     judge_config(flow, server, "judge-garbage")
-    flow.run("--cores", "2")
+    flow.run("--cores", "1")
     table = pd.read_csv(results / "metrics" / "judge.tsv", sep="\t")
     assert table["unparseable"].sum() > 0 and (table["judgments"] > 0).all()
     md = (results / "report" / "training_report.md").read_text(encoding="utf-8")

@@ -107,23 +107,27 @@ def paired_answers(base_eval: Path, tuned_eval: Path) -> list[dict]:
 
 
 def judge_all(judge: Judge, cache: ReplyCache, items: list[dict], workers: int = 4) -> list[dict]:
-    """Both orders of every item, from the cache where it has them. Every reply is cached as
-    soon as it arrives, so a JudgeError part-way keeps what was judged."""
-    tasks = [(item, order) for item in items for order in ORDERS]
+    """Both orders of every item, from the cache where it has them, each distinct pair
+    asked once. Every reply is cached as soon as it arrives, so a JudgeError part-way keeps
+    what was judged."""
+    tasks = []
+    for item in items:
+        for order in ORDERS:
+            first, second = (item[m] for m in ORDERS[order])
+            key = cache.key(judge.model, TEMPLATE_ID, item["question"], first, second)
+            tasks.append((item, order, key, (item["question"], first, second)))
+    replies = {key: record["reply"] for *_, key, _ in tasks
+               if (record := cache.get(key)) is not None}
+    missing = {key: shown for *_, key, shown in tasks if key not in replies}
 
-    def one(task: tuple[dict, str]) -> dict:
-        item, order = task
-        first, second = (item[m] for m in ORDERS[order])
-        key = cache.key(judge.model, TEMPLATE_ID, item["question"], first, second)
-        record = cache.get(key)
-        if record is not None:
-            return judgment(item, order, record["reply"], cached=True)
-        reply = judge.reply(messages(item["question"], first, second))
+    def ask(key: str) -> None:
+        reply = judge.reply(messages(*missing[key]))
         cache.put(key, {"model": judge.model, "template": TEMPLATE_ID, "reply": reply})
-        return judgment(item, order, reply, cached=False)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        return list(pool.map(one, tasks))
+        list(pool.map(ask, missing))
+    return [judgment(item, order, cache.get(key)["reply"], cached=key in replies)
+            for item, order, key, _ in tasks]
 
 
 def main(argv: list[str] | None = None) -> None:
