@@ -125,6 +125,7 @@ def test_every_call_turn_is_a_sample_with_the_conversation_before_it():
     # two_cities records have two call turns, trip records two: 2 + 2 + 2 + 2
     assert [s.id for s in samples] == ["r0#1", "r0#3", "r1#1", "r1#6", "r2#1", "r2#3",
                                        "r3#1", "r3#6"]
+    assert [s.conversation for s in samples[:3]] == ["r0", "r0", "r1"]  # resampled together
     second = samples[1]
     assert second.messages == records[0]["messages"][:3]
     assert second.reference == reference_calls(records[0]["messages"][3])
