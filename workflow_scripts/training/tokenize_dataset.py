@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -284,19 +285,23 @@ def split_stats(tokens: SplitTokens, packed_rows: int | None) -> dict:
     return out
 
 
-def tokenize(data_dir: Path, model_dir: str, settings: dict, out_dir: Path, threads: int = 1
-             ) -> dict:
+def tokenize(data_dir: Path, model_dir: str, settings: dict, out_dir: Path, threads: int = 1,
+             timings: dict | None = None) -> dict:
     """Write train.arrow, valid.arrow, stats.json and manifest.json; returns the manifest.
 
     `settings` holds TOKEN_SETTINGS and `trust_remote_code`, and whatever else identifies the
-    job (the dataset, the tokenizer's identity): all of it goes into the manifest."""
+    job (the dataset, the tokenizer's identity): all of it goes into the manifest. `timings`
+    gets the seconds spent encoding, packing (pack_bins) and writing the Arrow files."""
     from workflow_scripts.models.tokenizer_identity import tokenizer_content_hash
     from workflow_scripts.training.packing import pack_bins
 
+    timings = {} if timings is None else timings
+    start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     init_args = (model_dir, settings.get("trust_remote_code", False), settings)
     with Workers(worker_count(threads, data_dir), init_args) as workers:
         encoded = {s: tokenize_split(data_dir / f"{s}.jsonl", out_dir, s, workers) for s in SPLITS}
+    timings.update(encode_s=time.perf_counter() - start, pack_s=0.0)
     stats, rows, sources = {}, {}, {}
     for split, tokens in encoded.items():
         source = data_dir / f"{split}.jsonl"
@@ -305,7 +310,9 @@ def tokenize(data_dir: Path, model_dir: str, settings: dict, out_dir: Path, thre
             raise SystemExit(f"{source}: no record left to train on after tokenization "
                              f"({split_stats(tokens, None)})")
         if split == "train" and settings["packing"]:
+            packing_start = time.perf_counter()
             bins = pack_bins(tokens.lengths.tolist(), settings["max_length"])
+            timings["pack_s"] = time.perf_counter() - packing_start
             rows[split] = packed = write_rows(out_dir / "train.arrow", packed_rows(tokens, bins),
                                               packed_columns())
         else:
@@ -324,6 +331,7 @@ def tokenize(data_dir: Path, model_dir: str, settings: dict, out_dir: Path, thre
         "files_sha256": {f"{s}.arrow": file_sha256(out_dir / f"{s}.arrow") for s in SPLITS},
     }
     write_json(out_dir / "manifest.json", manifest)  # last: its presence means complete
+    timings["write_s"] = time.perf_counter() - start - timings["encode_s"] - timings["pack_s"]
     return manifest
 
 
@@ -371,12 +379,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="worker processes")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # parallel across processes instead
+    timings: dict = {}
     try:
         manifest = tokenize(args.data_dir, args.model_dir, json.loads(args.config), args.out_dir,
-                            args.threads)
+                            args.threads, timings)
     except ValueError as err:
         sys.exit(f"tokenize_dataset: {err}")
-    print(json.dumps({"rows": manifest["rows"], "tokenizer_sha256": manifest["tokenizer_sha256"]}))
+    print(json.dumps({"rows": manifest["rows"], "tokenizer_sha256": manifest["tokenizer_sha256"],
+                      "seconds": {k: round(v, 2) for k, v in timings.items()}}))
 
 
 if __name__ == "__main__":

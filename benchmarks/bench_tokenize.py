@@ -1,0 +1,165 @@
+"""Tokenize + pack time and peak memory at growing corpus sizes: the tokenize_dataset job.
+
+    python benchmarks/bench_tokenize.py [--sizes 100000 1000000] [--threads 2]
+                                        [--max-length 256] [--json out.json]
+
+Writes synthetic LCCC-style dialogues (one to three short user/assistant exchanges of
+Chinese text) as a prepared `train.jsonl` (plus a 5% `valid.jsonl`), trains a 4,000-token
+byte-level BPE with ChatML like the default scratch model, then runs the workflow's own job
+(`python -m workflow_scripts.training.tokenize_dataset`, packing on) in a child process per
+size. It prints wall and CPU seconds (worker processes included), the job's own split into
+encoding, packing (pack_bins) and writing, peak RSS (the job's process plus its largest
+worker times the number of workers: an upper bound), and the growth exponent of time and
+memory between consecutive sizes (1.0 is linear). The baseline is the smallest size: the
+exponent says how time grows with the data. Targets (issue 19): time from 100k to 1M grows
+at most 12x (exponent 1.08); 1M dialogues through prepare, tokenize and pack in under 180 s
+(prepare is measured by bench_prepare_data.py / bench_scale.py).
+
+Other jobs on the machine make wall times noisy: compare CPU seconds, and the load average
+printed before and after.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+COMMON = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动好吗呢啊哈"
+
+
+def utterance(rng: random.Random) -> str:
+    """A short chat line (LCCC's median utterance is about 10 characters)."""
+    pool = COMMON * 4 + "".join(chr(c) for c in range(0x4E00, 0x4E00 + 1500))
+    text = "".join(rng.choices(pool, k=rng.randint(3, 24)))
+    return text + rng.choice(["", "。", "？", "！", "~", "哈哈"])
+
+
+def dialogue(rng: random.Random, i: int) -> dict:
+    messages = []
+    for _ in range(rng.choice([1, 1, 1, 2, 2, 3])):
+        messages += [{"role": "user", "content": utterance(rng)},
+                     {"role": "assistant", "content": utterance(rng)}]
+    return {"id": f"{i:x}", "messages": messages}
+
+
+def write_corpus(data_dir: Path, n: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / "train.jsonl", "w", encoding="utf-8") as train, \
+            open(data_dir / "valid.jsonl", "w", encoding="utf-8") as valid:
+        for i in range(n):
+            line = json.dumps(dialogue(rng, i), ensure_ascii=False) + "\n"
+            (valid if i % 20 == 0 else train).write(line)
+
+
+def build_tokenizer(model_dir: Path) -> None:
+    from workflow_scripts.models.build_base_model import train_tokenizer
+
+    rng = random.Random(1)
+    corpus = [dialogue(rng, i)["messages"] for i in range(5000)]
+    train_tokenizer(corpus, vocab_size=4000).save_pretrained(model_dir)
+
+
+def peak_rss_mib() -> float:
+    with open("/proc/self/status", encoding="ascii") as fh:
+        return int(next(l for l in fh if l.startswith("VmHWM:")).split()[1]) / 1024
+
+
+def child(data_dir: str, model_dir: str, out_dir: str, threads: int, max_length: int) -> None:
+    """Run the job's `tokenize` in this process and print its figures as JSON."""
+    import resource
+
+    from workflow_scripts.training import tokenize_dataset
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    timings: dict = {}
+    settings = {"max_length": max_length, "overflow": "truncate", "packing": True}
+    start = time.perf_counter()
+    manifest = tokenize_dataset.tokenize(Path(data_dir), model_dir, settings, Path(out_dir),
+                                         threads, timings)
+    seconds = time.perf_counter() - start
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    workers = tokenize_dataset.worker_count(threads, Path(data_dir))
+    worker_mib = usage[1].ru_maxrss / 1024 if workers > 1 else 0.0
+    print(json.dumps({"seconds": seconds, "cpu_seconds": sum(u.ru_utime + u.ru_stime for u in usage),
+                      "parent_rss_mib": peak_rss_mib(), "worker_rss_mib": worker_mib,
+                      "peak_rss_mib": peak_rss_mib() + worker_mib * workers, "workers": workers,
+                      "rows": manifest["rows"], **{k: round(v, 2) for k, v in timings.items()}}))
+
+
+def measure(n: int, work: Path, model_dir: Path, threads: int, max_length: int) -> dict:
+    data_dir = work / f"data-{n}"
+    write_corpus(data_dir, n)
+    cmd = [sys.executable, __file__, "--child", str(data_dir), str(model_dir),
+           str(work / f"out-{n}"), str(threads), str(max_length)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"dialogues": n, **row}
+
+
+def exponent(a: dict, b: dict, key: str) -> float:
+    return math.log(b[key] / a[key]) / math.log(b["dialogues"] / a["dialogues"])
+
+
+def report(rows: list[dict]) -> None:
+    print(f"{'dialogues':>10} {'wall s':>8} {'cpu s':>8} {'encode':>7} {'pack':>6} {'write':>6} "
+          f"{'rows':>9} {'peak MiB':>9}")
+    for r in rows:
+        print(f"{r['dialogues']:>10} {r['seconds']:>8.1f} {r['cpu_seconds']:>8.1f} "
+              f"{r['encode_s']:>7.1f} {r['pack_s']:>6.2f} {r['write_s']:>6.2f} "
+              f"{r['rows']['train']:>9} {r['peak_rss_mib']:>9.0f}")
+    for a, b in zip(rows, rows[1:]):
+        growth = b["dialogues"] / a["dialogues"]
+        print(f"{a['dialogues']} -> {b['dialogues']} ({growth:.0f}x data): wall x"
+              f"{b['seconds'] / a['seconds']:.1f} (exponent {exponent(a, b, 'seconds'):.2f}), "
+              f"CPU x{b['cpu_seconds'] / a['cpu_seconds']:.1f} (exponent "
+              f"{exponent(a, b, 'cpu_seconds'):.2f}), pack x{b['pack_s'] / max(a['pack_s'], 1e-3):.1f}, "
+              f"peak RSS x{b['peak_rss_mib'] / a['peak_rss_mib']:.2f}; target: time x12 at most "
+              f"for 10x -> {'met' if b['seconds'] / a['seconds'] <= 1.2 * growth else 'MISSED'}")
+    for r in rows:
+        if r["dialogues"] == 1_000_000:
+            print(f"1M dialogues: tokenize + pack {r['seconds']:.0f} s wall on {r['workers']} "
+                  "workers (the 180 s target is for prepare + tokenize + pack together)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
+        data_dir, model_dir, out_dir, threads, max_length = sys.argv[2:7]
+        child(data_dir, model_dir, out_dir, int(threads), int(max_length))
+        return
+    from workflow_scripts.common.cli import parser as cli_parser
+
+    parser = cli_parser(__doc__)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000],
+                        help="corpus sizes in dialogues, smallest first")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="tokenize_dataset's worker processes")
+    parser.add_argument("--max-length", type=int, default=256, help="packed row length in tokens")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    args = parser.parse_args(argv)
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-tokenize-") as tmp:
+        work = Path(tmp)
+        build_tokenizer(work / "model")
+        for n in sorted(args.sizes):
+            rows.append(measure(n, work, work / "model", args.threads, args.max_length))
+            print(json.dumps(rows[-1]), flush=True)
+    print(f"load average after: {os.getloadavg()}")
+    report(rows)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
