@@ -14,7 +14,7 @@ CHAT_TOKENS = ["<|im_start|>", "<|im_end|>"]
 
 
 def random_base(path: Path, hidden: int = 64, layers: int = 2, seed: int = 0,
-                never_ends: bool = False) -> Path:
+                never_ends: bool = False, context: int = 1024) -> Path:
     """`never_ends`: the special tokens' (tied) embedding rows are zero, so their logit is 0
     while some other token's is positive: greedy decoding runs to its token limit."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -26,7 +26,7 @@ def random_base(path: Path, hidden: int = 64, layers: int = 2, seed: int = 0,
     torch.manual_seed(seed)
     config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=1024, tie_word_embeddings=True,
+                         max_position_embeddings=context, tie_word_embeddings=True,
                          initializer_range=0.3, eos_token_id=im_end,  # 0.3: varied answers
                          pad_token_id=tokenizer.pad_token_id)
     model = Qwen2ForCausalLM(config)

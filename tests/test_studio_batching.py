@@ -163,12 +163,13 @@ def test_a_flood_beyond_the_queue_gets_429_with_retry_after(workdir):
         assert all("[DONE]" in a.text for a in answers if a.status_code == 200)
 
 
+@pytest.mark.slow  # two answers of 1,500 tokens: half a minute
 def test_a_disconnect_mid_stream_frees_its_batch_row(tmp_path):
-    studio_workdir(tmp_path, adapters=1, never_ends=True)
-    # Greedy answers run to the end of the context (about a second here), so only the
-    # disconnect can end one early.
-    long = request(0, model="rand", max_tokens=1000)
-    with serve(tmp_path, max_tokens_cap=1000) as server, \
+    studio_workdir(tmp_path, adapters=1, never_ends=True, context=1536)
+    # Greedy answers run to their limit (seconds here), so only the disconnect can end one
+    # early.
+    long = request(0, model="rand", max_tokens=1500)
+    with serve(tmp_path, max_tokens_cap=1500) as server, \
             httpx2.Client(base_url=server.url, timeout=60) as http:
         assert http.post("/v1/chat/completions", json=long).json()["choices"][0]["finish_reason"] == "length"
         engine = server.app.state.pool.engines[("rand", False)]

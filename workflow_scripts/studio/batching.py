@@ -134,6 +134,8 @@ class BatchEngine:
         self.thread: threading.Thread | None = None
         self.seconds_per_request = 1.0  # a running average, for Retry-After
         self.outcomes: collections.Counter = collections.Counter()  # finish reason -> requests
+        self._layers: list = []
+        self._layers_for: tuple | None = None
 
     # Callers.
     def submit(self, row: Row) -> None:
@@ -220,13 +222,38 @@ class BatchEngine:
                 self._decode()
 
     def _forward(self, input_ids, mask, positions, cache, rows: list[Row]):
-        model = self.base.model
-        kwargs = {}
-        if self.base.adapters:
-            kwargs["adapter_names"] = [r.adapter for r in rows]
-            self._activate(rows)
-        return model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                     past_key_values=cache, use_cache=True, logits_to_keep=1, **kwargs)
+        inputs = dict(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                      past_key_values=cache, use_cache=True, logits_to_keep=1)
+        if not self.base.adapters:
+            return self.base.model(**inputs)
+        self._activate(rows)
+        # What PeftModel does with `adapter_names=`: each adapter layer gets the row names
+        # through a pre-forward hook. Done here with the layers found once per adapter set,
+        # since PEFT walks every module twice per call, a fifth of a small model's step.
+        names = [r.adapter for r in rows]
+
+        def hook(_module, args, kwargs):
+            kwargs["adapter_names"] = names
+            return args, kwargs
+
+        handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in self._adapter_layers()]
+        try:
+            return self.base.model.get_base_model()(**inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _adapter_layers(self) -> list:
+        """The modules that take `adapter_names` (LoRA layers, trainable-token wrappers)."""
+        key = tuple(self.base.adapters.values())
+        if self._layers_for != key:
+            from peft.tuners.lora import LoraLayer
+            from peft.utils.other import AuxiliaryTrainingWrapper
+
+            self._layers = [m for m in self.base.model.modules()
+                            if isinstance(m, (LoraLayer, AuxiliaryTrainingWrapper))]
+            self._layers_for = key
+        return self._layers
 
     def _activate(self, rows: list[Row]) -> None:
         """PEFT's wrappers of trainable tokens pass a mixed batch through only when the
