@@ -45,6 +45,44 @@ def test_one_learning_rate_retrains_that_experiment_only(clone):
     assert clone.planned_jobs() == {}
 
 
+def test_a_sweep_tokenizes_once_per_setting_and_a_rank_change_not_at_all(clone):
+    edit_config(clone, lambda c: c["sweeps"]["rank"]["grid"].update({"lora.r": [2, 4, 8]}))
+    planned = clone.planned_jobs()
+    assert planned["train_adapter"] == 1 and "tokenize_dataset" not in planned
+    # six new experiments over two max_length values: 64 is tokenized already, 128 once
+    edit_config(clone, lambda c: c["sweeps"]["rank"]["grid"].update(
+        {"training.max_length": [64, 128]}))
+    planned = clone.planned_jobs()
+    assert planned["train_adapter"] == 6 and planned["tokenize_dataset"] == 1
+
+
+def test_a_tokenizer_or_template_change_tokenizes_again(clone):
+    """Path models are keyed by their tokenizer's content: two copies share one tokenization,
+    an edited chat template gets its own; the scratch model's template is code."""
+    import shutil
+
+    copies = {}
+    for name in ("copy-a", "copy-b"):
+        copies[name] = clone.workdir / "models" / name
+        shutil.copytree(clone.workdir / "results/models/tiny", copies[name])
+
+    def add_copies(config):
+        for name, path in copies.items():
+            config["base_models"][name] = {"source": "path", "path": str(path)}
+            config["experiments"][f"{name}-exp"] = {"base_model": name, "dataset": "alpaca_zh"}
+
+    edit_config(clone, add_copies)
+    assert clone.planned_jobs()["tokenize_dataset"] == 1
+    template = copies["copy-b"] / "chat_template.jinja"
+    template.write_text(template.read_text().replace("<|im_start|>", "<|im_start|> "))
+    assert clone.planned_jobs()["tokenize_dataset"] == 2
+    module = clone.code / "workflow_scripts" / "models" / "chat_templates.py"
+    module.write_text(module.read_text() + "\n# edited\n")
+    planned = clone.planned_jobs()
+    # the scratch model is rebuilt and its 4 tokenizations follow; copies' too (code input)
+    assert planned["build_base_model"] == 1 and planned["tokenize_dataset"] == 6
+
+
 def test_template_change_rerenders_the_report_only(clone):
     template = clone.code / "reports" / "templates" / "report.md.j2"
     template.write_text(template.read_text() + "\n<!-- edited -->\n")
@@ -57,6 +95,7 @@ def test_evaluation_setting_reruns_evaluations_not_training(clone):
     edit_config(clone, lambda c: c["defaults"]["evaluation"].update(max_new_tokens=6))
     planned = clone.planned_jobs()
     assert "train_adapter" not in planned and "build_base_model" not in planned
+    assert "tokenize_dataset" not in planned
     # rank-r2, rank-r4 and lccc-qlora; the tool experiments set their own max_new_tokens.
     # Bases: alpaca_zh, and lccc in 4 bits (lccc-qlora's twin) and unquantized (its cost)
     assert planned["evaluate"] == 3 and planned["evaluate_base"] == 3
@@ -79,6 +118,7 @@ def test_new_records_rerun_that_dataset_downstream_only(clone):
     planned = clone.planned_jobs()
     # alpaca_zh feeds the two rank experiments and one base evaluation; lccc is untouched
     assert planned["prepare_dataset"] == 1
+    assert planned["tokenize_dataset"] == 1  # the two rank experiments share it
     assert planned["train_adapter"] == 2 and planned["evaluate"] == 2
     assert planned["evaluate_base"] == 1
     assert "build_base_model" not in planned

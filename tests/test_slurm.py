@@ -41,7 +41,8 @@ from make_test_profile import write_test_profile  # noqa: E402
 SNAKEFILE = REPO / "Snakefile"
 SMOKE_CONFIG = REPO / "tests" / "configs" / "smoke.yaml"
 START_SLURM = REPO / "tests" / "slurm" / "start_slurm.sh"
-SLURM_RULES = {"prepare_dataset", "build_base_model", "train_adapter", "evaluate", "evaluate_base"}
+SLURM_RULES = {"prepare_dataset", "build_base_model", "tokenize_dataset", "train_adapter", "evaluate",
+               "evaluate_base"}
 
 pytestmark = pytest.mark.slurm
 

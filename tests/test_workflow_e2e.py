@@ -120,3 +120,17 @@ def test_snakemake_report_bundles_captioned_tables_and_plots(smoke_run, tmp_path
     names = zipfile.ZipFile(archive).namelist()
     for expected in ("training_report.html", "experiments.tsv", "training_loss.png"):
         assert any(n.endswith(expected) for n in names), expected
+
+
+def test_experiments_with_the_same_tokens_share_one_tokenization(smoke_run):
+    results = smoke_run.workdir / "results"
+    assert len(list(results.glob("tokenized/*/*/manifest.json"))) == 4  # 5 experiments, 4 settings
+    used = {}
+    for name in EXPERIMENTS + list(TOOL_EXPERIMENTS):
+        files = read_json(results / f"adapters/{name}/run_info.json")["data_files"]
+        [manifest] = [f for f in files if f.endswith("manifest.json")]
+        used[name] = manifest
+        stats = read_json(smoke_run.workdir / manifest.replace("manifest.json", "stats.json"))
+        assert read_json(results / f"adapters/{name}/train_metrics.json")["tokenization"] == stats["train"]
+    assert used["rank-r2"] == used["rank-r4"]  # the rank sweep tokenized once
+    assert len(set(used.values())) == 4
