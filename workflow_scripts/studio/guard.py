@@ -6,7 +6,8 @@ at 127.0.0.1 reaches the studio from the user's own browser, but its requests st
 `Host: evil.example`. The Origin check refuses a POST that a foreign page's script or form
 sends to the studio's real address. The body limit is checked on `Content-Length` before
 anything is read, and again while a body without one arrives, so no request is buffered
-beyond it.
+beyond it (a refused body is read to its end and dropped, up to DRAIN_BYTES, so the
+client sees the 413).
 """
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from urllib.parse import urlsplit
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 WILDCARDS = ("0.0.0.0", "::", "")
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+# A refused body up to this size is still read (and dropped, never kept), so that a client
+# still sending it gets the 413 instead of a closed connection; a larger one is cut off.
+DRAIN_BYTES = 64 << 20
 
 
 def host_name(value: str) -> str:
@@ -102,8 +106,8 @@ class RequestGuard:
         too_big = _error(413, f"the request body is over this studio's limit of {limit} bytes "
                               f"(--max-body-bytes)", "invalid_request_error", "body_too_large")
         declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return too_big, receive
+        if declared is not None and declared.isdigit() and int(declared) > max(limit, DRAIN_BYTES):
+            return too_big, receive  # not worth reading: the connection closes instead
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -111,10 +115,15 @@ class RequestGuard:
                 return None, _replay([], message, receive)
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > limit:
-                return too_big, receive
-            chunks.append(chunk)
             more = message.get("more_body", False)
+            if size > limit:
+                chunks = []  # nothing more is kept; the rest is read and dropped
+                if size > max(limit, DRAIN_BYTES):
+                    return too_big, receive
+            else:
+                chunks.append(chunk)
+        if size > limit:
+            return too_big, receive
         return None, _replay(chunks, None, receive)
 
 
