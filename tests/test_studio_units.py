@@ -107,6 +107,25 @@ def test_token_streamer_holds_back_a_character_until_its_bytes_are_complete():
     assert pieces == ["a", "你"]
 
 
+def test_token_streamer_decodes_only_the_current_line():
+    class Counting(FakeTokenizer):
+        decoded = 0
+
+        def decode(self, ids, skip_special_tokens=True):
+            Counting.decoded += len(ids)
+            return super().decode(ids)
+
+    pieces: list[str] = []
+    streamer = TokenStreamer(Counting(), pieces.append)
+    streamer.prompt_skipped = True
+    text = "第一行\n" * 200
+    for byte in text.encode():
+        streamer.put_ids([byte])
+    streamer.end()
+    assert "".join(pieces) == text
+    assert Counting.decoded < 20 * len(text.encode())  # not the whole answer at every token
+
+
 def test_status_of_each_stage(workdir):
     catalog = Catalog(workdir / "config.yaml", workdir, stale_after_s=60)
     now = time.time()

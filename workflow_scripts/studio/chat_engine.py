@@ -105,6 +105,8 @@ class TokenStreamer:
         if len(text) > self.sent_chars:
             self.on_text(text[self.sent_chars:])
             self.sent_chars = len(text)
+        if text.endswith("\n"):  # a line is done: decode from here on (not the whole answer
+            self.tokens, self.sent_chars = [], 0  # each time, which grows with its square)
 
 
 def _cancel_criteria(cancel: threading.Event):
