@@ -170,6 +170,9 @@ def log_record(settings: dict, record: RunRecord, curves_sha: str) -> dict:
         for name, path in sorted(record.artifacts.items()):
             client.log_artifact(run_id, str(path), os.path.dirname(name) or None)
         superseded = mark_superseded(client, exp_id, record, run_id)
+        if SUPERSEDED_TAG in run.data.tags:  # this config is current again
+            client.delete_tag(run_id, SUPERSEDED_TAG)
+            client.delete_tag(run_id, TAG_PREFIX + "superseded")
         client.set_terminated(run_id, "FINISHED")
     return {"run_id": run_id, "experiment_id": exp_id, "created": created,
             "params_logged": len(params), "final_metrics_logged": len(final),

@@ -24,7 +24,7 @@ CURVES = {"loss": "train_loss", "eval_loss": "eval_loss", "learning_rate": "lear
           "grad_norm": "grad_norm"}
 # collect_metrics names the test loss `loss` in comparison.tsv and `test_loss` elsewhere
 COMPARISON_NAMES = {"loss": "test_loss"}
-TRAINING_SUMMARY = ("final_loss", "eval_loss", "trainable_params", "total_params", "steps",
+TRAINING_SUMMARY = ("final_loss", "trainable_params", "total_params", "steps",
                     "wall_time_s", "tokens_per_s", "peak_memory_mb")
 TAG_PREFIX = "lora_zh."
 
