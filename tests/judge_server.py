@@ -5,6 +5,7 @@
   every criterion, the longer answer wins (equal lengths: a tie);
 - "judge-garbage": every other reply is prose without JSON;
 - "judge-refuses": a refusal (no content) every time;
+- "judge-slow": answers after two seconds (longer than the client's timeout in the test);
 - "judge-flaky": healthy for `healthy_calls` requests, then HTTP 503 until `healthy_calls`
   is raised again.
 
@@ -13,6 +14,7 @@ the server. Requests without `Authorization: Bearer <key>` get 401.
 """
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import threading
@@ -58,6 +60,8 @@ class JudgeServer:
             model = body["model"]
             first, second = ANSWER.search(body["messages"][-1]["content"]).groups()
             self.calls.append({"model": model, "A": first, "B": second})
+            if model == "judge-slow":
+                await asyncio.sleep(2)
             if model == "judge-flaky" and self.count(model) > self.healthy_calls:
                 return JSONResponse({"error": {"message": "overloaded"}}, status_code=503)
             content, refusal = fair_reply(first, second), None

@@ -109,6 +109,8 @@ def test_a_failing_judge_is_an_error_naming_it_and_keeps_what_it_judged(server, 
     refused = run_judge(server, "judge-refuses", evals, "--attempts", "2")
     assert refused.returncode != 0 and "refused: I cannot judge this." in refused.stderr
     assert server.url in refused.stderr
+    slow = run_judge(server, "judge-slow", evals, "--attempts", "2", "--timeout-s", "0.5")
+    assert slow.returncode != 0 and "failed 2 times; last: APITimeoutError" in slow.stderr
 
 
 def test_the_key_comes_from_the_environment_only(server, evals):
