@@ -195,7 +195,7 @@ class BatchEngine:
                 if self.running + len(taken) >= self.max_rows:
                     break
                 if row.mix_key and key is not None and row.mix_key != key:
-                    continue
+                    break  # first come, first served: it waits for the batch to drain
                 key = key or (row.mix_key or None)
                 self.waiting.remove(row)
                 taken.append(row)
