@@ -15,7 +15,7 @@ rule train_adapter:
         model=get_experiment_model_dir,
         train=lambda w: f"{experiment_data_dir(w)}/train.jsonl",
         valid=lambda w: f"{experiment_data_dir(w)}/valid.jsonl",
-        tokenized=lambda w: f"{tokenized_dir(w)}/manifest.json",  # rules/tokenize.smk
+        tokenized=lambda w: f"{TOKENIZE.directory(w.experiment)}/manifest.json",  # tokenize.smk
         code=code(*TRAIN_CODE, "training/tokenize_dataset"),
     output:
         adapter="results/adapters/{experiment}/adapter_model.safetensors",
@@ -26,7 +26,7 @@ rule train_adapter:
     params:
         cfg=training_job,
         data_dir=experiment_data_dir,
-        tokenized_dir=tokenized_dir,
+        tokenized_dir=lambda w: TOKENIZE.directory(w.experiment),
         launcher=lambda w: train_launcher(EXPERIMENTS[w.experiment]["training"]),
     threads: lambda w: stage_resources(EXPERIMENTS[w.experiment], "train")["threads"]
     resources:
