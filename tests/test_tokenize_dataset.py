@@ -143,3 +143,28 @@ def test_settings_that_change_tokens_change_the_key():
     # what does not change tokens is not in the key
     assert tokenize_dataset.token_settings({"max_length": 64, "learning_rate": 1.0}) == \
         tokenize_dataset.token_settings({"max_length": 64, "batch_size": 8})
+
+
+def test_the_plan_has_one_job_per_set_of_tokens(model_dir, tmp_path):
+    from workflow_scripts.common.config import resolve_experiments
+    from workflow_scripts.training.tokenize_plan import TokenizePlan
+
+    copy = shutil.copytree(model_dir, tmp_path / "copy")
+    config = {
+        "datasets": {"d": {"format": "alpaca", "files": ["x.json"]}},
+        "base_models": {"a": {"source": "path", "path": str(model_dir)},
+                        "b": {"source": "path", "path": str(copy)},
+                        "s": {"source": "scratch"}},
+        "experiments": {"a-r4": {"base_model": "a", "dataset": "d", "lora": {"r": 4}},
+                        "a-r8": {"base_model": "a", "dataset": "d", "lora": {"r": 8},
+                                 "training": {"learning_rate": 1e-3}},
+                        "a-qlora": {"base_model": "a", "dataset": "d", "method": "qlora"},
+                        "b-same": {"base_model": "b", "dataset": "d"},
+                        "a-long": {"base_model": "a", "dataset": "d", "training": {"max_length": 999}},
+                        "s": {"base_model": "s", "dataset": "d"}}}
+    plan = TokenizePlan(resolve_experiments(config), config["base_models"])
+    shared = {plan.directory(n) for n in ("a-r4", "a-r8", "a-qlora", "b-same")}
+    assert len(shared) == 1  # rank, learning rate, method, another model with the same tokenizer
+    assert len(plan.jobs) == 3 and plan.directory("a-long") not in shared
+    [(dataset, key)] = [k for k in plan.jobs if plan.directory("a-r4").endswith("/".join(k))]
+    assert plan.model(dataset, key) == "a"
