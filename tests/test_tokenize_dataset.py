@@ -168,3 +168,18 @@ def test_the_plan_has_one_job_per_set_of_tokens(model_dir, tmp_path):
     assert len(plan.jobs) == 3 and plan.directory("a-long") not in shared
     [(dataset, key)] = [k for k in plan.jobs if plan.directory("a-r4").endswith("/".join(k))]
     assert plan.model(dataset, key) == "a"
+
+
+def test_the_checkpoint_key_follows_the_tokens(model_dir, data_dir, tmp_path):
+    from workflow_scripts.training.train_adapter import prepare_checkpoints
+
+    settings = {"max_length": 48, "overflow": "truncate", "packing": True}
+    job = {"experiment": {"training": settings}, "seed": 1, "base_model": {"source": "path"}}
+    other_data = shutil.copytree(data_dir, tmp_path / "other-data")
+    with open(other_data / "train.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(conversation(999), ensure_ascii=False) + "\n")
+    keys = []
+    for name, data in (("a", data_dir), ("again", data_dir), ("b", other_data)):
+        tokenize_dataset.tokenize(data, str(model_dir), settings, tmp_path / name)
+        keys.append(prepare_checkpoints(job, str(model_dir), tmp_path / name, tmp_path / f"ckpt-{name}").name)
+    assert keys[0] == keys[1] != keys[2]  # the same tokens resume; other tokens never do
