@@ -27,7 +27,8 @@ def tracking_rows(receipts: list[Path]) -> list[list[str]]:
     rows = []
     for backend, seen in sorted(backends.items()):
         where = f" ({', '.join(seen['where'])})" if seen["where"] else ""
-        rows.append([f"tracking.{backend}", f"{len(seen['logged'])} runs logged{where}"])
+        rows.append([f"tracking.{backend}",
+                     f"{len(seen['logged'])} of {len(receipts)} experiments logged{where}"])
         rows.extend([f"tracking.{backend} warning", f"{', '.join(names)}: {text}"]
                     for text, names in seen["warnings"].items())
     return rows

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from workflow_scripts.common.cli import parser as cli_parser
 from workflow_scripts.common.io_utils import file_sha256, write_json
+from workflow_scripts.tracking.mlflow_backend import TrackerUnavailable
 from workflow_scripts.tracking.model_hash import model_hash
 from workflow_scripts.tracking.run_record import RunRecord, build_record
 
@@ -31,6 +32,8 @@ def guarded(backend: str, log) -> dict:
         return {"status": "ok", **log()}
     except ImportError as err:
         return warn(backend, f"package not installed ({err}); nothing was logged")
+    except TrackerUnavailable as err:
+        return warn(backend, str(err))
     except Exception as err:  # noqa: BLE001 - a tracker must never fail the workflow
         traceback.print_exc(file=sys.stderr)
         return warn(backend, f"{type(err).__name__}: {err}".strip()[:500])
