@@ -75,3 +75,32 @@ def test_compare_api_uses_the_report_tables(smoke_run):
                   if r["experiment"] == "rank-r4" and r["metric"] == "loss"]
     assert loss["vs_base"]["rank-r4"]["verdict"] == comparison[0]["verdict"]
     assert loss["vs_base"]["rank-r4"]["difference"] == pytest.approx(float(comparison[0]["difference"]))
+
+
+def test_compare_page_colours_only_backed_verdicts(smoke_run):
+    """In the browser: a difference is green or red only where the API gave a verdict."""
+    from test_studio_browser import start_chromium, wait_for
+
+    from workflow_scripts.studio.background import BackgroundServer
+
+    workdir = smoke_run.workdir
+    app = create_app(StudioSettings(config=workdir / "config.yaml", workdir=workdir))
+    with BackgroundServer(app) as server:
+        body = TestClient(app, base_url="http://127.0.0.1").get(
+            "/api/compare?e=rank-r2&e=rank-r4").json()
+        browser = start_chromium()
+        try:
+            browser.get(f"{server.url}/compare?e=rank-r2&e=rank-r4")
+            wait_for(browser, "document.querySelectorAll('#metrics .vs-base').length > 0")
+            coloured = browser.execute_script("""
+                return [...document.querySelectorAll('#metrics tbody tr')].map(tr => [
+                  tr.cells[0].innerText,
+                  [...tr.querySelectorAll('.vs-first.better, .vs-first.worse')].length,
+                  [...tr.querySelectorAll('.vs-base.better, .vs-base.worse')].length]);""")
+        finally:
+            browser.quit()
+    for metric, first_coloured, base_coloured in coloured:
+        m = next(x for x in body["metrics"] if x["metric"] == metric)
+        assert first_coloured == sum(v in ("better", "worse") for v in m["verdict"].values())
+        assert base_coloured == sum(bool(b) and b["verdict"] in ("better", "worse")
+                                    for b in m["vs_base"].values())
