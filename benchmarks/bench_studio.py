@@ -170,12 +170,13 @@ def chat_workdir(model_dir: Path, root: Path, adapters: int) -> list[str]:
     return names
 
 
-async def one_chat(client, model: str, prompt: str, max_tokens: int, seed: int) -> tuple[float, int, float]:
+async def one_chat(client, model: str, prompt: str, max_tokens: int, seed: int,
+                   temperature: float = 1.0) -> tuple[float, int, float]:
     """(seconds to the first token, completion tokens, seconds in all) of one streamed chat."""
     started, first = time.perf_counter(), None
     stream = await client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": prompt}], max_tokens=max_tokens,
-        temperature=1.0, seed=seed, stream=True)
+        temperature=temperature, seed=seed, stream=True)
     tokens = 0
     async for chunk in stream:
         if first is None and chunk.choices and chunk.choices[0].delta.content:
@@ -282,18 +283,21 @@ async def streamed_round(url: str, models: list[str], clients: int, max_tokens: 
     import openai
 
     async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="-", max_retries=0, timeout=600) as client:
+        # Greedy: both servers write the same answers (tests/test_studio_batching.py), so
+        # they are timed on the same tokens.
         return await asyncio.gather(*(one_chat(client, models[i % len(models)], PROMPTS[i % 4],
-                                               max_tokens, i) for i in range(clients)))
+                                               max_tokens, i, temperature=0.0)
+                                      for i in range(clients)))
 
 
 def bench_batching(model_dir: Path, max_tokens: int, threads: int, rounds: int) -> None:
     """Unbatched (one generation at a time per base, as before) beside batched, in one run."""
     print(f"\nbatching on {MODEL}: streamed chats over 3 adapters + the base, {max_tokens} new "
-          f"tokens each, sampled; {threads} torch thread(s); best of {rounds} round(s)")
+          f"tokens each, greedy; {threads} torch thread(s); best of {rounds} round(s)")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         models = [MODEL, *batching_workdir(model_dir, root)]
-        figures: dict[tuple[bool, int], tuple[float, float, float]] = {}
+        figures: dict[tuple[bool, int], tuple[float, float, float, int]] = {}
         for batching in (False, True):
             app = create_app(StudioSettings(config=root / "config.yaml", workdir=root, threads=threads,
                                             batching=batching, queue_depth=64))
@@ -307,13 +311,15 @@ def bench_batching(model_dir: Path, max_tokens: int, threads: int, rounds: int) 
                         wall = time.perf_counter() - started
                         rate = sum(r[1] for r in results) / wall
                         firsts = [r[0] for r in results]
-                        row = (rate, statistics.median(firsts), percentile(firsts, 0.95))
+                        row = (rate, statistics.median(firsts), percentile(firsts, 0.95),
+                               sum(r[1] for r in results))
                         best = row if best is None or row[0] > best[0] else best
                     figures[(batching, clients)] = best
         print(f"  {'clients':>7s}  {'unbatched tok/s':>15s}  {'batched tok/s':>13s}  {'ratio':>6s}   "
               f"{'TTFT p50/p95 unbatched':>22s}  {'batched':>15s}")
         for clients in (1, 4, 8, 16):
-            (u_rate, u50, u95), (b_rate, b50, b95) = figures[(False, clients)], figures[(True, clients)]
+            (u_rate, u50, u95, u_tokens), (b_rate, b50, b95, b_tokens) = \
+                figures[(False, clients)], figures[(True, clients)]
             verdict = ""
             if clients == 8:
                 ok = b_rate >= BATCH_TARGET * u_rate and b95 < TTFT_P95_TARGET_S
@@ -322,7 +328,8 @@ def bench_batching(model_dir: Path, max_tokens: int, threads: int, rounds: int) 
                 ok = b_rate >= (1 - ONE_CLIENT_SLOWDOWN) * u_rate
                 verdict = "  ok" if ok else "  MISSES (more than 10% slower)"
             print(f"  {clients:7d}  {u_rate:15.1f}  {b_rate:13.1f}  {b_rate / u_rate:5.2f}x   "
-                  f"{u50 * 1000:9.0f} / {u95 * 1000:6.0f} ms  {b50 * 1000:6.0f} / {b95 * 1000:6.0f} ms{verdict}")
+                  f"{u50 * 1000:9.0f} / {u95 * 1000:6.0f} ms  {b50 * 1000:6.0f} / {b95 * 1000:6.0f} ms"
+                  f"   tokens {u_tokens} / {b_tokens}{verdict}")
 
 
 # ---------------------------------------------------------------- soak
