@@ -261,7 +261,7 @@ def data_section(args, work: Path) -> list[dict]:
     dialogues with the growth exponent. Each returns rows of
     {"stage", "dialogues", "seconds", "peak_rss_mb"} and prints them; `data_summary` below
     prints the targets."""
-    return prepare_section(work)
+    return prepare_section(work) + tokenize_section(work)
 
 
 def prepare_section(work: Path) -> list[dict]:
@@ -271,11 +271,27 @@ def prepare_section(work: Path) -> list[dict]:
     return prepare_rows(list(SIZES), work)
 
 
+def tokenize_section(work: Path) -> list[dict]:
+    """Item 3, the tokenization stage: benchmarks/bench_tokenize.py (the tokenize_dataset job,
+    encode + pack + write, at 100k and 1M dialogues; 10M would take over an hour here)."""
+    from bench_tokenize import tokenize_rows
+    return tokenize_rows([100_000, 1_000_000], work)
+
+
 def data_summary(rows: list[dict]) -> None:
     """Targets: 100k -> 1M grows at most 12x; 1M through prepare+tokenize+pack under 180 s;
     10M prepared under 3 GiB peak RSS."""
     from bench_prepare_scale import print_prepare_summary
     print_prepare_summary([r for r in rows if r["stage"] in ("prepare", "json.load")])
+    from bench_tokenize import report
+    tokenize = [r for r in rows if r["stage"] == "tokenize+pack"]
+    if tokenize:
+        report(tokenize)
+    for n in (1_000_000,):
+        parts = [r["seconds"] for r in rows if r["dialogues"] == n and r["stage"] in ("prepare", "tokenize+pack")]
+        if len(parts) == 2:
+            print(f"{n:,} dialogues through prepare + tokenize + pack: {sum(parts):.0f} s; target under "
+                  f"180 s: {'MET' if sum(parts) < 180 else 'MISSED'}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -107,6 +107,21 @@ def measure(n: int, work: Path, model_dir: Path, threads: int, max_length: int) 
     return {"dialogues": n, **row}
 
 
+def tokenize_rows(sizes: list[int], work: Path, threads: int | None = None,
+                  max_length: int = 256) -> list[dict]:
+    """Rows for bench_scale.py's data section: {"stage": "tokenize+pack", "dialogues",
+    "seconds", "cpu_seconds", "peak_rss_mb", ...}, printed as they come."""
+    model_dir = work / "tokenize-model"
+    if not model_dir.exists():
+        build_tokenizer(model_dir)
+    rows = []
+    for n in sorted(sizes):
+        row = measure(n, work, model_dir, threads or os.cpu_count() or 1, max_length)
+        rows.append({"stage": "tokenize+pack", **row, "peak_rss_mb": row["peak_rss_mib"] * 1.048576})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def exponent(a: dict, b: dict, key: str) -> float:
     return math.log(b[key] / a[key]) / math.log(b["dialogues"] / a["dialogues"])
 
