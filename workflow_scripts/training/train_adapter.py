@@ -227,6 +227,20 @@ def quiet_progress():
     return QuietProgress()
 
 
+def log_last_step():
+    """A callback that logs the training loss at the last step too: otherwise a run that
+    ends between two `logging_steps` leaves its last steps out of final_loss, and one
+    shorter than `logging_steps` has no logged loss at all."""
+    from transformers import TrainerCallback
+
+    class LogLastStep(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.max_steps and state.global_step >= state.max_steps:
+                control.should_log = True
+
+    return LogLastStep()
+
+
 def workflow_trainer_class():
     """The Trainer with this workflow's sampler, validation loss, token count and clock.
 
@@ -445,6 +459,7 @@ def build_trainer(job: dict, model, tokenizer, tokenized_dir: Path, out_dir: Pat
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(quiet_progress())
+    trainer.add_callback(log_last_step())
     return trainer, stats
 
 
