@@ -35,12 +35,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 COMMON = "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动好吗呢啊哈"
+POOL = COMMON * 4 + "".join(chr(c) for c in range(0x4E00, 0x4E00 + 1500))
 
 
 def utterance(rng: random.Random) -> str:
     """A short chat line (LCCC's median utterance is about 10 characters)."""
-    pool = COMMON * 4 + "".join(chr(c) for c in range(0x4E00, 0x4E00 + 1500))
-    text = "".join(rng.choices(pool, k=rng.randint(3, 24)))
+    text = "".join(rng.choices(POOL, k=rng.randint(3, 24)))
     return text + rng.choice(["", "。", "？", "！", "~", "哈哈"])
 
 
