@@ -8,6 +8,7 @@ unbatched server's, token for token (fp32, CPU).
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -163,25 +164,39 @@ def test_a_flood_beyond_the_queue_gets_429_with_retry_after(workdir):
         assert all("[DONE]" in a.text for a in answers if a.status_code == 200)
 
 
-@pytest.mark.slow  # two answers of 1,500 tokens: half a minute
 def test_a_disconnect_mid_stream_frees_its_batch_row(tmp_path):
-    studio_workdir(tmp_path, adapters=1, never_ends=True, context=1536)
-    # Greedy answers run to their limit (seconds here), so only the disconnect can end one
-    # early.
-    long = request(0, model="rand", max_tokens=1500)
-    with serve(tmp_path, max_tokens_cap=1500) as server, \
+    studio_workdir(tmp_path, adapters=1, never_ends=True)
+    # Greedy answers run to their limit, so only the disconnect can end one early.
+    long = request(0, model="rand", max_tokens=1000)
+    with serve(tmp_path, max_tokens_cap=1000) as server, \
             httpx2.Client(base_url=server.url, timeout=60) as http:
         assert http.post("/v1/chat/completions", json=long).json()["choices"][0]["finish_reason"] == "length"
         engine = server.app.state.pool.engines[("rand", False)]
+        # The batch pauses after the row's fourth token, until the client has hung up.
+        paused, resume, advance = threading.Event(), threading.Event(), engine._advance
+
+        def pausing(batch, logits):
+            advance(batch, logits)
+            if batch.rows and len(batch.rows[0].tokens) == 4:
+                paused.set()
+                resume.wait(30)
+
+        engine._advance = pausing
         with http.stream("POST", "/v1/chat/completions", json={**long, "stream": True}) as stream:
-            for line in stream.iter_lines():
+            lines = stream.iter_lines()  # kept: a dropped iterator closes the connection
+            for line in lines:
                 if '"content": "' in line and '"content": ""' not in line:
                     break
+            assert paused.wait(30)
             assert http.get("/api/chat/load").json()["bases"]["rand"]["running"] == 1
-            assert engine.outcomes == {"length": 1}
+            (row,) = engine.batch.rows
         deadline = time.monotonic() + 20
+        while not row.cancel.is_set() and time.monotonic() < deadline:
+            time.sleep(0.02)  # the server notices the hang-up
+        resume.set()
+        assert row.cancel.is_set()
         while http.get("/api/chat/load").json()["bases"]["rand"]["running"] and time.monotonic() < deadline:
             time.sleep(0.05)
         assert http.get("/api/chat/load").json()["bases"]["rand"] == {
             "running": 0, "waiting": 0, "max_rows": 16, "queue_depth": 32}
-        assert engine.outcomes == {"length": 1, "cancelled": 1}
+        assert engine.outcomes == {"length": 1, "cancelled": 1} and len(row.tokens) == 4
