@@ -28,5 +28,8 @@ def model_hash(spec: dict, model_dir: Path, cache: Path) -> str:
     for name in stamps:
         digest.update(f"{name}:{file_sha256(model_dir / name)}\n".encode())
     value = f"sha256:{digest.hexdigest()}"
-    write_json(cache, {"files": stamps, "hash": value})
+    try:  # parallel tracking jobs of one model may write the cache at once; it is only a cache
+        write_json(cache, {"files": stamps, "hash": value})
+    except OSError:
+        pass
     return value
