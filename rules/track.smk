@@ -8,7 +8,7 @@ TRACKING_RECEIPTS = (
 )
 TRACKING_TARGETS = ["results/tracking/report.json"] if TRACKING_ON else []
 TRACK_CODE = ("tracking/track_experiment", "tracking/run_record", "tracking/mlflow_backend",
-              "tracking/swanlab_backend", "tracking/model_hash")
+              "tracking/swanlab_backend", "tracking/model_hash", "models/content_hash")
 
 
 rule track_experiment:

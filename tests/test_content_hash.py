@@ -76,3 +76,35 @@ def test_a_replaced_or_added_file_changes_the_key(dirs):
     assert checkpoint_key(JOB, data, model, cache) == before
     (data[1]).write_text('{"id": 2}\n')  # the absent valid split appears
     assert len({before, added, checkpoint_key(JOB, data, model, cache)}) == 3
+
+
+def _tracker_hash(model: Path, cache: Path, out) -> None:
+    from workflow_scripts.tracking.model_hash import model_hash
+    out.put([model_hash({"source": "scratch"}, model, cache) for _ in range(20)])
+
+
+def test_parallel_tracking_jobs_of_one_model_share_its_digest_cache(dirs, hashed):
+    """Tracking jobs of one model run in parallel: each gets the same hash, none fails on the
+    shared cache (its write once raced on one temporary file), and the model's files are
+    read once."""
+    import multiprocessing
+
+    from workflow_scripts.tracking.model_hash import model_hash
+    model, _, cache = dirs
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_tracker_hash, args=(model, cache, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    expected = model_hash({"source": "scratch"}, model, None)
+    assert {h for run in results for h in run} == {expected}
+    assert expected.startswith("sha256:")
+    hashed.clear()
+    model_hash({"source": "scratch"}, model, cache)
+    assert hashed == []  # every digest came from the cache
+    (model / "config.json").write_text('{"a": 2}')
+    assert model_hash({"source": "scratch"}, model, cache) != expected

@@ -61,8 +61,7 @@ def track(job: dict, results: Path) -> dict:
     """Log to every configured backend; the receipt's content."""
     tracking = job["tracking"]
     settings = job["settings"]
-    cache = results / "tracking" / "model_hashes" / f"{settings['base_model']}.json"
-    digest = model_hash(settings["model"], Path(job["model_dir"]), cache)
+    digest = model_hash(settings["model"], Path(job["model_dir"]), results / "tracking" / "model_hashes")
     record = build_record(job, results, digest)
     receipt = {"experiment": record.experiment, "config_hash": record.config_hash,
                "run_key": record.run_key, "backends": {}}
