@@ -6,7 +6,8 @@
 from workflow_scripts.training.tokenize_plan import TokenizePlan
 
 TOKENIZE = TokenizePlan(EXPERIMENTS, CFG["base_models"])
-TOKENIZE_CODE = ("training/tokenize_dataset", "training/chat_tokenize", "training/packing",
+TOKENIZE_CODE = ("training/tokenize_dataset", "training/chat_tokenize", "training/fast_tokenize",
+                 "training/template_skeleton", "training/packing",
                  "training/token_loss", "models/loading", "models/chat_templates",
                  "models/tokenizer_identity")
 

@@ -15,7 +15,7 @@ later ones follow (Qwen3 drops earlier reasoning) give one sample per assistant 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from workflow_scripts.training.token_loss import IGNORE_INDEX
 
@@ -112,18 +112,31 @@ def assistant_char_spans(tokenizer, messages: list[dict], tools: list[dict] | No
     return text, spans
 
 
-def encode_text(tokenizer, text: str, spans: list[tuple[int, int]]) -> dict[str, list[int]]:
-    """Tokenize `text`; tokens that start inside one of the character `spans` are labels."""
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+def span_labels(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]
+                ) -> list[int]:
+    """Each token's label: its id if it starts inside one of the character `spans`, else ignored."""
     labels = []
     span_idx = 0
-    for token_id, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
+    for token_id, (start, end) in zip(ids, offsets):
         while span_idx < len(spans) and start >= spans[span_idx][1]:
             span_idx += 1
         inside = span_idx < len(spans) and spans[span_idx][0] <= start < spans[span_idx][1]
         labels.append(token_id if inside else IGNORE_INDEX)
-    ids = list(enc["input_ids"])
-    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+    return labels
+
+
+def features_of(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]
+                ) -> dict[str, list[int]]:
+    """input_ids, attention_mask and labels of one tokenized text."""
+    ids = list(ids)
+    return {"input_ids": ids, "attention_mask": [1] * len(ids),
+            "labels": span_labels(ids, offsets, spans)}
+
+
+def encode_text(tokenizer, text: str, spans: list[tuple[int, int]]) -> dict[str, list[int]]:
+    """Tokenize `text`; tokens that start inside one of the character `spans` are labels."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return features_of(enc["input_ids"], enc["offset_mapping"], spans)
 
 
 def encode_conversation(tokenizer, messages: list[dict], tools: list[dict] | None = None
@@ -160,38 +173,48 @@ def encode_turns(tokenizer, messages: list[dict], tools: list[dict] | None = Non
     return features
 
 
-def _features(tokenizer, records: list[dict[str, Any]], stats: TokenizeStats
-              ) -> Iterator[dict[str, list[int]]]:
+def _features(tokenizer, records: list[dict[str, Any]]) -> Iterator[list[dict[str, list[int]]]]:
     for record in records:
-        features = encode_turns(tokenizer, record["messages"], record.get("tools"))
-        if len(features) > 1:
-            stats.turn_samples += len(features)
-        yield from features
+        yield encode_turns(tokenizer, record["messages"], record.get("tools"))
 
 
 def tokenize_records(
     tokenizer, records: list[dict[str, Any]], max_length: int, overflow: str = "truncate"
 ) -> tuple[list[dict[str, list[int]]], TokenizeStats]:
     """Encode every record; too-long ones are truncated or dropped (`overflow`) and counted."""
+    check_overflow(overflow)
+    return keep_features(_features(tokenizer, records), max_length, overflow)
+
+
+def check_overflow(overflow: str) -> None:
     if overflow not in ("truncate", "drop"):
         raise ValueError(f"overflow must be 'truncate' or 'drop', not {overflow!r}")
+
+
+def keep_features(per_record: Iterable[list[dict[str, list[int]]]], max_length: int, overflow: str
+                  ) -> tuple[list[dict[str, list[int]]], TokenizeStats]:
+    """The samples of each record's features (`encode_turns`), in order, truncated or dropped
+    at `max_length` and without those that have no target left, with the counts."""
     stats = TokenizeStats()
     features = []
-    for feature in _features(tokenizer, records, stats):
-        stats.full_lengths.append(len(feature["input_ids"]))
-        if len(feature["input_ids"]) > max_length:
-            if overflow == "drop":
-                stats.dropped_too_long += 1
+    for record_features in per_record:
+        if len(record_features) > 1:
+            stats.turn_samples += len(record_features)
+        for feature in record_features:
+            stats.full_lengths.append(len(feature["input_ids"]))
+            if len(feature["input_ids"]) > max_length:
+                if overflow == "drop":
+                    stats.dropped_too_long += 1
+                    continue
+                feature = {key: value[:max_length] for key, value in feature.items()}
+                stats.truncated += 1
+            n_target = sum(label != IGNORE_INDEX for label in feature["labels"])
+            if n_target == 0:
+                stats.dropped_no_target += 1
                 continue
-            feature = {key: value[:max_length] for key, value in feature.items()}
-            stats.truncated += 1
-        n_target = sum(label != IGNORE_INDEX for label in feature["labels"])
-        if n_target == 0:
-            stats.dropped_no_target += 1
-            continue
-        stats.kept += 1
-        stats.tokens += len(feature["input_ids"])
-        stats.target_tokens += n_target
-        stats.lengths.append(len(feature["input_ids"]))
-        features.append(feature)
+            stats.kept += 1
+            stats.tokens += len(feature["input_ids"])
+            stats.target_tokens += n_target
+            stats.lengths.append(len(feature["input_ids"]))
+            features.append(feature)
     return features, stats

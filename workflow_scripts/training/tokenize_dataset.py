@@ -1,9 +1,11 @@
 """Tokenize a prepared dataset once for every experiment that trains on it with the same tokens.
 
-Reads `train.jsonl` and `valid.jsonl`, encodes every record with `chat_tokenize.tokenize_records`
-(the tokenizer's own chat template, labels on assistant turns, `overflow` truncating or
-dropping what is longer than `max_length`), packs the training samples when `packing` is on,
-and writes memory-mappable Arrow files that `train_adapter` opens without copying:
+Reads `train.jsonl` and `valid.jsonl`, encodes every record exactly as
+`chat_tokenize.tokenize_records` does (the tokenizer's own chat template, labels on assistant
+turns, `overflow` truncating or dropping what is longer than `max_length`) but through
+`fast_tokenize` (template renders once per conversation shape, the Rust tokenizer's batched
+encoding; records it cannot vouch for go the reference way, counted), packs the training
+samples when `packing` is on, and writes memory-mappable Arrow files that `train_adapter` opens without copying:
 
     train.arrow     the rows training iterates over (packed or not), with a `length` column
     valid.arrow     the validation samples, never packed (token-weighted validation loss)
@@ -24,7 +26,7 @@ import json
 import os
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from itertools import chain, islice
@@ -61,6 +63,7 @@ class SplitTokens:
     lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     full_lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
+    paths: Counter = field(default_factory=Counter)  # records by encoder path (fast_tokenize)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Token ids, labels (memory-mapped) and each sample's start offset."""
@@ -101,18 +104,23 @@ def parse_lines(path: str, first_line: int, lines: list[str]) -> list[dict]:
 
 
 def tokenize_chunk(task: tuple[str, int, list[str]]) -> tuple[np.ndarray, ...] | tuple:
-    """(ids, labels, lengths, full_lengths, counts) of one chunk's kept samples, in order."""
-    from workflow_scripts.training.chat_tokenize import tokenize_records
+    """(ids, labels, lengths, full_lengths, counts, paths) of one chunk's kept samples, in order;
+    `paths` counts the records that took the fast path and those that fell back, by reason."""
+    from workflow_scripts.training.fast_tokenize import FastChatEncoder, tokenize_records_fast
 
     records = parse_lines(*task)
     settings = _WORKER["settings"]
-    features, stats = tokenize_records(_WORKER["tokenizer"], records, settings["max_length"],
-                                       settings["overflow"])
+    if "encoder" not in _WORKER:
+        _WORKER["encoder"] = FastChatEncoder(_WORKER["tokenizer"])
+    encoder = _WORKER["encoder"]
+    before = encoder.counts.copy()
+    features, stats = tokenize_records_fast(_WORKER["tokenizer"], records, settings["max_length"],
+                                            settings["overflow"], encoder)
     ids = np.fromiter(chain.from_iterable(f["input_ids"] for f in features), np.int32)
     labels = np.fromiter(chain.from_iterable(f["labels"] for f in features), np.int32)
     counts = {key: getattr(stats, key) for key in COUNTS}
     return (ids, labels, np.asarray(stats.lengths, np.int64),
-            np.asarray(stats.full_lengths, np.int64), counts)
+            np.asarray(stats.full_lengths, np.int64), counts, dict(encoder.counts - before))
 
 
 def line_chunks(path: Path, size: int) -> Iterator[tuple[str, int, list[str]]]:
@@ -177,8 +185,9 @@ def tokenize_split(path: Path, work_dir: Path, split: str, workers: Workers) -> 
     with open(tokens.ids_path, "wb") as ids_out, open(tokens.labels_path, "wb") as labels_out:
         if not path.exists():
             return tokens
-        for ids, labels, lens, full, counts in workers.map(tokenize_chunk,
-                                                           line_chunks(path, CHUNK_RECORDS)):
+        for ids, labels, lens, full, counts, paths in workers.map(tokenize_chunk,
+                                                                  line_chunks(path, CHUNK_RECORDS)):
+            tokens.paths.update(paths)
             ids_out.write(ids.tobytes())
             labels_out.write(labels.tobytes())
             lengths.append(lens)
@@ -286,12 +295,13 @@ def split_stats(tokens: SplitTokens, packed_rows: int | None) -> dict:
 
 
 def tokenize(data_dir: Path, model_dir: str, settings: dict, out_dir: Path, threads: int = 1,
-             timings: dict | None = None) -> dict:
+             timings: dict | None = None, paths: dict | None = None) -> dict:
     """Write train.arrow, valid.arrow, stats.json and manifest.json; returns the manifest.
 
     `settings` holds TOKEN_SETTINGS and `trust_remote_code`, and whatever else identifies the
     job (the dataset, the tokenizer's identity): all of it goes into the manifest. `timings`
-    gets the seconds spent encoding, packing (pack_bins) and writing the Arrow files."""
+    gets the seconds spent encoding, packing (pack_bins) and writing the Arrow files; `paths`,
+    per split, how many records took `fast_tokenize`'s fast path and why the others did not."""
     from workflow_scripts.models.tokenizer_identity import tokenizer_content_hash
     from workflow_scripts.training.packing import pack_bins
 
@@ -302,6 +312,8 @@ def tokenize(data_dir: Path, model_dir: str, settings: dict, out_dir: Path, thre
     with Workers(worker_count(threads, data_dir), init_args) as workers:
         encoded = {s: tokenize_split(data_dir / f"{s}.jsonl", out_dir, s, workers) for s in SPLITS}
     timings.update(encode_s=time.perf_counter() - start, pack_s=0.0)
+    if paths is not None:
+        paths.update({split: dict(tokens.paths) for split, tokens in encoded.items()})
     stats, rows, sources = {}, {}, {}
     for split, tokens in encoded.items():
         source = data_dir / f"{split}.jsonl"
@@ -380,13 +392,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # parallel across processes instead
     timings: dict = {}
+    paths: dict = {}
     try:
         manifest = tokenize(args.data_dir, args.model_dir, json.loads(args.config), args.out_dir,
-                            args.threads, timings)
+                            args.threads, timings, paths)
     except ValueError as err:
         sys.exit(f"tokenize_dataset: {err}")
     print(json.dumps({"rows": manifest["rows"], "tokenizer_sha256": manifest["tokenizer_sha256"],
-                      "seconds": {k: round(v, 2) for k, v in timings.items()}}))
+                      "seconds": {k: round(v, 2) for k, v in timings.items()},
+                      "encoder_paths": paths}, ensure_ascii=False))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,213 @@
+"""`chat_tokenize.tokenize_records`, exactly, at a fraction of its cost on large corpora.
+
+The reference path renders each conversation 1 + 2 x (assistant turns) times through the chat
+template and calls the tokenizer once per record. Here the renders are made once per
+conversation *shape* (`template_skeleton`: the template's text around the message texts, and
+where each reply starts and ends), each record's text is that skeleton with its texts put back,
+and a whole chunk of texts is tokenized in one call to the Rust tokenizer (`encode_batch`, which
+`tokenizer(...)` calls underneath). Labels come from the same character spans and the same
+`span_labels` as the reference path, then the same truncation, overflow and reject rules
+(`keep_features`), so the samples and the counts are the same, token for token.
+
+Records go the reference way (`encode_turns`), in their place in the order, when the fast path
+cannot show that it gives the same result; `FastChatEncoder.counts` says how many and why:
+  - the tokenizer is not a fast (Rust) one, or keeps truncation/padding settings;
+  - the template inspects message texts, captures output or reads the clock (see
+    template_skeleton), or its skeleton render differs from `apply_chat_template`'s;
+  - the template rewrites earlier turns once later ones follow (Qwen3: one sample per turn),
+    or a turn does not extend the rendering before it (the reference path raises the error);
+  - a message text is not a string (content parts) or a message is not a dict.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from workflow_scripts.training.chat_tokenize import (TokenizeStats, check_overflow, encode_turns,
+                                                      features_of, is_learned, render)
+from workflow_scripts.training.chat_tokenize import keep_features
+from workflow_scripts.training.template_skeleton import (ContentInspected, Skeleton, TrackedText,
+                                                         boundary, placeholder, split_placeholders,
+                                                         template_problem)
+
+MAX_SHAPES = 50_000  # skeletons kept; the cache starts over beyond this (tool-calling data)
+FAST = "fast"
+
+
+class Fallback(Exception):
+    """This record (or every record of its shape) takes the reference path; the message says why."""
+
+
+def shape_key(record: dict[str, Any]) -> tuple | None:
+    """What a skeleton depends on: every message field but a non-empty text, and the tools.
+    None when a message is not a dict or its text is neither a string nor absent."""
+    tools = record.get("tools")
+    key: list = [repr(tools) if tools else ""]
+    for message in record["messages"]:
+        if type(message) is not dict:
+            return None
+        part = []
+        for name, value in message.items():
+            if name == "content":
+                if type(value) is str:
+                    value = 1 if value else 0
+                elif value is not None:
+                    return None
+            part.append((name, value if type(value) is str else repr(value)))
+        key.append(tuple(part))
+    return tuple(key)
+
+
+class FastChatEncoder:
+    """Features of records as `encode_turns` makes them; one per worker, skeletons cached."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.skeletons: dict[tuple, Skeleton | str] = {}
+        self.counts: Counter = Counter()
+        self.backend, self.problem = _backend(tokenizer)
+
+    def record_features(self, records: list[dict[str, Any]]) -> list[list[dict[str, list[int]]]]:
+        """Each record's features, in order: `encode_turns(...)` of it."""
+        plans = [self._plan(record) for record in records]
+        texts = [plan[0].text(plan[1]) for plan in plans if not isinstance(plan, str)]
+        encodings = iter(self._encode(texts)) if texts else iter(())
+        out = []
+        for record, plan in zip(records, plans):
+            self.counts[FAST if not isinstance(plan, str) else plan] += 1
+            if isinstance(plan, str):
+                out.append(encode_turns(self.tokenizer, record["messages"], record.get("tools")))
+                continue
+            skeleton, contents = plan
+            encoding = next(encodings)
+            spans = [(start.offset(contents), end.offset(contents)) for start, end in skeleton.spans]
+            out.append([features_of(encoding.ids, encoding.offsets, spans)])
+        return out
+
+    def _plan(self, record: dict[str, Any]) -> tuple[Skeleton, list[str]] | str:
+        """(skeleton, message texts) for the fast path, or why the record falls back."""
+        if self.problem:
+            return self.problem
+        key = shape_key(record)
+        if key is None:
+            return "a message is not a dict or its text is not a string"
+        skeleton = self.skeletons.get(key)
+        if skeleton is None:
+            if len(self.skeletons) >= MAX_SHAPES:
+                self.skeletons.clear()
+            try:
+                skeleton = build_skeleton(self.tokenizer, record["messages"], record.get("tools"))
+            except Fallback as why:
+                skeleton = str(why)
+            self.skeletons[key] = skeleton
+        if isinstance(skeleton, str):
+            return skeleton
+        return skeleton, [m.get("content") or "" for m in record["messages"]]
+
+    def _encode(self, texts: list[str]) -> list:
+        """`encode_batch` with the backend in the state `tokenizer(...)` puts it in."""
+        if not _backend_ready(self.tokenizer, self.backend):
+            self.tokenizer("", add_special_tokens=False)  # resets truncation and padding
+            if not _backend_ready(self.tokenizer, self.backend):
+                raise RuntimeError("the Rust tokenizer keeps truncation or padding settings")
+        return self.backend.encode_batch(texts, add_special_tokens=False)
+
+
+def _backend(tokenizer) -> tuple[Any, str | None]:
+    """The Rust tokenizer under `tokenizer`, or why there is none to use."""
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return None, "the tokenizers package is missing"
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if not isinstance(backend, Tokenizer):
+        return None, "not a fast (Rust) tokenizer"
+    tokenizer("", add_special_tokens=False)  # puts the backend in the state every call sets
+    if not _backend_ready(tokenizer, backend):
+        return None, "the Rust tokenizer keeps truncation or padding settings"
+    return backend, None
+
+
+def _backend_ready(tokenizer, backend) -> bool:
+    split = bool(getattr(tokenizer, "split_special_tokens", False))
+    return (backend.truncation is None and backend.padding is None
+            and backend.encode_special_tokens == split)
+
+
+def build_skeleton(tokenizer, messages: list[dict], tools: list[dict] | None) -> Skeleton:
+    """The skeleton of `messages`' shape, made by the reference path's own renders with
+    placeholders for the texts. Raises `Fallback` where it cannot stand for them."""
+    holes = [dict(m, content=placeholder(i)) if isinstance(m.get("content"), str) and m["content"]
+             else m for i, m in enumerate(messages)]
+    full = _render_both(tokenizer, holes, False, tools)
+    parts = split_placeholders(full)
+    if parts is None:
+        raise Fallback("the template alters message texts")
+    spans = []
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        prompt = _render_both(tokenizer, holes[:i], True, tools)
+        turn = _render_both(tokenizer, holes[: i + 1], False, tools)
+        if not turn.startswith(prompt):
+            raise Fallback("an assistant turn does not extend the rendering before it")
+        if not full.startswith(turn):
+            raise Fallback("the template rewrites earlier turns (one sample per turn)")
+        if split_placeholders(prompt) is None or split_placeholders(turn) is None:
+            raise Fallback("the template alters message texts")
+        if is_learned(message):
+            spans.append((boundary(prompt), boundary(turn)))
+    return Skeleton(parts, tuple(spans))
+
+
+def _render_both(tokenizer, messages: list[dict], generation_prompt: bool,
+                 tools: list[dict] | None) -> str:
+    """`render(...)` of `messages`, checked against a render in which each text is tracked."""
+    try:
+        reference = render(tokenizer, messages, generation_prompt, tools)
+    except Exception as err:  # the reference path raises it again for the record
+        raise Fallback(f"the template fails on this shape ({type(err).__name__})") from None
+    tracked = _tracked_render(tokenizer, messages, generation_prompt, tools)
+    if tracked != reference:
+        raise Fallback("the tracked render differs from apply_chat_template's")
+    return reference
+
+
+def _tracked_render(tokenizer, messages: list[dict], generation_prompt: bool,
+                    tools: list[dict] | None) -> str:
+    """What `apply_chat_template(..., tokenize=False)` renders, with the placeholders tracked."""
+    try:
+        from transformers.utils import chat_template_utils as ctu
+    except ImportError:
+        raise Fallback("transformers' template renderer is not importable") from None
+    try:
+        source = tokenizer.get_chat_template(None, tools or None)
+        compiled = ctu._compile_jinja_template(source)
+        problem = template_problem(compiled.environment, source)
+        if problem:
+            raise Fallback(problem)
+        chat = []
+        for message in messages:
+            plain = ctu._plain_template_data({k: v for k, v in message.items() if v is not None})
+            if isinstance(plain.get("content"), str) and plain["content"].startswith("\ue000"):
+                plain["content"] = TrackedText(plain["content"])
+            chat.append(plain)
+        chat = ctu._alias_reasoning_fields(chat)
+        context = ctu._plain_template_data(dict(tokenizer.special_tokens_map))
+        return compiled.render(messages=chat, tools=ctu._plain_template_data(tools or None),
+                               documents=None, add_generation_prompt=generation_prompt, **context)
+    except ContentInspected as err:
+        raise Fallback(f"the template inspects message texts ({err})") from None
+    except Fallback:
+        raise
+    except Exception as err:
+        raise Fallback(f"tracked render failed ({type(err).__name__})") from None
+
+
+def tokenize_records_fast(tokenizer, records: list[dict[str, Any]], max_length: int,
+                          overflow: str = "truncate", encoder: FastChatEncoder | None = None
+                          ) -> tuple[list[dict[str, list[int]]], TokenizeStats]:
+    """`tokenize_records(tokenizer, records, max_length, overflow)`, the same result."""
+    check_overflow(overflow)
+    encoder = encoder or FastChatEncoder(tokenizer)
+    return keep_features(encoder.record_features(records), max_length, overflow)
