@@ -100,6 +100,15 @@ def assert_same(tokenizer, records, max_length, overflow="truncate") -> FastChat
     assert got == expected
     assert stats == expected_stats and stats.as_dict() == expected_stats.as_dict()
     assert sum(encoder.counts.values()) == len(records)
+    arrays = FastChatEncoder(tokenizer).encode_arrays(records, max_length, overflow)
+    if set(encoder.counts) == {FAST}:  # the whole chunk as arrays (tokenize_dataset's way)
+        assert arrays.ids.tolist() == [t for f in expected for t in f["input_ids"]]
+        assert arrays.labels.tolist() == [t for f in expected for t in f["labels"]]
+        assert arrays.lengths.tolist() == expected_stats.lengths
+        assert arrays.full_lengths.tolist() == expected_stats.full_lengths
+        assert arrays.counts == {k: getattr(expected_stats, k) for k in arrays.counts}
+    else:
+        assert arrays is None
     return encoder
 
 
@@ -276,3 +285,38 @@ def test_odd_messages_fall_back(tokenizer):
         tokenize_records_fast(tokenizer, [parts], 4096, encoder=encoder)
     assert encoder.counts["a message is not a dict or its text is not a string"] == 1
     assert_same(tokenizer, [parts], 4096)
+
+
+def test_tokenize_dataset_job_mixes_both_paths_in_order(tokenizer, tmp_path, monkeypatch):
+    """The job's rows equal tokenize_records' samples when chunks hold records of both paths
+    (here the template trims tool results, so conversations with tools fall back), and it
+    reports how many records took which path."""
+    from datasets import Dataset
+
+    from workflow_scripts.training import tokenize_dataset
+
+    template = CHATML_TEMPLATE.replace("'\\n<tool_response>\\n' + message['content']",
+                                       "'\\n<tool_response>\\n' + (message['content'] | trim)")
+    assert template != CHATML_TEMPLATE
+    model_dir = tmp_path / "model"
+    with_template(tokenizer, template).save_pretrained(model_dir)
+    tool = [{"role": "user", "content": "查天气"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"type": "function", "function": {"name": "天气", "arguments": {"城市": "北京"}}}]},
+            {"role": "tool", "content": " 晴 "}, {"role": "assistant", "content": "北京晴。"}]
+    records = [{"messages": tool if i % 5 == 0 else CHAT[i % 2:3 + i % 3]} for i in range(40)]
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for split in ("train", "valid"):
+        (data_dir / f"{split}.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    monkeypatch.setattr(tokenize_dataset, "CHUNK_RECORDS", 7)
+    paths: dict = {}
+    settings = {"max_length": 40, "overflow": "truncate", "packing": False}
+    tokenize_dataset.tokenize(data_dir, str(model_dir), settings, tmp_path / "out", 1, None, paths)
+    expected, _ = tokenize_records(with_template(tokenizer, template), records, 40)
+    rows = Dataset.from_file(str(tmp_path / "out" / "train.arrow"))
+    assert rows["input_ids"] == [f["input_ids"] for f in expected]
+    assert rows["labels"] == [f["labels"] for f in expected]
+    assert paths["train"][FAST] == 32 and sum(paths["train"].values()) == 40
+    assert any("inspects" in why for why in paths["train"])

@@ -21,17 +21,32 @@ cannot show that it gives the same result; `FastChatEncoder.counts` says how man
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from itertools import chain
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from workflow_scripts.training.chat_tokenize import (TokenizeStats, check_overflow, encode_turns,
                                                       features_of, is_learned, render)
 from workflow_scripts.training.chat_tokenize import keep_features
+from workflow_scripts.training.token_loss import IGNORE_INDEX
 from workflow_scripts.training.template_skeleton import (ContentInspected, Skeleton, TrackedText,
                                                          boundary, placeholder, split_placeholders,
                                                          template_problem)
 
 MAX_SHAPES = 50_000  # skeletons kept; the cache starts over beyond this (tool-calling data)
 FAST = "fast"
+
+
+class ChunkArrays(NamedTuple):
+    """Kept samples back to back: token ids, labels, each sample's length; every sample's
+    length before truncation (`TokenizeStats.full_lengths`); the other `TokenizeStats` counts."""
+
+    ids: np.ndarray
+    labels: np.ndarray
+    lengths: np.ndarray
+    full_lengths: np.ndarray
+    counts: dict[str, int]
 
 
 class Fallback(Exception):
@@ -83,6 +98,30 @@ class FastChatEncoder:
             spans = [(start.offset(contents), end.offset(contents)) for start, end in skeleton.spans]
             out.append([features_of(encoding.ids, encoding.offsets, spans)])
         return out
+
+    def encode_arrays(self, records: list[dict[str, Any]], max_length: int, overflow: str
+                      ) -> ChunkArrays | None:
+        """The kept samples of `records` as flat arrays, what `tokenize_records` keeps, with its
+        counts; None (nothing counted) when a record of them takes the reference path or its
+        replies are out of order: then `record_features` is the way."""
+        plans = [self._plan(record) for record in records]
+        if not plans or any(isinstance(plan, str) for plan in plans):
+            return None
+        spans = [[(a.offset(contents), b.offset(contents)) for a, b in skeleton.spans]
+                 for skeleton, contents in plans]
+        if any(s[i][1] > s[i + 1][1] for s in spans for i in range(len(s) - 1)):
+            return None
+        texts = [skeleton.text(contents) for skeleton, contents in plans]
+        encodings = self._encode(texts)
+        self.counts[FAST] += len(records)
+        ids = [e.ids for e in encodings]
+        lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+        n_tokens = int(lengths.sum())
+        offsets = chain.from_iterable(chain.from_iterable(e.offsets for e in encodings))
+        starts = np.fromiter(offsets, np.int64, 2 * n_tokens)[::2]
+        ids_flat = np.fromiter(chain.from_iterable(ids), np.int64, n_tokens)
+        labels = flat_span_labels(ids_flat, starts, lengths, spans, max(map(len, texts)) + 1)
+        return keep_arrays(ids_flat, labels, lengths, max_length, overflow)
 
     def _plan(self, record: dict[str, Any]) -> tuple[Skeleton, list[str]] | str:
         """(skeleton, message texts) for the fast path, or why the record falls back."""
@@ -211,3 +250,55 @@ def tokenize_records_fast(tokenizer, records: list[dict[str, Any]], max_length: 
     check_overflow(overflow)
     encoder = encoder or FastChatEncoder(tokenizer)
     return keep_features(encoder.record_features(records), max_length, overflow)
+
+
+def flat_span_labels(ids: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+                     spans: list[list[tuple[int, int]]], stride: int) -> np.ndarray:
+    """`chat_tokenize.span_labels` for many texts at once (tokens back to back, `lengths` per
+    text, each text's character spans, ends in order, all offsets below `stride`).
+
+    span_labels walks the spans as the tokens come: a token moves the walk past every span
+    that ends at or before its start, never back, and is a label if it starts inside the span
+    reached. With ends in order, the span reached is the running maximum of the number of
+    spans ending at or before each start; numbering every text's positions from text x stride
+    makes one running maximum serve all texts (a text's counts start where the last one's end).
+    """
+    n_spans = np.fromiter(map(len, spans), np.int64, len(spans))
+    text_of_span = np.repeat(np.arange(len(spans), dtype=np.int64), n_spans)
+    span_bounds = np.fromiter(chain.from_iterable(chain.from_iterable(spans)), np.int64,
+                              2 * int(n_spans.sum())).reshape(-1, 2)
+    begin = text_of_span * stride + span_bounds[:, 0]
+    end = text_of_span * stride + span_bounds[:, 1]
+    text_of_token = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+    position = text_of_token * stride + starts
+    if not len(end):
+        return np.full(len(ids), IGNORE_INDEX, np.int64)
+    reached = np.maximum.accumulate(np.searchsorted(end, position, side="right"))
+    last = np.cumsum(n_spans)  # one past each text's last span
+    at = np.minimum(reached, len(end) - 1)
+    inside = (reached < last[text_of_token]) & (begin[at] <= position) & (position < end[at])
+    return np.where(inside, ids, IGNORE_INDEX)
+
+
+def keep_arrays(ids: np.ndarray, labels: np.ndarray, lengths: np.ndarray, max_length: int,
+                overflow: str) -> ChunkArrays:
+    """`chat_tokenize.keep_features` on one sample per record, as arrays: over-long samples
+    truncated or dropped, those left without a target dropped, the rest kept, counted."""
+    check_overflow(overflow)
+    over = lengths > max_length
+    fits = ~over if overflow == "drop" else np.ones(len(lengths), bool)
+    keep_length = np.minimum(lengths, max_length)
+    sample = np.repeat(np.arange(len(lengths)), lengths)
+    first = np.cumsum(lengths) - lengths
+    within = np.arange(len(ids)) - np.repeat(first, lengths) < np.repeat(keep_length, lengths)
+    targets = np.bincount(sample[within & (labels != IGNORE_INDEX)], minlength=len(lengths))
+    kept = fits & (targets > 0)
+    take = within & np.repeat(kept, lengths)
+    counts = {"kept": int(kept.sum()),
+              "truncated": 0 if overflow == "drop" else int(over.sum()),
+              "dropped_too_long": int(over.sum()) if overflow == "drop" else 0,
+              "dropped_no_target": int((fits & (targets == 0)).sum()),
+              "tokens": int(keep_length[kept].sum()), "target_tokens": int(targets[kept].sum()),
+              "turn_samples": 0}
+    return ChunkArrays(ids[take].astype(np.int32), labels[take].astype(np.int32),
+                       keep_length[kept].astype(np.int64), lengths.astype(np.int64), counts)

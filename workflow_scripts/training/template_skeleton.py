@@ -110,7 +110,7 @@ class Boundary:
     texts: tuple[int, ...]
 
     def offset(self, contents: list[str]) -> int:
-        return self.chars + sum(len(contents[i]) for i in self.texts)
+        return self.chars + sum([len(contents[i]) for i in self.texts])
 
 
 @dataclass(frozen=True)

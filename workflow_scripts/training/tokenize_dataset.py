@@ -114,6 +114,9 @@ def tokenize_chunk(task: tuple[str, int, list[str]]) -> tuple[np.ndarray, ...] |
         _WORKER["encoder"] = FastChatEncoder(_WORKER["tokenizer"])
     encoder = _WORKER["encoder"]
     before = encoder.counts.copy()
+    arrays = encoder.encode_arrays(records, settings["max_length"], settings["overflow"])
+    if arrays is not None:  # every record on the fast path: vectorized labels and overflow
+        return (*arrays, dict(encoder.counts - before))
     features, stats = tokenize_records_fast(_WORKER["tokenizer"], records, settings["max_length"],
                                             settings["overflow"], encoder)
     ids = np.fromiter(chain.from_iterable(f["input_ids"] for f in features), np.int32)
