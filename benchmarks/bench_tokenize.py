@@ -1,7 +1,7 @@
 """Tokenize + pack time and peak memory at growing corpus sizes: the tokenize_dataset job.
 
     python benchmarks/bench_tokenize.py [--sizes 100000 1000000] [--threads 2]
-                                        [--max-length 256] [--json out.json]
+                                        [--max-length 256] [--compare 100000] [--json out.json]
 
 Writes synthetic LCCC-style dialogues (one to three short user/assistant exchanges of
 Chinese text) as a prepared `train.jsonl` (plus a 5% `valid.jsonl`), trains a 4,000-token
@@ -13,7 +13,13 @@ worker times the number of workers: an upper bound), and the growth exponent of 
 memory between consecutive sizes (1.0 is linear). The baseline is the smallest size: the
 exponent says how time grows with the data. Targets (issue 19): time from 100k to 1M grows
 at most 12x (exponent 1.08); 1M dialogues through prepare, tokenize and pack in under 180 s
-(prepare is measured by bench_prepare_data.py / bench_scale.py).
+(prepare is measured by bench_prepare_scale.py / bench_scale.py).
+
+The baseline of the encoder itself, in the same run (`--compare N`, 0 to skip): the first N
+dialogues of the smallest size, chunk by chunk in one process, through the reference path
+(`chat_tokenize.tokenize_records`, what the job ran before fast_tokenize) and through the job's
+`tokenize_chunk` (fast_tokenize): CPU seconds of each, the ratio, and a check that both give
+the same token ids, labels, lengths and counts.
 
 Other jobs on the machine make wall times noisy: compare CPU seconds, and the load average
 printed before and after.
@@ -83,10 +89,11 @@ def child(data_dir: str, model_dir: str, out_dir: str, threads: int, max_length:
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     timings: dict = {}
+    paths: dict = {}
     settings = {"max_length": max_length, "overflow": "truncate", "packing": True}
     start = time.perf_counter()
     manifest = tokenize_dataset.tokenize(Path(data_dir), model_dir, settings, Path(out_dir),
-                                         threads, timings)
+                                         threads, timings, paths)
     seconds = time.perf_counter() - start
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     workers = tokenize_dataset.worker_count(threads, Path(data_dir))
@@ -94,7 +101,62 @@ def child(data_dir: str, model_dir: str, out_dir: str, threads: int, max_length:
     print(json.dumps({"seconds": seconds, "cpu_seconds": sum(u.ru_utime + u.ru_stime for u in usage),
                       "parent_rss_mib": peak_rss_mib(), "worker_rss_mib": worker_mib,
                       "peak_rss_mib": peak_rss_mib() + worker_mib * workers, "workers": workers,
-                      "rows": manifest["rows"], **{k: round(v, 2) for k, v in timings.items()}}))
+                      "rows": manifest["rows"], "encoder_paths": paths,
+                      **{k: round(v, 2) for k, v in timings.items()}}, ensure_ascii=False))
+
+
+def compare_child(data_dir: str, model_dir: str, n: int, max_length: int) -> None:
+    """The first `n` dialogues of `data_dir`'s train.jsonl, chunk by chunk in this process,
+    through tokenize_records (the reference) and tokenize_dataset.tokenize_chunk (fast_tokenize):
+    CPU seconds of each, and whether they agree, as JSON."""
+    from itertools import chain, islice
+
+    import numpy as np
+
+    from workflow_scripts.training import tokenize_dataset as job
+    from workflow_scripts.training.chat_tokenize import tokenize_records
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    settings = {"max_length": max_length, "overflow": "truncate", "packing": True}
+    job.init_worker(model_dir, False, settings)
+    path = Path(data_dir) / "train.jsonl"
+    with open(path, encoding="utf-8") as fh:
+        lines = list(islice(fh, n))
+    tasks = [(str(path), i + 1, lines[i:i + job.CHUNK_RECORDS])
+             for i in range(0, len(lines), job.CHUNK_RECORDS)]
+
+    def reference(task):
+        features, stats = tokenize_records(job._WORKER["tokenizer"], job.parse_lines(*task),
+                                           max_length, "truncate")
+        return (np.fromiter(chain.from_iterable(f["input_ids"] for f in features), np.int32),
+                np.fromiter(chain.from_iterable(f["labels"] for f in features), np.int32),
+                np.asarray(stats.lengths), np.asarray(stats.full_lengths),
+                {key: getattr(stats, key) for key in job.COUNTS})
+
+    results, cpu = {}, {}
+    for name, fn in (("reference", reference), ("fast", job.tokenize_chunk)):
+        start = time.process_time()
+        results[name] = [fn(task) for task in tasks]
+        cpu[name] = time.process_time() - start
+    same = all(all(np.array_equal(a, b) if isinstance(a, np.ndarray) else a == b
+                   for a, b in zip(old, new[:5]))
+               for old, new in zip(results["reference"], results["fast"]))
+    paths: dict = {}
+    for new in results["fast"]:
+        for key, count in new[5].items():
+            paths[key] = paths.get(key, 0) + count
+    print(json.dumps({"dialogues": len(lines), "reference_cpu_s": round(cpu["reference"], 2),
+                      "fast_cpu_s": round(cpu["fast"], 2),
+                      "speedup": round(cpu["reference"] / cpu["fast"], 2), "identical": same,
+                      "encoder_paths": paths}, ensure_ascii=False))
+
+
+def compare_paths(n: int, data_dir: Path, model_dir: Path, max_length: int) -> dict:
+    """`compare_child` in a child process of its own."""
+    cmd = [sys.executable, __file__, "--compare-child", str(data_dir), str(model_dir), str(n),
+           str(max_length)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def measure(n: int, work: Path, model_dir: Path, threads: int, max_length: int) -> dict:
@@ -147,10 +209,21 @@ def report(rows: list[dict]) -> None:
                   "workers (the 180 s target is for prepare + tokenize + pack together)")
 
 
+def print_comparison(c: dict) -> None:
+    print(f"encoder on the same {c['dialogues']:,} dialogues, one process: reference path "
+          f"(tokenize_records) {c['reference_cpu_s']:.1f} CPU s, fast_tokenize {c['fast_cpu_s']:.1f} "
+          f"CPU s: x{c['speedup']:.1f}; identical output: {c['identical']}; "
+          f"paths: {c['encoder_paths']}")
+
+
 def main(argv: list[str] | None = None) -> None:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--child":
         data_dir, model_dir, out_dir, threads, max_length = sys.argv[2:7]
         child(data_dir, model_dir, out_dir, int(threads), int(max_length))
+        return
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--compare-child":
+        data_dir, model_dir, n, max_length = sys.argv[2:6]
+        compare_child(data_dir, model_dir, int(n), int(max_length))
         return
     from workflow_scripts.common.cli import parser as cli_parser
 
@@ -160,18 +233,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                         help="tokenize_dataset's worker processes")
     parser.add_argument("--max-length", type=int, default=256, help="packed row length in tokens")
+    parser.add_argument("--compare", type=int, default=100_000,
+                        help="dialogues encoded by both the reference path and fast_tokenize in one "
+                        "process, CPU seconds side by side (0: skip)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     print(f"load average before: {os.getloadavg()}", flush=True)
-    rows = []
+    rows, comparison = [], None
     with tempfile.TemporaryDirectory(prefix="bench-tokenize-") as tmp:
         work = Path(tmp)
         build_tokenizer(work / "model")
         for n in sorted(args.sizes):
             rows.append(measure(n, work, work / "model", args.threads, args.max_length))
-            print(json.dumps(rows[-1]), flush=True)
+            print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
+            if args.compare and comparison is None:
+                comparison = compare_paths(args.compare, work / f"data-{n}", work / "model",
+                                           args.max_length)
+                print(json.dumps(comparison, ensure_ascii=False), flush=True)
     print(f"load average after: {os.getloadavg()}")
     report(rows)
+    if comparison:
+        print_comparison(comparison)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
