@@ -170,9 +170,10 @@ def measure(n: int, work: Path, model_dir: Path, threads: int, max_length: int) 
 
 
 def tokenize_rows(sizes: list[int], work: Path, threads: int | None = None,
-                  max_length: int = 256) -> list[dict]:
+                  max_length: int = 256, compare: int = 0) -> list[dict]:
     """Rows for bench_scale.py's data section: {"stage": "tokenize+pack", "dialogues",
-    "seconds", "cpu_seconds", "peak_rss_mb", ...}, printed as they come."""
+    "seconds", "cpu_seconds", "peak_rss_mb", ...}, printed as they come; with `compare`, one
+    {"stage": "encoder", ...} row: `compare_paths` on the smallest size's first dialogues."""
     model_dir = work / "tokenize-model"
     if not model_dir.exists():
         build_tokenizer(model_dir)
@@ -180,7 +181,11 @@ def tokenize_rows(sizes: list[int], work: Path, threads: int | None = None,
     for n in sorted(sizes):
         row = measure(n, work, model_dir, threads or os.cpu_count() or 1, max_length)
         rows.append({"stage": "tokenize+pack", **row, "peak_rss_mb": row["peak_rss_mib"] * 1.048576})
-        print(json.dumps(rows[-1]), flush=True)
+        print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
+        if compare and n == min(sizes):
+            row = compare_paths(compare, work / f"data-{n}", model_dir, max_length)
+            rows.append({"stage": "encoder", **row})
+            print(json.dumps(rows[-1], ensure_ascii=False), flush=True)
     return rows
 
 
