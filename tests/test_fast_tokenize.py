@@ -283,8 +283,10 @@ def test_odd_messages_fall_back(tokenizer):
     assert encoder.counts == {FAST: 2}
     with pytest.raises(TypeError):  # this template takes no content parts: the reference error
         tokenize_records_fast(tokenizer, [parts], 4096, encoder=encoder)
-    assert encoder.counts["a message is not a dict or its text is not a string"] == 1
+    assert encoder.counts["a message is not a dict, has no role or its text is not a string"] == 1
     assert_same(tokenizer, [parts], 4096)
+    no_role = {"messages": [{"content": "你好"}, {"role": "assistant", "content": "好"}]}
+    assert_same(tokenizer, [no_role], 4096)  # the reference path's KeyError, from both
 
 
 def test_tokenize_dataset_job_mixes_both_paths_in_order(tokenizer, tmp_path, monkeypatch):

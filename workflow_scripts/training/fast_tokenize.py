@@ -55,12 +55,12 @@ class Fallback(Exception):
 
 def shape_key(record: dict[str, Any]) -> tuple | None:
     """What a skeleton depends on: every message field but a non-empty text, and the tools.
-    None when a message is not a dict or its text is neither a string nor absent."""
+    None when a message is not a dict, has no role, or has a text that is not a string."""
     tools = record.get("tools")
     key: list = [repr(tools) if tools else ""]
     for message in record["messages"]:
-        if type(message) is not dict:
-            return None
+        if type(message) is not dict or "role" not in message:
+            return None  # the reference path raises its own error for these
         part = []
         for name, value in message.items():
             if name == "content":
@@ -129,7 +129,7 @@ class FastChatEncoder:
             return self.problem
         key = shape_key(record)
         if key is None:
-            return "a message is not a dict or its text is not a string"
+            return "a message is not a dict, has no role or its text is not a string"
         skeleton = self.skeletons.get(key)
         if skeleton is None:
             if len(self.skeletons) >= MAX_SHAPES:
