@@ -1,7 +1,8 @@
 """Tokenize + pack time and peak memory at growing corpus sizes: the tokenize_dataset job.
 
     python benchmarks/bench_tokenize.py [--sizes 100000 1000000] [--threads 2]
-                                        [--max-length 256] [--compare 100000] [--json out.json]
+                                        [--max-length 256] [--compare 100000]
+                                        [--pipeline 1000000] [--json out.json]
 
 Writes synthetic LCCC-style dialogues (one to three short user/assistant exchanges of
 Chinese text) as a prepared `train.jsonl` (plus a 5% `valid.jsonl`), trains a 4,000-token
@@ -14,6 +15,12 @@ memory between consecutive sizes (1.0 is linear). The baseline is the smallest s
 exponent says how time grows with the data. Targets (issue 19): time from 100k to 1M grows
 at most 12x (exponent 1.08); 1M dialogues through prepare, tokenize and pack in under 180 s
 (prepare is measured by bench_prepare_scale.py / bench_scale.py).
+
+`--pipeline N` runs the chain the 180 s target is about, end to end: N raw LCCC-style
+dialogues (bench_prepare_scale.py's generator: one JSON array, characters spaced, 3%
+duplicates) through `prepare` (the workflow's data stage, in a child process), then its
+train.jsonl and valid.jsonl through the tokenize_dataset job, packing on; wall and CPU seconds
+of each step and their sum.
 
 The baseline of the encoder itself, in the same run (`--compare N`, 0 to skip): the first N
 dialogues of the smallest size, chunk by chunk in one process, through the reference path
@@ -169,6 +176,40 @@ def measure(n: int, work: Path, model_dir: Path, threads: int, max_length: int) 
     return {"dialogues": n, **row}
 
 
+def pipeline_row(n: int, work: Path, model_dir: Path, threads: int, max_length: int) -> dict:
+    """prepare then tokenize + pack of `n` raw dialogues, each step in a child process."""
+    from bench_prepare_scale import run_child, write_dialogues
+
+    raw, prepared = work / f"raw-{n}.json", work / f"prepared-{n}"
+    write_dialogues(raw, n)
+    prepare = run_child("prepare", raw, prepared)
+    raw.unlink()
+    if "error" in prepare:
+        return {"stage": "pipeline", "dialogues": n, "error": prepare["error"]}
+    cmd = [sys.executable, __file__, "--child", str(prepared), str(model_dir),
+           str(work / f"pipeline-out-{n}"), str(threads), str(max_length)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    tokenize = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"stage": "pipeline", "dialogues": n, "kept": prepare["kept"],
+            "prepare_s": prepare["seconds"], "prepare_cpu_s": prepare["cpu_seconds"],
+            "tokenize_s": round(tokenize["seconds"], 2),
+            "tokenize_cpu_s": round(tokenize["cpu_seconds"], 2),
+            "seconds": round(prepare["seconds"] + tokenize["seconds"], 2),
+            "cpu_seconds": round(prepare["cpu_seconds"] + tokenize["cpu_seconds"], 2),
+            "rows": tokenize["rows"], "encoder_paths": tokenize["encoder_paths"]}
+
+
+def print_pipeline(r: dict) -> None:
+    if "error" in r:
+        print(f"pipeline at {r['dialogues']:,} dialogues failed: {r['error']}")
+        return
+    print(f"{r['dialogues']:,} raw dialogues through prepare ({r['prepare_s']:.1f} s wall, "
+          f"{r['prepare_cpu_s']:.1f} CPU s; {r['kept']:,} kept) then tokenize + pack "
+          f"({r['tokenize_s']:.1f} s wall, {r['tokenize_cpu_s']:.1f} CPU s): {r['seconds']:.1f} s "
+          f"wall, {r['cpu_seconds']:.1f} CPU s; target under 180 s: "
+          f"{'MET' if r['seconds'] < 180 else 'MISSED'}")
+
+
 def tokenize_rows(sizes: list[int], work: Path, threads: int | None = None,
                   max_length: int = 256, compare: int = 0) -> list[dict]:
     """Rows for bench_scale.py's data section: {"stage": "tokenize+pack", "dialogues",
@@ -241,10 +282,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--compare", type=int, default=100_000,
                         help="dialogues encoded by both the reference path and fast_tokenize in one "
                         "process, CPU seconds side by side (0: skip)")
+    parser.add_argument("--pipeline", type=int, default=0,
+                        help="also run this many raw dialogues through prepare, then tokenize + "
+                        "pack, and time the chain (0: skip)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     print(f"load average before: {os.getloadavg()}", flush=True)
-    rows, comparison = [], None
+    rows, comparison, pipeline = [], None, None
     with tempfile.TemporaryDirectory(prefix="bench-tokenize-") as tmp:
         work = Path(tmp)
         build_tokenizer(work / "model")
@@ -255,12 +299,19 @@ def main(argv: list[str] | None = None) -> None:
                 comparison = compare_paths(args.compare, work / f"data-{n}", work / "model",
                                            args.max_length)
                 print(json.dumps(comparison, ensure_ascii=False), flush=True)
+        if args.pipeline:
+            pipeline = pipeline_row(args.pipeline, work, work / "model", args.threads,
+                                    args.max_length)
+            print(json.dumps(pipeline, ensure_ascii=False), flush=True)
     print(f"load average after: {os.getloadavg()}")
     report(rows)
     if comparison:
         print_comparison(comparison)
+    if pipeline:
+        print_pipeline(pipeline)
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps({"sizes": rows, "encoder": comparison,
+                                         "pipeline": pipeline}, indent=1, ensure_ascii=False))
 
 
 if __name__ == "__main__":
