@@ -8,8 +8,9 @@ Memory: each case runs in a child process of its own and reports that process's 
 (and, on CUDA, the allocator's peak allocated and reserved bytes). Two models with Qwen2's
 151,936-row vocabulary and tied embeddings, built at random: `small` is the smoke model's
 body (hidden 32, one layer; 19 MB of embeddings) and `qwen2-0.5b` Qwen2-0.5B's shape with
-two of its 24 layers. Each is wrapped in a LoRA adapter with trainable tokens, as training
-builds it. Evaluation scores one batch through token_loss.record_loss_sums, full logits
+two of its 24 layers. Each is saved once as safetensors, and every case loads it as the
+workflow's jobs load a base (`models.loading.load_model`, fp32 on a CPU) and wraps it in a
+LoRA adapter with trainable tokens, as training builds it. Evaluation scores one batch through token_loss.record_loss_sums, full logits
 (today's path, `chunked=False`) beside the chunked path; training runs one forward and
 backward of the Trainer's own full-logits loss beside token_loss.training_loss. Half of each
 row is prompt (no loss), as in chat data. Targets: evaluation's peak at most 1/5 of the
@@ -59,20 +60,27 @@ KEY_TARGET_S = 1.0
 # memory: one child process per case
 
 
-def build_model(shape: str):
-    """A random Qwen2 of `shape` with a 151,936-row tied vocabulary, under a LoRA adapter with
-    two trainable token rows (as train_adapter builds it), on the compute device."""
+def save_model(shape: str, out_dir: Path) -> None:
+    """A random Qwen2 of `shape` with a 151,936-row tied vocabulary, saved as safetensors (run
+    once per shape in a child of its own: random initialisation holds more than loading)."""
     import torch
-    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, Qwen2Config
-
-    from workflow_scripts.models.loading import compute_dtype, pick_device
-    from workflow_scripts.training.train_adapter import lora_config
 
     torch.manual_seed(0)
     config = Qwen2Config(vocab_size=VOCAB, tie_word_embeddings=True, max_position_embeddings=2048,
                          **SHAPES[shape])
-    model = AutoModelForCausalLM.from_config(config, dtype=compute_dtype()).to(pick_device())
+    AutoModelForCausalLM.from_config(config).save_pretrained(out_dir, safe_serialization=True)
+
+
+def build_model(model_dir: str):
+    """The saved model loaded as every workflow job loads a base (models.loading.load_model),
+    under a LoRA adapter with two trainable token rows (as train_adapter builds it)."""
+    from peft import get_peft_model
+
+    from workflow_scripts.models.loading import compute_dtype, load_model
+    from workflow_scripts.training.train_adapter import lora_config
+
+    model = load_model(model_dir, dtype=compute_dtype())
     lora = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
     return get_peft_model(model, lora_config("lora", lora, [VOCAB - 2, VOCAB - 1]))
 
@@ -108,14 +116,14 @@ def peaks() -> dict:
     return out
 
 
-def memory_case(shape: str, stage: str, path: str, batch: int, length: int) -> dict:
+def memory_case(model_dir: str, stage: str, path: str, batch: int, length: int) -> dict:
     """One measurement, run in a child process: loss (and gradients, for training) of one
     batch through the full-logits or the chunked path."""
     import torch
 
     from workflow_scripts.training.token_loss import record_loss_sums, training_loss
 
-    model = build_model(shape)
+    model = build_model(model_dir)
     features = batch_features(batch, length)
     setup = peaks()
     if torch.cuda.is_available():
@@ -171,16 +179,19 @@ def fitting_eval_batch(wanted: int, length: int, cpu_cap: int) -> int:
     return max(1, min(wanted, cpu_cap, int(budget // per_row_mb)))
 
 
-def memory_section(args) -> list[dict]:
+def memory_section(args, work: Path) -> list[dict]:
     rows = []
     full_eval_batch = fitting_eval_batch(args.eval_batch, args.length, args.cpu_full_eval_batch)
     for shape in SHAPES:
+        model_dir = work / f"model-{shape}"
+        subprocess.run([sys.executable, __file__, "--worker", "save", shape, str(model_dir)],
+                       check=True, cwd=ROOT)
         cases = [("eval", "full", full_eval_batch), ("eval", "chunked", full_eval_batch)]
         if full_eval_batch != args.eval_batch:
             cases.append(("eval", "chunked", args.eval_batch))
         cases += [("train", "full", args.train_batch), ("train", "chunked", args.train_batch)]
         for stage, path, batch in cases:
-            result = run_child(["memory", shape, stage, path, str(batch), str(args.length)])
+            result = run_child(["memory", str(model_dir), stage, path, str(batch), str(args.length)])
             row = {"shape": shape, "stage": stage, "path": path, "batch": batch,
                    "length": args.length, **result}
             rows.append(row)
@@ -332,9 +343,11 @@ def print_summary(memory: list[dict], key: list[dict]) -> bool:
 
 def worker(argv: list[str]) -> None:
     kind, *rest = argv
+    if kind == "save":
+        return save_model(*rest[:1], Path(rest[1]))
     if kind == "memory":
-        shape, stage, path, batch, length = rest
-        result = memory_case(shape, stage, path, int(batch), int(length))
+        model_dir, stage, path, batch, length = rest
+        result = memory_case(model_dir, stage, path, int(batch), int(length))
     else:
         result = key_case(*rest)
     print(json.dumps(result))
@@ -361,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"CPU: {cpu_name()}, {os.cpu_count()} cores; free memory {available_mb():,.0f} MB", flush=True)
     with tempfile.TemporaryDirectory(prefix="bench_scale_") as tmp:
         work = Path(tmp)
-        memory = memory_section(args) if "memory" in args.section else []
+        memory = memory_section(args, work) if "memory" in args.section else []
         key = key_section(args, work) if "key" in args.section else []
         data = data_section(args, work) if "data" in args.section else []
     ok = print_summary(memory, key)

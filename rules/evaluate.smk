@@ -1,6 +1,6 @@
 EVAL_CODE = ("evaluation/evaluate", "evaluation/generation", "evaluation/text_metrics",
              "evaluation/tool_eval", "evaluation/tool_calls", "training/chat_tokenize",
-             "training/token_loss", "models/chat_templates", "models/loading", "data/formats",
+             "training/token_loss", "training/lean_tokens", "models/chat_templates", "models/loading", "data/formats",
              "common/run_info", "common/resource_usage", "evaluation/general_text", "evaluation/benchmarks",
              "evaluation/exam_files", "models/build_base_model")
 EVAL_OUTPUTS = ("metrics.json", "predictions.jsonl", "record_losses.jsonl", "tool_calls.jsonl",

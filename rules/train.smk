@@ -5,7 +5,7 @@
 from workflow_scripts.launch.gpu_slots import multi_node_resources, stage_resources, train_launcher
 
 TRAIN_CODE = ("training/train_adapter", "training/chat_tokenize", "training/packing",
-              "training/token_loss", "training/length_sampler", "training/progress",
+              "training/token_loss", "training/lean_tokens", "training/length_sampler", "training/progress",
               "models/chat_templates", "models/loading", "launch/local_launch",
               "common/resource_usage", "common/run_info", "models/content_hash")
 

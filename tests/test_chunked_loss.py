@@ -117,20 +117,54 @@ def test_record_loss_sums_equal_the_full_logits_ones(tied_dir, method, tokens):
 
 
 def test_the_output_layer_computes_no_logits_over_the_sequence(tied_dir):
-    """The model's own forward gets an empty slice: only label positions are projected."""
+    """The model's own forward gets an empty slice: only label positions are projected, and
+    through the untouched base layer (trainable tokens' rows replaced after it)."""
     model, tokenizer = peft_model(tied_dir, "lora", TOKENS)
     head = model.get_output_embeddings()
-    shapes = []
-    handle = head.register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape)))
+    shapes, chunks = [], []
+    handles = [head.register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape))),
+               head.token_adapter.base_layer.register_forward_hook(
+                   lambda m, a, out: chunks.append(tuple(out.shape)))]
     inputs = batch(tokenizer, model, packed=False)
     labels = inputs.pop("labels")
     with torch.no_grad():
         token_loss.batch_loss_sums(model, inputs, labels)
-    handle.remove()
+    for handle in handles:
+        handle.remove()
     n_labels = int((labels[:, 1:] != IGNORE_INDEX).sum())
-    assert shapes[0][1] == 0  # the model's own call: (batch, 0, vocab)
-    assert sum(s[0] for s in shapes[1:]) == n_labels  # then label positions, chunk by chunk
-    assert max(s[0] for s in shapes[1:]) <= token_loss.chunk_rows(head.weight.shape[0])
+    assert shapes == [(inputs["input_ids"].shape[0], 0, head.weight.shape[0])]  # the model's own call
+    assert chunks[0] == shapes[0]
+    chunks = chunks[1:]
+    assert sum(s[0] for s in chunks) == n_labels  # then label positions, chunk by chunk
+    assert max(s[0] for s in chunks) <= token_loss.chunk_rows(head.weight.shape[0])
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["eval", "train"])
+def test_trainable_tokens_never_build_a_merged_copy_of_the_embedding(tied_dir, monkeypatch, grad):
+    """PEFT's own forward copies the whole (vocabulary, hidden) weight on every call; the
+    chunked loss projects through the base and replaces the trained rows' columns instead,
+    with the same loss and the same gradients."""
+    model, tokenizer = peft_model(tied_dir, "lora", TOKENS)
+    layer = model.get_output_embeddings().token_adapter
+    inputs = batch(tokenizer, model, packed=False)
+    labels = inputs.pop("labels")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    full = model(**inputs, labels=labels).loss
+    full_grads = torch.autograd.grad(full, trainable)
+    merged = []
+    real = type(layer).get_merged_weights
+    monkeypatch.setattr(type(layer), "get_merged_weights",
+                        lambda self, names: merged.append(tuple(names)) or real(self, names))
+    model.train(grad)
+    with torch.set_grad_enabled(grad):
+        loss = training_loss(model, inputs, labels)
+        if grad:
+            grads = torch.autograd.grad(loss, trainable)
+            for a, b in zip(grads, full_grads):
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert loss.item() == pytest.approx(full.item(), rel=1e-5)
+    assert any(int(t) in layer.token_indices["default"] for t in inputs["input_ids"].flatten())
+    assert merged == []  # neither the input embedding nor the head's calls built one
 
 
 def test_sequence_loss_sums_is_the_reference():

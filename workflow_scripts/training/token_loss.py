@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterable, Sequence
 
+from workflow_scripts.training.lean_tokens import lean_forward, project
+
 IGNORE_INDEX = -100  # label of a position that takes no loss (as transformers' default)
 # Logits projected at once by the chunked loss: 2**25 fp32 values (128 MiB), e.g. 220 label
 # positions of a 151,936-row vocabulary, or a whole batch of a small model.
@@ -52,7 +54,7 @@ def chunk_rows(vocab_size: int) -> int:
 def _chunk_token_losses(head, hidden, targets):
     import torch
 
-    return torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="none")
+    return torch.nn.functional.cross_entropy(project(head, hidden).float(), targets, reduction="none")
 
 
 def label_token_losses(head, hidden, labels, vocab_size: int):
@@ -112,14 +114,17 @@ def hidden_forward(model, inputs: dict):
 
     `model` may be wrapped (DDP, accelerate): the forward goes through the wrapper; the hook
     sits on the unwrapped model's output layer (the adapted one under PEFT: LoRA on the
-    head, trainable tokens on a tied embedding). None when the layer was not called with
-    the hidden states as its first positional argument.
+    head, trainable tokens on a tied embedding). Trainable tokens run without their merged
+    copy of the embedding (`lean_tokens`). None when the layer was not called with the
+    hidden states as its first positional argument.
     """
-    head = unwrap(model).get_output_embeddings()
+    inner = unwrap(model)
+    head = inner.get_output_embeddings()
     capture = _HiddenCapture()
     handle = head.register_forward_pre_hook(capture)
     try:
-        model(**inputs)
+        with lean_forward(inner, head_output_unused=True):
+            model(**inputs)
     finally:
         handle.remove()
     return capture.hidden
