@@ -190,6 +190,26 @@ def test_non_chatml_templates_take_the_fast_path(tokenizer):
         assert assert_same(tok, records, 4096).counts == {FAST: 3}
 
 
+def test_shapes_tell_field_types_apart(tokenizer):
+    """A field that is "1" in one record and 1 in another makes two shapes (here the second
+    is an error, as in the reference path)."""
+    named = CHATML_TEMPLATE.replace(
+        "message['content'] + '<|im_end|>' + '\\n'",
+        "message['content'] + (message['name'] if message['name'] is defined else '') "
+        "+ '<|im_end|>' + '\\n'")
+    assert named != CHATML_TEMPLATE
+    tok = with_template(tokenizer, named)
+    as_text = [dict(CHAT[1], name="1"), CHAT[2]]
+    as_number = [dict(CHAT[1], name=1), CHAT[2]]
+    encoder = assert_same(tok, [{"messages": as_text}], 4096)
+    assert encoder.counts == {FAST: 1}
+    with pytest.raises(TypeError):  # a string plus a number: the reference path's error
+        tokenize_records(tok, [{"messages": as_number}], 4096)
+    with pytest.raises(TypeError):
+        tokenize_records_fast(tok, [{"messages": as_text}, {"messages": as_number}], 4096,
+                              encoder=encoder)
+
+
 def test_trainable_and_context_only_turns(tokenizer):
     messages = [dict(m) for m in CHAT]
     messages[2]["loss_weight"] = 0

@@ -68,7 +68,7 @@ def shape_key(record: dict[str, Any]) -> tuple | None:
                     value = 1 if value else 0
                 elif value is not None:
                     return None
-            part.append((name, value if type(value) is str else repr(value)))
+            part.append((name, value if type(value) is str else (repr(value),)))  # "1" != 1
         key.append(tuple(part))
     return tuple(key)
 
