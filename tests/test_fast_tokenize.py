@@ -66,8 +66,8 @@ def datasets(tmp_path_factory) -> dict[str, list[dict]]:
     out = {name: prepared(name, spec, tmp) for name, spec in SMOKE["datasets"].items()}
     raw = tmp / "alpaca_history.json"
     raw.write_text(json.dumps([
-        {"instruction": f"第{i}个问题：接着说。", "input": "补充" * (i % 3), "output": f"好的，第{i}个回答。",
-         "system": "你是助手。" if i % 2 else "",
+        {"instruction": f"第{i}个问题：接着说。", "input": "补充" * (i % 3),
+         "output": f"好的，第{i}个回答。", "system": "你是助手。" if i % 2 else "",
          "history": [[f"先问{j}", f"先答{j}"] for j in range(i % 4)]} for i in range(40)],
         ensure_ascii=False), encoding="utf-8")
     out["alpaca_history"] = prepared("alpaca_history", {"format": "alpaca", "files": [str(raw)]},
