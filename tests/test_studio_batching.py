@@ -99,6 +99,8 @@ def test_batched_greedy_answers_equal_unbatched_token_for_token(workdir, server)
         assert same or first_divergence_is_a_tie(workdir, req, b.choices[0].message.content), \
             (req, a.choices[0].message.content, b.choices[0].message.content)
     assert sum(b.usage.completion_tokens for b in batched) > 8 * 3  # answers, not just an end
+    # They came through the fast mixed-adapter forward (mixed_lora.py), not PEFT's.
+    assert server.app.state.pool.engines[("rand", False)]._mixed is not None
 
 
 def test_a_seed_gives_the_same_answer_whatever_else_is_in_the_batch(server):

@@ -146,6 +146,49 @@ class StopMatcher:
         return out
 
 
+class LoopMailbox:
+    """Hands items from worker threads to queues of one event loop, waking the loop once
+    per burst rather than once per item: a batch step reports a token for every row, and
+    each wake-up is a write to the loop's self-pipe and a switch of threads."""
+
+    _boxes: dict[int, "LoopMailbox"] = {}
+    _boxes_lock = threading.Lock()
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._pending: list[tuple[asyncio.Queue, Any]] = []
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> "LoopMailbox":
+        with cls._boxes_lock:
+            box = cls._boxes.get(id(loop))
+            if box is None or box.loop is not loop:
+                for key in [k for k, b in cls._boxes.items() if b.loop.is_closed()]:
+                    del cls._boxes[key]
+                box = cls._boxes[id(loop)] = cls(loop)
+            return box
+
+    def put(self, queue: asyncio.Queue, item: Any) -> None:
+        """Raises RuntimeError when the loop is closed."""
+        with self._lock:
+            self._pending.append((queue, item))
+            if len(self._pending) > 1:  # a wake-up is already on its way
+                return
+        try:
+            self.loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:
+            with self._lock:
+                self._pending.clear()
+            raise
+
+    def _deliver(self) -> None:
+        with self._lock:
+            items, self._pending = self._pending, []
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
 def start_generation_sync(pool: ModelPool, chat: PreparedChat, cancel: threading.Event,
                           loop: asyncio.AbstractEventLoop) -> asyncio.Queue:
     """Hand the chat to the pool (its batch, or a worker thread when unbatched), loading
@@ -153,10 +196,11 @@ def start_generation_sync(pool: ModelPool, chat: PreparedChat, cancel: threading
     ("text", piece)... then ("done", Outcome) or ("error", exception). Raises Overloaded,
     with nothing started, when the base's queue is full."""
     queue: asyncio.Queue = asyncio.Queue()
+    mailbox = LoopMailbox.of(loop)
 
     def put(kind: str, value: Any) -> None:
         try:
-            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+            mailbox.put(queue, (kind, value))
         except RuntimeError:  # the loop is gone: nobody is listening any more
             cancel.set()
 

@@ -1,0 +1,144 @@
+"""The studio's fast mixed-adapter forward (workflow_scripts/studio/mixed_lora.py) against
+PEFT's own, on a random Qwen2 (fp32, CPU): rows of different adapters (different ranks,
+trained chat tokens) and the base in one batch get the logits of PEFT's `adapter_names`
+forward; a batch of one adapter computes PEFT's single-adapter arithmetic; layers it does
+not handle leave it to PEFT."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from random_chat_models import CHAT_TOKENS, random_adapter, random_base
+
+from workflow_scripts.studio.mixed_lora import BASE, MixedAdapters
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory) -> Path:
+    return random_base(tmp_path_factory.mktemp("mixed-lora") / "base")
+
+
+def plain_adapter(base_dir: Path, out: Path, rank: int, seed: int, **extra) -> Path:
+    """A LoRA adapter with random non-zero matrices of the given rank (no trained tokens)."""
+    from peft import LoraConfig, get_peft_model
+
+    from workflow_scripts.models.loading import load_model
+
+    torch.manual_seed(seed)
+    settings = {"target_modules": "all-linear", **extra}
+    model = get_peft_model(load_model(str(base_dir)), LoraConfig(
+        task_type="CAUSAL_LM", r=rank, lora_alpha=3 * rank, init_lora_weights=False, **settings))
+    model.save_pretrained(out)
+    return out
+
+
+def peft_model(base_dir: Path, adapters: dict[str, Path]):
+    from peft import PeftModel
+
+    from workflow_scripts.models.loading import load_model
+
+    (first, path), *rest = adapters.items()
+    model = PeftModel.from_pretrained(load_model(str(base_dir)), str(path), adapter_name=first)
+    for name, path in rest:
+        model.load_adapter(str(path), adapter_name=name)
+    return model.eval()
+
+
+def batch(base_dir: Path, rows: int, width: int = 9):
+    """Left-padded ids that include the chat tokens (the trained embedding rows)."""
+    from workflow_scripts.models.loading import load_tokenizer
+
+    specials = load_tokenizer(str(base_dir)).convert_tokens_to_ids(CHAT_TOKENS)
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, 200, (rows, width), generator=generator)
+    ids[:, 1], ids[:, -2] = specials[0], specials[1]
+    mask = torch.ones_like(ids)
+    for row in range(1, rows, 2):  # every other row left-padded by its index
+        mask[row, :min(row, width - 3)] = 0
+    return ids, mask
+
+
+def mixed_logits(model, mixer, rows: list[str], ids, mask):
+    with torch.no_grad(), mixer.applied(rows):
+        return model.get_base_model()(input_ids=ids, attention_mask=mask).logits
+
+
+def assert_same_answers(mine, reference):
+    """Equal up to float rounding, and the same greedy token at every position."""
+    torch.testing.assert_close(mine, reference, atol=1e-4, rtol=1e-5)
+    assert torch.equal(mine.argmax(-1), reference.argmax(-1))
+
+
+def test_rows_of_three_adapters_and_the_base_match_peft(base_dir, tmp_path):
+    paths = {f"t{i}": random_adapter(base_dir, tmp_path / f"t{i}", seed=i) for i in range(3)}
+    model = peft_model(base_dir, paths)
+    rows = ["t0", BASE, "t2", "t1", "t0", BASE, "t1", "t2"]
+    ids, mask = batch(base_dir, len(rows))
+    with torch.no_grad():
+        reference = model(input_ids=ids, attention_mask=mask, adapter_names=rows).logits
+    mixer = MixedAdapters.build(model, list(paths))
+    assert mixer is not None and len(mixer.token_sites) == 2  # the embedding and its tied head
+    mine = mixed_logits(model, mixer, rows, ids, mask)
+    assert_same_answers(mine, reference)
+    # Not vacuous: the trained chat tokens change what an adapter's row computes.
+    with torch.no_grad(), model.disable_adapter():
+        base = model(input_ids=ids, attention_mask=mask).logits
+    assert (reference[0] - base[0]).abs().max() > 1e-2
+
+
+def test_plain_adapters_of_different_ranks_match_peft(base_dir, tmp_path):
+    paths = {"r2": plain_adapter(base_dir, tmp_path / "r2", rank=2, seed=1),
+             "r8": plain_adapter(base_dir, tmp_path / "r8", rank=8, seed=2,
+                                 target_modules=["q_proj", "v_proj"])}
+    model = peft_model(base_dir, paths)
+    rows = ["r8", "r2", BASE, "r2", "r8"]
+    ids, mask = batch(base_dir, len(rows))
+    with torch.no_grad():
+        reference = model(input_ids=ids, attention_mask=mask, adapter_names=rows).logits
+    mixer = MixedAdapters.build(model, list(paths))
+    assert mixer is not None and not mixer.token_sites
+    assert_same_answers(mixed_logits(model, mixer, rows, ids, mask), reference)
+
+
+def test_a_batch_of_one_adapter_computes_what_peft_computes_for_it(base_dir, tmp_path):
+    paths = {f"t{i}": random_adapter(base_dir, tmp_path / f"t{i}", seed=10 + i) for i in range(2)}
+    model = peft_model(base_dir, paths)
+    mixer = MixedAdapters.build(model, list(paths))
+    ids, mask = batch(base_dir, 3)
+    for adapter in ["t1", BASE]:
+        with torch.no_grad():
+            if adapter == BASE:
+                with model.disable_adapter():
+                    reference = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            else:
+                model.set_adapter(adapter)
+                reference = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+            with mixer.applied([adapter] * 3):
+                mine = model.get_base_model()(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        # The layers' arithmetic is PEFT's own, bit for bit; only the trained tokens' logits
+        # come from a separate product (h . trained row) rather than the merged head.
+        for theirs, ours in zip(reference.hidden_states, mine.hidden_states):
+            assert torch.equal(theirs, ours)
+        assert_same_answers(mine.logits, reference.logits)
+        if adapter == BASE:
+            assert torch.equal(mine.logits, reference.logits)
+
+
+def test_the_modules_are_peft_s_again_after_a_pass(base_dir, tmp_path):
+    paths = {"t0": random_adapter(base_dir, tmp_path / "t0", seed=3)}
+    model = peft_model(base_dir, paths)
+    mixer = MixedAdapters.build(model, list(paths))
+    ids, mask = batch(base_dir, 2)
+    with pytest.raises(RuntimeError), mixer.applied(["t0", BASE]):
+        raise RuntimeError("a failed step")
+    assert not any("forward" in vars(site.module) for site in mixer.lora_sites + mixer.token_sites)
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).logits
+        mixed_logits(model, mixer, ["t0", BASE], ids, mask)
+        assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, before)
+
+
+def test_layers_it_does_not_handle_are_left_to_peft(base_dir, tmp_path):
+    paths = {"dora": plain_adapter(base_dir, tmp_path / "dora", rank=4, seed=4, use_dora=True)}
+    assert MixedAdapters.build(peft_model(base_dir, paths), list(paths)) is None
