@@ -158,12 +158,12 @@ def test_judge_end_to_end_in_the_workflow(smoke_run, server, tmp_path, monkeypat
         assert (table.loc[table["experiment"] == name, "judgments"] == len(rows)).all()
     md = (results / "report" / "training_report.md").read_text(encoding="utf-8")
     assert "### Judged by judge-fair" in md and "win rate (fine-tuned)" in md
-    # re-judging everything hits the cache: not one new call
-    flow.run("--cores", "1", "--forcerun", "judge", "--until", "judge")
+    # re-judging everything hits the cache: not one new call, even with jobs side by side
+    flow.run("--cores", "2", "--forcerun", "judge", "--until", "judge")
     assert server.count("judge-fair") - before == asked
     # a judge whose replies do not parse: counted in the table and the report
     judge_config(flow, server, "judge-garbage")
-    flow.run("--cores", "1")
+    flow.run("--cores", "2")
     table = pd.read_csv(results / "metrics" / "judge.tsv", sep="\t")
     assert table["unparseable"].sum() > 0 and (table["judgments"] > 0).all()
     md = (results / "report" / "training_report.md").read_text(encoding="utf-8")

@@ -1,4 +1,4 @@
-"""The smoke workflow through the Slurm profile, on a real one-node Slurm on localhost.
+"""A cut-down smoke workflow through the Slurm profile, on a real one-node Slurm on localhost.
 
 The cluster comes from tests/slurm/start_slurm.sh. Without one the test is skipped, except
 where the environment variable CI is set: there the test starts the cluster itself and a
@@ -8,7 +8,8 @@ What it runs is profiles/slurm/config.yaml with only the cluster's names and siz
 (tests/slurm/make_test_profile.py): the test partition instead of the placeholders, no
 account, resources capped to the node, no GPU (the node has none). What it checks:
 
-* every output of the workflow exists, and a second dry run has nothing left to do;
+* every output of the workflow (smoke.yaml cut to one dataset, the rank sweep and a QLoRA
+  experiment: `_slurm_config`) exists, and a second dry run has nothing left to do;
 * every job of a non-local rule ran as a Slurm job (its log under logs/slurm, its job
   COMPLETED in `scontrol`), and no local rule did;
 * each job's sbatch request (partition, --mem, -t, --cpus-per-task) is the resources that
@@ -118,9 +119,18 @@ def _minutes(limit: str) -> int:
     return int(days or 0) * 1440 + parts[0] * 60 + parts[1] + (parts[2] > 0)
 
 
-def _config_with_two_process_training(path: Path) -> Path:
-    """The smoke config with the rank sweep trained by two processes per experiment."""
+def _slurm_config(path: Path) -> Path:
+    """The smoke config cut to what the cluster's side needs, with the rank sweep trained by
+    two processes per experiment: one dataset, the scratch model, the two-point sweep and one
+    QLoRA experiment, so every rule that goes to Slurm runs (tool calls, benchmarks and the
+    merge are local-side features the shared smoke run covers)."""
     config = yaml.safe_load(SMOKE_CONFIG.read_text())
+    config["datasets"] = {"alpaca_zh": config["datasets"]["alpaca_zh"]}
+    config["base_models"]["tiny"]["pretrain"]["datasets"] = ["alpaca_zh"]
+    config.pop("benchmarks")
+    config["defaults"]["evaluation"].pop("benchmarks")
+    config.pop("merge")
+    config["experiments"] = {"qlora": {"base_model": "tiny", "dataset": "alpaca_zh", "method": "qlora"}}
     config["sweeps"]["rank"]["base"].setdefault("training", {})["devices"] = 2
     path.write_text(yaml.safe_dump(config))
     return path
@@ -136,7 +146,7 @@ def test_smoke_workflow_runs_through_slurm(slurm_cluster, tmp_path):
     (workdir / "tests").symlink_to(REPO / "tests")  # its tool-calling files
     profile = tmp_path / "profile"
     derived = write_test_profile(profile)
-    config = _config_with_two_process_training(tmp_path / "config.yaml")
+    config = _slurm_config(tmp_path / "config.yaml")
 
     # Every output of the DAG, listed before anything runs.
     _, summary = _snakemake(workdir, profile, "--summary", config=config)
@@ -213,7 +223,7 @@ def _check_gpu_requests(workdir: Path, tmp_path: Path, config: Path, n_trains: i
     calls = {_sbatch_flags(c)["comment"].rsplit("_", 1)[-1]: _sbatch_flags(c)
              for c in SBATCH_CALL.findall(gpu_log) if "rule_train_adapter" in c}
     assert len(calls) == n_trains + 1, gpu_log[-5000:]
-    for name, gpus in {"rank-r2": "2", "rank-r4": "2", "lccc-qlora": "1"}.items():
+    for name, gpus in {"rank-r2": "2", "rank-r4": "2", "qlora": "1"}.items():
         assert calls[name].get("gpus") == gpus and "nodes" not in calls[name], calls[name]
     across = calls["two-nodes"]
     assert (across.get("nodes"), across.get("tasks"), across.get("gres")) == ("2", "2", "gpu:2")
