@@ -232,7 +232,18 @@ INSPECTING = {
                   "{{ c | trim }};{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}",
                   "captures output"),
     "tojson": ("{% for m in messages %}{{ m.role + ':' }}{{ m.content | tojson }};{% endfor %}"
-               "{% if add_generation_prompt %}assistant:{% endif %}", "alters"),
+               "{% if add_generation_prompt %}assistant:{% endif %}", "inspects"),
+    "wordcount": ("{% for m in messages %}{{ m.role + ':' }}{% if m.content | wordcount > 1 %}"
+                  "多{% endif %}{{ m.content }};{% endfor %}"
+                  "{% if add_generation_prompt %}assistant:{% endif %}", "inspects"),
+    "int": ("{% for m in messages %}{{ m.role + ':' }}{{ m.content | int }}{{ m.content }};"
+            "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}", "inspects"),
+    "string method": ("{% for m in messages %}{{ m.role + ':' }}{% if '\\n前后空格'.startswith("
+                      "m.content) %}前{% endif %}{{ m.content }};{% endfor %}"
+                      "{% if add_generation_prompt %}assistant:{% endif %}", "inspects"),
+    "in a string": ("{% for m in messages %}{{ m.role + ':' }}{% if m.content in '问好' %}短{% endif %}"
+                    "{{ m.content }};{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}",
+                    "`in`"),
     "clock": ("{{ strftime_now('%Y') }}{% for m in messages %}{{ m.role + ':' + m.content }}"
               "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}", "clock"),
 }
@@ -244,7 +255,8 @@ def test_templates_that_look_at_texts_fall_back(tokenizer, case):
     rendering around it): every record goes the reference way, counted with the reason."""
     source, reason = INSPECTING[case]
     tok = with_template(tokenizer, source)
-    records = tricky_records()[:12] + [{"messages": CHAT}]
+    numbers = [{"role": "user", "content": "42"}, {"role": "assistant", "content": "7"}]
+    records = tricky_records()[:12] + [{"messages": CHAT}, {"messages": numbers}]
     encoder = assert_same(tok, records, 4096)
     assert FAST not in encoder.counts
     assert all(reason in why for why in encoder.counts), dict(encoder.counts)

@@ -32,7 +32,7 @@ from workflow_scripts.training.chat_tokenize import keep_features
 from workflow_scripts.training.token_loss import IGNORE_INDEX
 from workflow_scripts.training.template_skeleton import (ContentInspected, Skeleton, TrackedText,
                                                          boundary, placeholder, split_placeholders,
-                                                         template_problem)
+                                                         template_problem, tracked_template)
 
 MAX_SHAPES = 50_000  # skeletons kept; the cache starts over beyond this (tool-calling data)
 FAST = "fast"
@@ -225,6 +225,7 @@ def _tracked_render(tokenizer, messages: list[dict], generation_prompt: bool,
         problem = template_problem(compiled.environment, source)
         if problem:
             raise Fallback(problem)
+        compiled = tracked_template(compiled, source)
         chat = []
         for message in messages:
             plain = ctu._plain_template_data({k: v for k, v in message.items() if v is not None})

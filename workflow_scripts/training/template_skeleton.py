@@ -11,13 +11,16 @@ and the real rendering is the skeleton with the texts put back. The renders are 
 ordinary way (`apply_chat_template` with the placeholders as plain strings) and must match.
 
 What makes a template unusable here (then `chat_tokenize` renders every record of the shape):
-a template that inspects a text (`strip`, `trim`, `length`, `in`, `==`, slicing, `tojson`, `~`),
-captures output (`{% set %}` blocks, macros, `{% call %}`, `{% generation %}`, filter blocks,
-whose results could be inspected afterwards), or reads the clock (`strftime_now`).
+a template that inspects a text (its methods, `==`, `in`, slicing, `~`, `'%s' %`, or passing
+it to any filter, test other than a type test, or function), captures output (`{% set %}`
+blocks, macros, `{% call %}`, `{% generation %}`, filter blocks, whose results could be
+inspected afterwards), puts anything but a constant or a field other than `content` left of
+`in` (`text in 'abc'` is read in C), or reads the clock (`strftime_now`).
 """
 from __future__ import annotations
 
 import dis
+import functools
 import re
 import sys
 from dataclasses import dataclass
@@ -86,6 +89,9 @@ class TrackedText(str):
 
 
 _CAPTURES = ("Macro", "CallBlock", "AssignBlock", "FilterBlock")
+# Tests that depend on a value's type only, which is `str` for every text.
+_TYPE_TESTS = frozenset({"defined", "undefined", "none", "string", "mapping", "number", "integer",
+                         "float", "boolean", "true", "false", "callable", "sameas"})
 
 
 def template_problem(environment, source: str) -> str | None:
@@ -98,7 +104,59 @@ def template_problem(environment, source: str) -> str | None:
             return f"template captures output ({name})"
     if any(node.name == "strftime_now" for node in tree.find_all(nodes.Name)):
         return "template reads the clock (strftime_now)"
+    for compare in tree.find_all(nodes.Compare):
+        # `text in 'literal'` reads the text in C, past the placeholder's guards: only a
+        # constant or a field other than `content` may stand left of `in`
+        if any(op.op in ("in", "notin") for op in compare.ops) and not _plain_operand(compare.expr):
+            return "template tests whether a value is `in` another"
     return None
+
+
+def _plain_operand(node) -> bool:
+    from jinja2 import nodes
+
+    if isinstance(node, nodes.Const):
+        return True
+    if isinstance(node, nodes.Getattr):
+        return node.attr != "content"
+    if isinstance(node, nodes.Getitem):
+        return isinstance(node.arg, nodes.Const) and node.arg.value != "content"
+    return False
+
+
+def _holds_text(args: tuple, kwargs: dict) -> bool:
+    return any(isinstance(a, TrackedText) for a in args) or any(
+        isinstance(v, TrackedText) for v in kwargs.values())
+
+
+def _guarded(fn):
+    """`fn` (a filter, test or global), refusing a placeholder among its arguments: filters
+    such as `wordcount`, `int` or `safe` read a string in C, past the placeholder's methods."""
+    @functools.wraps(fn)  # keeps Jinja's pass_context marks
+    def guarded(*args, **kwargs):
+        if _holds_text(args, kwargs):
+            raise ContentInspected(f"a message's text went to {getattr(fn, '__name__', fn)}")
+        return fn(*args, **kwargs)
+    return guarded
+
+
+@functools.lru_cache(maxsize=16)
+def tracked_template(compiled, source: str):
+    """`source` compiled again in an overlay of `compiled`'s environment whose filters, tests
+    and calls refuse placeholders (the environment `apply_chat_template` uses is left alone)."""
+    environment = compiled.environment.overlay()
+    environment.filters = {k: _guarded(f) for k, f in compiled.environment.filters.items()}
+    environment.tests = {k: f if k in _TYPE_TESTS else _guarded(f)
+                         for k, f in compiled.environment.tests.items()}
+    call = environment.call
+
+    def guarded_call(context, obj, *args, **kwargs):
+        if _holds_text(args, kwargs):
+            raise ContentInspected("a message's text went to a function or method")
+        return call(context, obj, *args, **kwargs)
+
+    environment.call = guarded_call
+    return environment.from_string(source)
 
 
 @dataclass(frozen=True)
