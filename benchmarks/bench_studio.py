@@ -14,8 +14,10 @@
 - Batching: total generated tokens/s and p50/p95 time to first token for 1, 4, 8 and 16
   concurrent streamed chats over three adapters (random, with trained chat tokens as the
   default config's) and the base; baseline: the same server unbatched (one generation at a
-  time per base, as before batching). Targets: at 8 clients 4x the tokens/s and p95 first
-  token under 1 s; at 1 client no more than 10% slower.
+  time per base, as before batching). The clients (the official `openai` client) run in a
+  separate process, as real ones do (`--clients-in thread`: in the server's process).
+  Targets: at 8 clients 4x the tokens/s and p95 first token under 1 s; at 1 client no
+  more than 10% slower.
 - Soak: 2,000 requests (plain, streamed, streams cut mid-answer, 8 MB bodies, floods of 40
   at once) against a queue of 16 + 16 per base: every answer a 200, 413 or 429, and the
   thread count and RSS back where they were (RSS within 10%).
@@ -280,23 +282,65 @@ def batching_workdir(model_dir: Path, root: Path) -> list[str]:
 
 
 async def streamed_round(url: str, models: list[str], clients: int, max_tokens: int,
-                         offset: int = 0):
+                         offset: int = 0) -> tuple[float, list]:
+    """(seconds from the first request to the last answer's end, each chat's results) of
+    one round of concurrent streamed chats; the client is made before the clock starts
+    (the `openai` client loads a TLS context, 25 ms, even for http)."""
     import openai
 
     async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="-", max_retries=0, timeout=600) as client:
+        started = time.perf_counter()
         # Greedy: both servers write the same answers (tests/test_studio_batching.py), so
         # they are timed on the same tokens.
-        return await asyncio.gather(*(one_chat(client, models[(offset + i) % len(models)],
-                                               PROMPTS[(offset + i) % 4], max_tokens, i,
-                                               temperature=0.0)
-                                      for i in range(clients)))
+        results = await asyncio.gather(*(one_chat(client, models[(offset + i) % len(models)],
+                                                  PROMPTS[(offset + i) % 4], max_tokens, i,
+                                                  temperature=0.0)
+                                         for i in range(clients)))
+        return time.perf_counter() - started, results
 
 
-def bench_batching(model_dir: Path, max_tokens: int, threads: int, rounds: int) -> None:
+def client_round(url: str, models: list[str], clients: int, max_tokens: int,
+                 offset: int) -> tuple[float, list]:
+    """One round (streamed_round) from a synchronous caller: this process or a client one."""
+    return asyncio.run(streamed_round(url, models, clients, max_tokens, offset))
+
+
+class Clients:
+    """Where the benchmark's clients run: `process`, a separate Python process (as people
+    and evaluation scripts reach a server), or `thread`, the benchmark's own process, which
+    then shares the interpreter lock with the server it measures (how the figures before
+    the fast mixed forward were taken)."""
+
+    def __init__(self, where: str):
+        self.where, self.pool = where, None
+
+    def __enter__(self) -> "Clients":
+        if self.where == "process":
+            import concurrent.futures
+            import multiprocessing
+
+            self.pool = concurrent.futures.ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("spawn"))
+            self.pool.submit(time.sleep, 0).result()  # started before anything is timed
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+    def round(self, *args) -> tuple[float, list]:
+        if self.pool is None:
+            return client_round(*args)
+        return self.pool.submit(client_round, *args).result()
+
+
+def bench_batching(model_dir: Path, max_tokens: int, threads: int, rounds: int,
+                   clients_in: str = "process") -> None:
     """Unbatched (one generation at a time per base, as before) beside batched, in one run."""
     print(f"\nbatching on {MODEL}: streamed chats over 3 adapters + the base, {max_tokens} new "
-          f"tokens each, greedy; {threads} torch thread(s); {rounds} round(s) each (4x at 1 client)")
-    with tempfile.TemporaryDirectory() as tmp:
+          f"tokens each, greedy; {threads} torch thread(s); {rounds} round(s) each (4x at 1 client); "
+          + ("clients in a separate process" if clients_in == "process" else "clients in this process"))
+    with tempfile.TemporaryDirectory() as tmp, Clients(clients_in) as pool:
         root = Path(tmp)
         models = [MODEL, *batching_workdir(model_dir, root)]
         figures: dict[tuple[bool, int], tuple[float, float, float, int]] = {}
@@ -304,15 +348,14 @@ def bench_batching(model_dir: Path, max_tokens: int, threads: int, rounds: int) 
             app = create_app(StudioSettings(config=root / "config.yaml", workdir=root, threads=threads,
                                             batching=batching, queue_depth=64))
             with BackgroundServer(app) as server:
-                asyncio.run(streamed_round(server.url, models, 4, 4))  # load base and adapters
+                pool.round(server.url, models, 4, 4, 0)  # load base and adapters
                 for clients in (1, 4, 8, 16):
                     # Rounds rotate over the models and prompts; one client gets 4x as many.
                     wall, results = 0.0, []
                     for offset in range(rounds * max(1, 4 // clients)):
-                        started = time.perf_counter()
-                        results += asyncio.run(streamed_round(server.url, models, clients,
-                                                              max_tokens, offset))
-                        wall += time.perf_counter() - started
+                        seconds, answers = pool.round(server.url, models, clients, max_tokens, offset)
+                        wall += seconds
+                        results += answers
                     firsts = [r[0] for r in results]
                     tokens = sum(r[1] for r in results)
                     figures[(batching, clients)] = (tokens / wall, statistics.median(firsts),
@@ -479,6 +522,9 @@ def main() -> None:
                         help="comma-separated parts to run")
     parser.add_argument("--rounds", type=int, default=2,
                         help="rounds per batching figure (tokens/s over all of them)")
+    parser.add_argument("--clients-in", choices=["process", "thread"], default="process",
+                        help="batching: run the clients in a separate process (as real clients "
+                             "are) or in this one, sharing the interpreter lock with the server")
     parser.add_argument("--soak-requests", type=int, default=2000)
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -497,7 +543,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        bench_batching(model_dir, args.max_tokens, args.threads, args.rounds)
+        bench_batching(model_dir, args.max_tokens, args.threads, args.rounds, args.clients_in)
     if "soak" in parts:
         bench_soak(model_dir, args.soak_requests, args.threads)
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx2
 import openai
 import pytest
-from random_chat_models import studio_workdir
+import yaml
+from random_chat_models import random_adapter, studio_workdir
 
 from workflow_scripts.studio.app import StudioSettings, create_app
 from workflow_scripts.studio.background import BackgroundServer
@@ -101,6 +102,40 @@ def test_batched_greedy_answers_equal_unbatched_token_for_token(workdir, server)
     assert sum(b.usage.completion_tokens for b in batched) > 8 * 3  # answers, not just an end
     # They came through the fast mixed-adapter forward (mixed_lora.py), not PEFT's.
     assert server.app.state.pool.engines[("rand", False)]._mixed is not None
+
+
+def test_adapters_with_and_without_trained_tokens_share_a_batch(tmp_path):
+    """PEFT can neither load a plain LoRA adapter beside ones that train tokens nor mix
+    them in a batch; the studio does both, and each row answers as unbatched."""
+    studio_workdir(tmp_path, adapters=2)
+    random_adapter(tmp_path / "rand", tmp_path / "results/adapters/p0", seed=7, trainable_tokens=False)
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    config["experiments"]["p0"] = {"base_model": "rand", "dataset": "d"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    models = ["a0", "p0", "rand", "a1", "p0", "a0"]
+    requests = [request(i, model=m) for i, m in enumerate(models)]
+    with serve(tmp_path, batching=False) as unbatched:
+        alone = [asyncio.run(ask_all(unbatched.url, [r]))[0] for r in requests]
+    with serve(tmp_path) as batched_server:
+        engine_of = batched_server.app.state.pool.engines
+        asyncio.run(ask_all(batched_server.url, [request(0, model=m, max_tokens=1) for m in models]))
+        engine = engine_of[("rand", False)]
+        engine.outcomes.clear()
+        steps, advance = [], engine._advance
+
+        def watching(batch, logits):  # which adapters each step ran
+            steps.append({row.adapter for row in batch.rows})
+            advance(batch, logits)
+
+        engine._advance = watching
+        batched = asyncio.run(ask_all(batched_server.url, requests))
+        plain, trained = engine.base.adapters["p0"], engine.base.adapters["a0"]
+    assert any(plain in names and trained in names for names in steps)
+    for req, a, b in zip(requests, alone, batched):
+        same = (a.choices[0].message.content == b.choices[0].message.content
+                and a.usage.completion_tokens == b.usage.completion_tokens)
+        assert same or first_divergence_is_a_tie(tmp_path, req, b.choices[0].message.content), \
+            (req, a.choices[0].message.content, b.choices[0].message.content)
 
 
 def test_a_seed_gives_the_same_answer_whatever_else_is_in_the_batch(server):

@@ -64,9 +64,9 @@ def mixed_logits(model, mixer, rows: list[str], ids, mask):
         return model.get_base_model()(input_ids=ids, attention_mask=mask).logits
 
 
-def assert_same_answers(mine, reference):
+def assert_same_answers(mine, reference, atol: float = 1e-4):
     """Equal up to float rounding, and the same greedy token at every position."""
-    torch.testing.assert_close(mine, reference, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(mine, reference, atol=atol, rtol=1e-5)
     assert torch.equal(mine.argmax(-1), reference.argmax(-1))
 
 
@@ -142,3 +142,62 @@ def test_the_modules_are_peft_s_again_after_a_pass(base_dir, tmp_path):
 def test_layers_it_does_not_handle_are_left_to_peft(base_dir, tmp_path):
     paths = {"dora": plain_adapter(base_dir, tmp_path / "dora", rank=4, seed=4, use_dora=True)}
     assert MixedAdapters.build(peft_model(base_dir, paths), list(paths)) is None
+
+
+def test_an_adapter_without_trained_tokens_loads_beside_ones_with_them(base_dir, tmp_path):
+    """PEFT alone refuses it (KeyError on the token wrapper's rows); loaded, each adapter
+    answers as it does alone, and their rows share a batch."""
+    from peft import PeftModel
+
+    from workflow_scripts.models.loading import load_model
+    from workflow_scripts.studio.mixed_lora import loading_beside_trained_tokens
+
+    paths = {"t0": random_adapter(base_dir, tmp_path / "t0", seed=5),
+             "p0": random_adapter(base_dir, tmp_path / "p0", seed=6, trainable_tokens=False)}
+    with pytest.raises(KeyError):
+        peft_model(base_dir, paths)
+    model = PeftModel.from_pretrained(load_model(str(base_dir)), str(paths["t0"]), adapter_name="t0")
+    with loading_beside_trained_tokens(model, str(paths["p0"]), "p0"):
+        model.load_adapter(str(paths["p0"]), adapter_name="p0")
+    model.eval()
+    ids, mask = batch(base_dir, 3)
+    alone = {}
+    for name, path in paths.items():
+        with torch.no_grad():
+            alone[name] = peft_model(base_dir, {name: path})(input_ids=ids, attention_mask=mask).logits
+            model.set_adapter(name)
+            assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, alone[name])
+    rows = ["p0", "t0", "p0"]
+    mine = mixed_logits(model, MixedAdapters.build(model, list(paths)), rows, ids, mask)
+    for i, name in enumerate(rows):
+        assert_same_answers(mine[i], alone[name][i])
+
+
+def test_a_bf16_base_with_fp32_adapters_answers_as_each_adapter_alone(base_dir, tmp_path):
+    """As on an accelerator: the checkpoint's bf16 base, PEFT's adapters kept in fp32. Each
+    mixed row gets what PEFT computes for its adapter alone, the unbatched path (closer
+    than PEFT's own mixed forward gets in bf16: 0.3 apart on these logits)."""
+    from peft import PeftModel
+
+    from workflow_scripts.models.loading import load_model
+
+    paths = {f"t{i}": random_adapter(base_dir, tmp_path / f"t{i}", seed=20 + i) for i in range(2)}
+    model = PeftModel.from_pretrained(load_model(str(base_dir), dtype=torch.bfloat16),
+                                      str(paths["t0"]), adapter_name="t0")
+    model.load_adapter(str(paths["t1"]), adapter_name="t1")
+    model.eval()
+    assert model.base_model.model.model.layers[0].self_attn.q_proj.lora_A["t0"].weight.dtype == torch.float32
+    rows = ["t1", BASE, "t0"]
+    ids, mask = batch(base_dir, len(rows))
+    mine = mixed_logits(model, MixedAdapters.build(model, list(paths)), rows, ids, mask)
+    assert mine.dtype == torch.bfloat16
+    for i, adapter in enumerate(rows):
+        with torch.no_grad():
+            if adapter == BASE:
+                with model.disable_adapter():
+                    alone = model(input_ids=ids[i:i + 1], attention_mask=mask[i:i + 1]).logits[0]
+            else:
+                model.set_adapter(adapter)
+                alone = model(input_ids=ids[i:i + 1], attention_mask=mask[i:i + 1]).logits[0]
+        unpadded = mask[i].bool()
+        assert_same_answers(mine[i][unpadded].float(), alone[unpadded].float(), atol=2e-2)

@@ -15,7 +15,7 @@ from workflow_scripts.studio.app import StudioSettings, create_app
 from workflow_scripts.studio.catalog import Catalog, metric_interval
 from workflow_scripts.studio.chat_engine import TokenStreamer
 from workflow_scripts.studio.files import read_from
-from workflow_scripts.studio.openai_api import StopMatcher
+from workflow_scripts.studio.openai_api import LoopMailbox, StopMatcher
 from workflow_scripts.studio.progress import read_progress
 
 REPO = Path(__file__).resolve().parent.parent
@@ -266,3 +266,43 @@ def test_read_from_follows_appends_and_never_splits_a_character(tmp_path):
     with open(path, "ab") as fh:
         fh.write("你".encode()[2:] + b"\n")
     assert read_from(path, offset, 1 << 20) == ("你\n", 6)
+
+
+def test_the_mailbox_delivers_a_burst_in_order_with_few_wake_ups():
+    """A batch step reports a token for each row from the worker thread: every item reaches
+    its own queue in order, and the loop is woken once per burst, not once per item."""
+    import asyncio
+    import threading
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        box = LoopMailbox.of(loop)
+        assert LoopMailbox.of(loop) is box
+        queues = [asyncio.Queue() for _ in range(8)]
+        wakeups, schedule = [], loop.call_soon_threadsafe
+
+        def counting(callback, *args):
+            wakeups.append(callback)
+            return schedule(callback, *args)
+
+        loop.call_soon_threadsafe = counting
+        steps = 20
+
+        def worker():
+            for step in range(steps):
+                for row, queue in enumerate(queues):
+                    box.put(queue, (row, step))
+                time.sleep(0.002)
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        got = [[await queue.get() for _ in range(steps)] for queue in queues]
+        thread.join()
+        del loop.call_soon_threadsafe
+        assert got == [[(row, step) for step in range(steps)] for row in range(8)]
+        assert len(wakeups) < 8 * steps / 2
+        return box
+
+    box = asyncio.run(main())
+    with pytest.raises(RuntimeError):  # the loop is closed: the caller cancels its request
+        box.put(asyncio.Queue(), "late")

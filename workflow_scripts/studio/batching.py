@@ -1,10 +1,13 @@
 """Continuous batching: every request for one loaded base model decodes in one batch.
 
-One worker thread per loaded base runs a step loop. At each step it first admits waiting
-requests (prefilled together, left-padded, their key/value cache joined to the running
-one), then decodes one token for every running row in a single forward pass. Rows of
-different adapters share the pass through PEFT's mixed-adapter inference (`adapter_names`,
-one per row; `__base__` runs the base unadapted). Each row keeps its own decoding (greedy,
+One worker thread per loaded base runs a step loop. At each step it decodes one token for
+every running row in a single forward pass, then admits waiting requests (prefilled
+together, left-padded, their key/value cache joined to the running one). Rows of
+different adapters share the pass through mixed_lora.py's forward (the adapters' matrices
+stacked, two batched matmuls per LoRA layer; a batch of one adapter, a lone request say,
+runs PEFT's single-adapter arithmetic), or, for layers it does not handle (DoRA, quantized
+bases), PEFT's mixed-adapter inference (`adapter_names`, one per row; `__base__` runs the
+base unadapted). Each row keeps its own decoding (greedy,
 or temperature/top-p with its own `torch.Generator`, so a seed gives the same answer
 whatever else is in the batch), its own stop tokens and token budget, and leaves the batch
 at the first step after its `cancel` event is set (a client that went away, a stop string).
@@ -120,8 +123,9 @@ class BatchEngine:
     """The step loop of one loaded base model (see the module's docstring).
 
     `base` is the chat engine's LoadedBase: its `lock` is held for each step, so attaching
-    an adapter (which rewrites modules) happens between steps; `mix_key(adapter)` says which
-    adapters may share a batch (PEFT cannot mix adapters with and without trainable tokens).
+    an adapter (which rewrites modules) happens between steps; a row's `mix_key` says which
+    adapters may share a batch when PEFT's mixed forward is needed (it cannot mix adapters
+    with and without trainable tokens); the fast forward mixes any.
     """
 
     IDLE_EXIT_S = 2.0  # the worker thread ends after this long without rows
@@ -211,6 +215,9 @@ class BatchEngine:
 
         with self.base.lock, torch.no_grad():
             new = self._take_waiting()
+            self._drop_cancelled()
+            if self.batch is not None:  # first, so running rows lose no step to arrivals
+                self._decode()
             if new:
                 try:
                     group = self._prefill(new)
@@ -222,9 +229,6 @@ class BatchEngine:
                         self.batch = group
                     else:
                         self.batch.join(group)
-            self._drop_cancelled()
-            if self.batch is not None and not new:
-                self._decode()
 
     def _forward(self, input_ids, mask, positions, cache, rows: list[Row]):
         inputs = dict(input_ids=input_ids, attention_mask=mask, position_ids=positions,

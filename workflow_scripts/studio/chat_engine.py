@@ -22,6 +22,7 @@ from workflow_scripts.evaluation.generation import (generation_config, only_conf
 from workflow_scripts.studio.batching import BASE_ROW, BatchEngine, Overloaded, Row
 from workflow_scripts.studio.catalog import Catalog
 from workflow_scripts.studio.errors import BadRequest, UnknownName
+from workflow_scripts.studio.mixed_lora import loading_beside_trained_tokens
 from workflow_scripts.studio.files import read_json_cached
 
 
@@ -388,7 +389,8 @@ class ModelPool:
         if not base.adapters:
             base.model = PeftModel.from_pretrained(base.model, adapter_dir, adapter_name=name)
         else:
-            base.model.load_adapter(adapter_dir, adapter_name=name)
+            with loading_beside_trained_tokens(base.model, adapter_dir, name):
+                base.model.load_adapter(adapter_dir, adapter_name=name)
         base.model.eval()
         base.mix_keys[name] = mix_key(base.model, name)
         base.adapters[experiment] = name

@@ -267,16 +267,24 @@ def _lora_forward(site: _LoraSite, plan: _Plan):
     same = stack_a.dtype == weight.dtype
 
     def mixed(x, *args, **kwargs):
-        shape = x.shape
-        rows = x.reshape(shape[0], -1, shape[-1])
-        result = F.linear(rows, weight, bias)
-        if same:
-            out = torch.baddbmm(result, torch.bmm(rows, stack_a), stack_b)
-        else:
-            low = torch.bmm(rows.to(stack_a.dtype), stack_a)
-            out = (result + torch.bmm(low, stack_b)).to(result.dtype)
-        return out.reshape(*shape[:-1], -1)
+        if x.dim() != 3 or not same:
+            return _mixed_general(x, weight, bias, stack_a, stack_b)
+        # [rows, tokens, in]: base + (x A_row) B_row, the adds fused into one baddbmm
+        return torch.baddbmm(F.linear(x, weight, bias), torch.bmm(x, stack_a), stack_b)
     return mixed
+
+
+def _mixed_general(x, weight, bias, stack_a, stack_b):
+    """The mixed LoRA layer for inputs of any rank and adapters in another dtype."""
+    import torch
+    import torch.nn.functional as F
+
+    shape = x.shape
+    rows = x.reshape(shape[0], -1, shape[-1])
+    result = F.linear(rows, weight, bias)
+    low = torch.bmm(rows.to(stack_a.dtype), stack_a)
+    out = (result + torch.bmm(low, stack_b)).to(result.dtype)
+    return out.reshape(*shape[:-1], -1)
 
 
 def _embedding_forward(site: _TokenSite, plan: _Plan):
@@ -314,3 +322,31 @@ def _head_forward(site: _TokenSite, plan: _Plan):
         new = torch.where(valid.unsqueeze(1), trained.to(flat.dtype), flat.gather(2, where))
         return flat.scatter(2, where, new).reshape(shape)
     return forward
+
+
+@contextlib.contextmanager
+def loading_beside_trained_tokens(peft_model, adapter_dir: str, name: str) -> Iterator[None]:
+    """Let `peft_model.load_adapter(adapter_dir, adapter_name=name)` load an adapter that
+    trains no tokens into a model whose loaded adapters do: PEFT asks every trainable-token
+    wrapper for the new adapter's rows (a KeyError when there are none). While it loads,
+    such wrappers ask for nothing for `name`, so the adapter leaves the embedding as the
+    base has it, as it would alone."""
+    import json
+    from pathlib import Path
+
+    from peft.utils.other import TrainableTokensWrapper
+
+    config = json.loads((Path(adapter_dir) / "adapter_config.json").read_text(encoding="utf-8"))
+    wrappers = [m for m in peft_model.modules() if isinstance(m, TrainableTokensWrapper)]
+    if config.get("trainable_token_indices") or not wrappers:
+        yield
+        return
+    for wrapper in wrappers:
+        own = wrapper.adapter_state_dict_load_map
+        wrapper.adapter_state_dict_load_map = (
+            lambda adapter, own=own: {} if adapter == name else own(adapter))
+    try:
+        yield
+    finally:
+        for wrapper in wrappers:
+            del wrapper.adapter_state_dict_load_map
