@@ -15,7 +15,8 @@ from workflow_scripts.data.prepare_dataset import prepare
 from workflow_scripts.models.build_base_model import train_tokenizer
 from workflow_scripts.models.chat_templates import CHATML_TEMPLATE
 from workflow_scripts.training.chat_tokenize import tokenize_records
-from workflow_scripts.training.fast_tokenize import FAST, FastChatEncoder, tokenize_records_fast
+from workflow_scripts.training.fast_tokenize import (FAST, FIRST_OF_SHAPE, FastChatEncoder,
+                                                      shape_key, tokenize_records_fast)
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "tests" / "data" / "templates"
@@ -89,7 +90,7 @@ def with_template(tokenizer, template: str):
 
 def assert_same(tokenizer, records, max_length, overflow="truncate") -> FastChatEncoder:
     """Both paths give the same samples, label for label, and the same counts (or the same error)."""
-    encoder = FastChatEncoder(tokenizer)
+    encoder = FastChatEncoder(tokenizer, skeleton_at=1)
     try:
         expected, expected_stats = tokenize_records(tokenizer, records, max_length, overflow)
     except Exception as err:  # noqa: BLE001 - whatever the reference path raises, the same
@@ -100,15 +101,14 @@ def assert_same(tokenizer, records, max_length, overflow="truncate") -> FastChat
     assert got == expected
     assert stats == expected_stats and stats.as_dict() == expected_stats.as_dict()
     assert sum(encoder.counts.values()) == len(records)
-    arrays = FastChatEncoder(tokenizer).encode_arrays(records, max_length, overflow)
-    if set(encoder.counts) == {FAST}:  # the whole chunk as arrays (tokenize_dataset's way)
+    for skeleton_at in (1, 2):  # the job's way: the whole chunk as arrays
+        arrays = FastChatEncoder(tokenizer, skeleton_at).encode_chunk(records, max_length,
+                                                                       overflow)
         assert arrays.ids.tolist() == [t for f in expected for t in f["input_ids"]]
         assert arrays.labels.tolist() == [t for f in expected for t in f["labels"]]
         assert arrays.lengths.tolist() == expected_stats.lengths
         assert arrays.full_lengths.tolist() == expected_stats.full_lengths
         assert arrays.counts == {k: getattr(expected_stats, k) for k in arrays.counts}
-    else:
-        assert arrays is None
     return encoder
 
 
@@ -352,5 +352,59 @@ def test_tokenize_dataset_job_mixes_both_paths_in_order(tokenizer, tmp_path, mon
     rows = Dataset.from_file(str(tmp_path / "out" / "train.arrow"))
     assert rows["input_ids"] == [f["input_ids"] for f in expected]
     assert rows["labels"] == [f["labels"] for f in expected]
-    assert paths["train"][FAST] == 32 and sum(paths["train"].values()) == 40
-    assert any("inspects" in why for why in paths["train"])
+    # the job makes a shape's skeleton when it comes back: its first record goes the reference way
+    shapes = {shape_key(r) for r in records}
+    counts = paths["train"]
+    assert counts[FIRST_OF_SHAPE] == len(shapes) and sum(counts.values()) == 40
+    inspects = [why for why in counts if "inspects" in why]
+    assert len(inspects) == 1 and counts[inspects[0]] == 8 - 1
+    assert counts[FAST] == 40 - 8 - (len(shapes) - 1)
+
+
+def random_records(seed: int, n: int) -> list[dict]:
+    """Conversations of random shape and text: system prompts, tool calls and results, empty
+    and context-only turns, and texts made of tag pieces, whitespace and a literal placeholder."""
+    import random
+
+    from workflow_scripts.training.template_skeleton import placeholder
+
+    rng = random.Random(seed)
+    pieces = ["你好", "天气", "<|im_end|>", "<|im_start|>", "\n", " ", "  ", "\t", "assistant",
+              "user", "[INST]", "<<SYS>>", "<|assistant|>", "😀", "e\u0301", "\"", "\\", "{{",
+              "}}", "%", placeholder(0), "\ue001", "ﬁ", "１２", "abc"]
+
+    def text() -> str:
+        return "".join(rng.choices(pieces, k=rng.choice([0, 1, 2, 5, 12])))
+
+    records = []
+    for _ in range(n):
+        messages = [{"role": "system", "content": text()}] if rng.random() < 0.3 else []
+        for turn in range(rng.randint(1, 3)):
+            messages.append({"role": "user", "content": text() or "问"})
+            if rng.random() < 0.2:
+                city = text().translate({0xE000: None, 0xE001: None, 0xE002: None})
+                call = {"type": "function", "function": {"name": "天气", "arguments": {"城市": city}}}
+                messages += [{"role": "assistant", "content": text(), "tool_calls": [call]},
+                             {"role": "tool", "content": text() or "晴"}]
+            reply = {"role": "assistant", "content": text()}
+            if rng.random() < 0.15:
+                reply["loss_weight"] = 0
+            messages.append(reply)
+        record = {"messages": messages}
+        if rng.random() < 0.2:
+            record["tools"] = [{"type": "function", "function": {"name": "天气", "parameters": {}}}]
+        records.append(record)
+    return records
+
+
+@pytest.mark.parametrize("template", ["chatml", "qwen25_style", "llama2", "chatglm"])
+def test_random_conversations(tokenizer, template):
+    source = {"llama2": LLAMA2, "chatglm": CHATGLM}.get(template) or template_source(template)
+    tok = with_template(tokenizer, source)
+    records = random_records(len(template), 80)
+    if template == "qwen25_style":  # it renders nothing for an empty reply: the reference raises
+        records = [r for r in records if all(m["content"] or m.get("tool_calls")
+                                             for m in r["messages"] if m["role"] == "assistant")]
+    for max_length, overflow in ((4096, "truncate"), (24, "drop")):
+        encoder = assert_same(tok, records, max_length, overflow)
+        assert encoder.counts[FAST] == len(records), dict(encoder.counts)

@@ -20,6 +20,11 @@ from typing import Any, Iterable, Iterator
 from workflow_scripts.training.token_loss import IGNORE_INDEX
 
 
+# TokenizeStats' counts (all but the lengths), as tokenize_dataset sums them over chunks
+COUNTS = ("kept", "truncated", "dropped_too_long", "dropped_no_target", "tokens", "target_tokens",
+          "turn_samples")
+
+
 @dataclass
 class TokenizeStats:
     """What happened to the records on their way to tokens (reported in train_metrics.json)."""

@@ -26,9 +26,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from workflow_scripts.training.chat_tokenize import (TokenizeStats, check_overflow, encode_turns,
-                                                      features_of, is_learned, render)
-from workflow_scripts.training.chat_tokenize import keep_features
+from workflow_scripts.training.chat_tokenize import (COUNTS, TokenizeStats, check_overflow,
+                                                      encode_turns, features_of, is_learned,
+                                                      keep_features, render)
 from workflow_scripts.training.token_loss import IGNORE_INDEX
 from workflow_scripts.training.template_skeleton import (ContentInspected, Skeleton, TrackedText,
                                                          boundary, placeholder, split_placeholders,
@@ -36,6 +36,7 @@ from workflow_scripts.training.template_skeleton import (ContentInspected, Skele
 
 MAX_SHAPES = 50_000  # skeletons kept; the cache starts over beyond this (tool-calling data)
 FAST = "fast"
+FIRST_OF_SHAPE = "the first record of its shape (a skeleton is made at the second)"
 
 
 class ChunkArrays(NamedTuple):
@@ -74,17 +75,24 @@ def shape_key(record: dict[str, Any]) -> tuple | None:
 
 
 class FastChatEncoder:
-    """Features of records as `encode_turns` makes them; one per worker, skeletons cached."""
+    """Features of records as `encode_turns` makes them; one per worker, skeletons cached.
 
-    def __init__(self, tokenizer):
+    A skeleton costs about twice the reference path's renders, so by default it is made when a
+    shape comes back (`skeleton_at=2`): a record whose shape is new (most tool-calling records,
+    whose arguments are part of the shape) costs what it cost before. Tests pass 1."""
+
+    def __init__(self, tokenizer, skeleton_at: int = 2):
         self.tokenizer = tokenizer
+        self.skeleton_at = skeleton_at
         self.skeletons: dict[tuple, Skeleton | str] = {}
+        self.seen: set[tuple] = set()  # shapes met once, before their skeleton is made
         self.counts: Counter = Counter()
         self.backend, self.problem = _backend(tokenizer)
 
-    def record_features(self, records: list[dict[str, Any]]) -> list[list[dict[str, list[int]]]]:
+    def record_features(self, records: list[dict[str, Any]], plans: list | None = None
+                        ) -> list[list[dict[str, list[int]]]]:
         """Each record's features, in order: `encode_turns(...)` of it."""
-        plans = [self._plan(record) for record in records]
+        plans = plans or [self._plan(record) for record in records]
         texts = [plan[0].text(plan[1]) for plan in plans if not isinstance(plan, str)]
         encodings = iter(self._encode(texts)) if texts else iter(())
         out = []
@@ -99,13 +107,27 @@ class FastChatEncoder:
             out.append([features_of(encoding.ids, encoding.offsets, spans)])
         return out
 
-    def encode_arrays(self, records: list[dict[str, Any]], max_length: int, overflow: str
-                      ) -> ChunkArrays | None:
-        """The kept samples of `records` as flat arrays, what `tokenize_records` keeps, with its
-        counts; None (nothing counted) when a record of them takes the reference path or its
-        replies are out of order: then `record_features` is the way."""
+    def encode_chunk(self, records: list[dict[str, Any]], max_length: int, overflow: str
+                     ) -> ChunkArrays:
+        """The kept samples of `records` as flat arrays, exactly what `tokenize_records` keeps,
+        with its counts. When every record takes the fast path (and its replies come in
+        order), labels, truncation and rejects are computed for the whole chunk with numpy;
+        otherwise record by record (`record_features`, `keep_features`)."""
+        check_overflow(overflow)
         plans = [self._plan(record) for record in records]
-        if not plans or any(isinstance(plan, str) for plan in plans):
+        arrays = self._fast_arrays(plans, max_length, overflow) if plans else None
+        if arrays is not None:
+            return arrays
+        features, stats = keep_features(self.record_features(records, plans), max_length,
+                                        overflow)
+        return ChunkArrays(
+            np.fromiter(chain.from_iterable(f["input_ids"] for f in features), np.int32),
+            np.fromiter(chain.from_iterable(f["labels"] for f in features), np.int32),
+            np.asarray(stats.lengths, np.int64), np.asarray(stats.full_lengths, np.int64),
+            {key: getattr(stats, key) for key in COUNTS})
+
+    def _fast_arrays(self, plans: list, max_length: int, overflow: str) -> ChunkArrays | None:
+        if any(isinstance(plan, str) for plan in plans):
             return None
         spans = [[(a.offset(contents), b.offset(contents)) for a, b in skeleton.spans]
                  for skeleton, contents in plans]
@@ -113,7 +135,7 @@ class FastChatEncoder:
             return None
         texts = [skeleton.text(contents) for skeleton, contents in plans]
         encodings = self._encode(texts)
-        self.counts[FAST] += len(records)
+        self.counts[FAST] += len(plans)
         ids = [e.ids for e in encodings]
         lengths = np.fromiter(map(len, ids), np.int64, len(ids))
         n_tokens = int(lengths.sum())
@@ -132,6 +154,12 @@ class FastChatEncoder:
             return "a message is not a dict, has no role or its text is not a string"
         skeleton = self.skeletons.get(key)
         if skeleton is None:
+            if self.skeleton_at > 1 and key not in self.seen:
+                if len(self.seen) >= MAX_SHAPES:
+                    self.seen.clear()
+                self.seen.add(key)
+                return FIRST_OF_SHAPE
+            self.seen.discard(key)
             if len(self.skeletons) >= MAX_SHAPES:
                 self.skeletons.clear()
             try:
@@ -300,6 +328,6 @@ def keep_arrays(ids: np.ndarray, labels: np.ndarray, lengths: np.ndarray, max_le
               "dropped_too_long": int(over.sum()) if overflow == "drop" else 0,
               "dropped_no_target": int((fits & (targets == 0)).sum()),
               "tokens": int(keep_length[kept].sum()), "target_tokens": int(targets[kept].sum()),
-              "turn_samples": 0}
+              "turn_samples": 0}  # the keys of COUNTS
     return ChunkArrays(ids[take].astype(np.int32), labels[take].astype(np.int32),
                        keep_length[kept].astype(np.int64), lengths.astype(np.int64), counts)

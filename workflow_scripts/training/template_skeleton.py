@@ -94,6 +94,7 @@ _TYPE_TESTS = frozenset({"defined", "undefined", "none", "string", "mapping", "n
                          "float", "boolean", "true", "false", "callable", "sameas"})
 
 
+@functools.lru_cache(maxsize=16)
 def template_problem(environment, source: str) -> str | None:
     """Why a template cannot be rendered as a skeleton, or None."""
     from jinja2 import nodes

@@ -37,14 +37,13 @@ import numpy as np
 
 from workflow_scripts.common.cli import parser as cli_parser
 from workflow_scripts.common.io_utils import canonical_json, file_sha256, read_json, write_json
+from workflow_scripts.training.chat_tokenize import COUNTS
 
 # What of an experiment's `training` block changes the tokens.
 TOKEN_SETTINGS = ("max_length", "overflow", "packing")
 SPLITS = ("train", "valid")
 CHUNK_RECORDS = 2000  # records a worker tokenizes per task
 ROWS_PER_BATCH = 8192  # rows per Arrow record batch written
-COUNTS = ("kept", "truncated", "dropped_too_long", "dropped_no_target", "tokens",
-          "target_tokens", "turn_samples")
 FORMAT_VERSION = 1
 
 
@@ -86,6 +85,7 @@ def init_worker(model_dir: str, trust_remote_code: bool, settings: dict) -> None
 
     _WORKER["tokenizer"] = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
     _WORKER["settings"] = settings
+    _WORKER.pop("encoder", None)  # made for this tokenizer at the first chunk
 
 
 def parse_lines(path: str, first_line: int, lines: list[str]) -> list[dict]:
@@ -106,7 +106,7 @@ def parse_lines(path: str, first_line: int, lines: list[str]) -> list[dict]:
 def tokenize_chunk(task: tuple[str, int, list[str]]) -> tuple[np.ndarray, ...] | tuple:
     """(ids, labels, lengths, full_lengths, counts, paths) of one chunk's kept samples, in order;
     `paths` counts the records that took the fast path and those that fell back, by reason."""
-    from workflow_scripts.training.fast_tokenize import FastChatEncoder, tokenize_records_fast
+    from workflow_scripts.training.fast_tokenize import FastChatEncoder
 
     records = parse_lines(*task)
     settings = _WORKER["settings"]
@@ -114,16 +114,8 @@ def tokenize_chunk(task: tuple[str, int, list[str]]) -> tuple[np.ndarray, ...] |
         _WORKER["encoder"] = FastChatEncoder(_WORKER["tokenizer"])
     encoder = _WORKER["encoder"]
     before = encoder.counts.copy()
-    arrays = encoder.encode_arrays(records, settings["max_length"], settings["overflow"])
-    if arrays is not None:  # every record on the fast path: vectorized labels and overflow
-        return (*arrays, dict(encoder.counts - before))
-    features, stats = tokenize_records_fast(_WORKER["tokenizer"], records, settings["max_length"],
-                                            settings["overflow"], encoder)
-    ids = np.fromiter(chain.from_iterable(f["input_ids"] for f in features), np.int32)
-    labels = np.fromiter(chain.from_iterable(f["labels"] for f in features), np.int32)
-    counts = {key: getattr(stats, key) for key in COUNTS}
-    return (ids, labels, np.asarray(stats.lengths, np.int64),
-            np.asarray(stats.full_lengths, np.int64), counts, dict(encoder.counts - before))
+    arrays = encoder.encode_chunk(records, settings["max_length"], settings["overflow"])
+    return (*arrays, dict(encoder.counts - before))
 
 
 def line_chunks(path: Path, size: int) -> Iterator[tuple[str, int, list[str]]]:
