@@ -306,3 +306,31 @@ def test_the_mailbox_delivers_a_burst_in_order_with_few_wake_ups():
     box = asyncio.run(main())
     with pytest.raises(RuntimeError):  # the loop is closed: the caller cancels its request
         box.put(asyncio.Queue(), "late")
+
+
+def test_text_pieces_queued_together_stream_as_one_chunk():
+    """When the loop falls behind the batch, the pieces waiting for a stream go out as one
+    chunk (the same text, fewer events); the final chunks still follow."""
+    import asyncio
+    import threading
+
+    from workflow_scripts.studio.chat_engine import Decoding, Outcome, PreparedChat, Target
+    from workflow_scripts.studio.openai_api import stream_chunks
+
+    async def main():
+        queue = asyncio.Queue()
+        for item in [("text", "你"), ("text", "好"), ("text", "！"), ("done", Outcome(3, 3, "length"))]:
+            queue.put_nowait(item)
+        chat = PreparedChat(Target("m", "m", False), [1, 2, 3], 3, Decoding())
+        return [c async for c in stream_chunks(queue, threading.Event(), chat, [], "chatcmpl-1", 0, "m")]
+
+    events = asyncio.run(main())
+    assert events[-1] == "data: [DONE]\n\n"
+    bodies = [json.loads(e.removeprefix("data: ")) for e in events[:-1]]
+    deltas = [b["choices"][0]["delta"] for b in bodies if b["choices"]]
+    assert deltas[:2] == [{"role": "assistant", "content": ""}, {"content": "你好！"}]
+    assert bodies[1] == {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0,
+                         "model": "m", "choices": [{"index": 0, "delta": {"content": "你好！"},
+                                                    "finish_reason": None, "logprobs": None}]}
+    assert bodies[-2]["choices"][0]["finish_reason"] == "length"
+    assert bodies[-1]["usage"]["completion_tokens"] == 3

@@ -319,16 +319,25 @@ async def stream_chunks(queue: asyncio.Queue, cancel: threading.Event, chat: Pre
                                              "finish_reason": reason, "logprobs": None}], **extra}
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
+    # A text chunk is this chunk's JSON around its delta: built once, not per token.
+    head, tail = chunk({"content": ""}).split('{"content": ""}')
+
     try:
         yield chunk({"role": "assistant", "content": ""})
         while True:
             kind, value = await queue.get()
+            while kind == "text" and not queue.empty():  # pieces that came in meanwhile
+                following = queue.get_nowait()  # go out as one chunk
+                if following[0] != "text":
+                    queue.put_nowait(following)  # read next; nothing else is queued after it
+                    break
+                value += following[1]
             if kind == "text":
                 text = content(matcher.feed(value))
                 if matcher.stopped:
                     cancel.set()
                 if text:
-                    yield chunk({"content": text})
+                    yield head + json.dumps({"content": text}, ensure_ascii=False) + tail
             elif kind == "error":
                 error = {"error": {"message": f"generation failed: {value}", "type": "server_error"}}
                 yield f"data: {json.dumps(error)}\n\n"
