@@ -1,7 +1,7 @@
 """The studio's speed and memory, each next to a baseline measured in the same run.
 
     python benchmarks/bench_studio.py [--workdir DIR] [--adapters 4] [--max-tokens 32]
-                                      [--parts pages,chat,memory,batching,soak]
+                                      [--parts pages,chat,memory,batching,steps,soak]
 
 - Pages: latency of the Experiments and Compare pages (HTML plus the JSON the page
   fetches) over 200 experiments with fabricated results (200-row trainer logs, 50
@@ -18,6 +18,9 @@
   separate process, as real ones do (`--clients-in thread`: in the server's process).
   Targets: at 8 clients 4x the tokens/s and p95 first token under 1 s; at 1 client no
   more than 10% slower.
+- Steps: one decoding step without a server, 1 row and 8 rows over three adapters and the
+  base: PEFT's mixed forward, the studio's (mixed_lora.py), the base model alone, and the
+  share of the studio's step in matmuls and attention (torch.profiler).
 - Soak: 2,000 requests (plain, streamed, streams cut mid-answer, 8 MB bodies, floods of 40
   at once) against a queue of 16 + 16 per base: every answer a 200, 413 or 429, and the
   thread count and RSS back where they were (RSS within 10%).
@@ -377,6 +380,75 @@ def bench_batching(model_dir: Path, max_tokens: int, threads: int, rounds: int,
                   f"   tokens {u_tokens} / {b_tokens}{verdict}")
 
 
+# ---------------------------------------------------------------- steps
+ARITHMETIC_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm",
+                  "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::argmax")
+
+
+def bench_steps(model_dir: Path, steps: int = 40) -> None:
+    """One decoding step of the default base with three adapters (as the batching part),
+    no server: PEFT's mixed forward (`adapter_names`) against the studio's (mixed_lora.py),
+    and the same rows on the base model alone (every layer a plain linear: the floor of
+    transformers' forward); then the share of the studio's step spent in the model's
+    arithmetic (matmuls, attention, the argmax), from torch.profiler."""
+    import torch
+    from peft import PeftModel
+    from torch.profiler import ProfilerActivity, profile
+
+    from workflow_scripts.models.loading import load_model
+    from workflow_scripts.studio.mixed_lora import BASE, MixedAdapters
+
+    with tempfile.TemporaryDirectory() as tmp:
+        names = batching_workdir(model_dir, Path(tmp))
+        paths = [str(Path(tmp) / "results" / "adapters" / n) for n in names]
+        model = PeftModel.from_pretrained(load_model(str(model_dir)), paths[0], adapter_name=names[0])
+        for name, path in zip(names[1:], paths[1:]):
+            model.load_adapter(path, adapter_name=name)
+    model.eval()
+    mixer = MixedAdapters.build(model, names)
+
+    def run(rows: list[str], way: str, count: int, profiler=None) -> float:
+        """Seconds per decoding step after a 24-token prompt (left-padded rows)."""
+        batch = len(rows)
+        ids = torch.randint(10, 3000, (batch, 24), generator=torch.Generator().manual_seed(0))
+        mask = torch.ones_like(ids)
+        mask[1::2, :5] = 0
+
+        def forward(**inputs):
+            if way == "peft":
+                return model(**inputs, adapter_names=rows)
+            with mixer.applied([BASE] * len(rows) if way == "base" else rows):
+                return model.get_base_model()(**inputs)
+
+        with torch.no_grad():
+            out = forward(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
+            cache, token = out.past_key_values, out.logits[:, -1].argmax(-1, keepdim=True)
+            started = time.perf_counter()
+            for _ in range(count):
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                attention = mask.bool()[:, None, None, :] if batch > 1 else mask
+                out = forward(input_ids=token, attention_mask=attention, past_key_values=cache,
+                              position_ids=mask.sum(-1, keepdim=True) - 1, use_cache=True,
+                              logits_to_keep=1)
+                token = out.logits[:, -1].argmax(-1, keepdim=True)
+                token.tolist()
+            return (time.perf_counter() - started) / count
+
+    print(f"\none decoding step on {MODEL} with {len(names)} adapters ({steps} steps each, after 24 "
+          f"prompt tokens; ms per step)")
+    for rows in ([names[0]], [names[0], BASE, names[1], names[2]] * 2):
+        label = "1 row" if len(rows) == 1 else f"{len(rows)} rows, 4 models"
+        timed = {way: run(rows, way, steps) * 1000 for way in ("peft", "studio", "base")}
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            wall = run(rows, "studio", steps // 2)
+        ops = prof.key_averages()
+        arithmetic = sum(e.self_cpu_time_total for e in ops if e.key in ARITHMETIC_OPS) / 1e6 / (steps // 2)
+        print(f"  {label:18s}  PEFT mixed {timed['peft']:6.2f}   studio {timed['studio']:6.2f}   "
+              f"base alone {timed['base']:6.2f}   ({timed['peft'] / timed['studio']:.1f}x); "
+              f"matmuls + attention {arithmetic * 1000:.2f} ms of a profiled {wall * 1000:.2f} ms step "
+              f"({arithmetic / wall:.0%})")
+
+
 # ---------------------------------------------------------------- soak
 def bench_soak(model_dir: Path, requests: int, threads: int) -> None:
     """Many requests, some cut off mid-stream, oversized or flooding the queue: every
@@ -518,7 +590,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for generation")
-    parser.add_argument("--parts", default="pages,chat,memory,batching,soak",
+    parser.add_argument("--parts", default="pages,chat,memory,batching,steps,soak",
                         help="comma-separated parts to run")
     parser.add_argument("--rounds", type=int, default=2,
                         help="rounds per batching figure (tokens/s over all of them)")
@@ -544,6 +616,11 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
         bench_batching(model_dir, args.max_tokens, args.threads, args.rounds, args.clients_in)
+    if "steps" in parts:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        bench_steps(model_dir)
     if "soak" in parts:
         bench_soak(model_dir, args.soak_requests, args.threads)
 
