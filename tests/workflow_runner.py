@@ -11,6 +11,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import IO
 
 REPO = Path(__file__).resolve().parent.parent
 SMOKE_CONFIG = REPO / "tests" / "configs" / "smoke.yaml"
@@ -28,17 +29,32 @@ class Workflow:
     def config(self) -> Path:
         return self.workdir / "config.yaml"
 
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    def command(self, *args: str) -> list[str]:
         """Snakemake as a user runs it, from an environment that has the dependencies but
         not this package: the rules themselves point jobs at the copy next to the Snakefile."""
-        cmd = [deps_python(), "-m", "snakemake", "-s", str(self.code / "Snakefile"),
-               "--directory", str(self.workdir), "--configfile", str(self.config), *args]
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=self.workdir, env=env)
+        return [deps_python(), "-m", "snakemake", "-s", str(self.code / "Snakefile"),
+                "--directory", str(self.workdir), "--configfile", str(self.config), *args]
+
+    @staticmethod
+    def environment() -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        cmd = self.command(*args)
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=self.workdir,
+                              env=self.environment())
         if check and proc.returncode != 0:
             raise AssertionError(
                 f"{' '.join(cmd)} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
         return proc
+
+    def start(self, *args: str) -> "Started":
+        """`run` in the background; `Started.wait` gives its result."""
+        out = open(self.workdir.parent / "snakemake.out", "w+")
+        cmd = self.command(*args)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                cwd=self.workdir, env=self.environment())
+        return Started(cmd, proc, out)
 
     def env(self) -> dict[str, str]:
         """For commands run beside the workflow (compare, the studio): this copy's package
@@ -66,6 +82,23 @@ class Workflow:
         shutil.copytree(self.code, dest / "code", symlinks=True)
         shutil.copytree(self.workdir, dest / "work", symlinks=True)
         return Workflow(dest / "code", dest / "work")
+
+
+@dataclass
+class Started:
+    """A workflow run going on in the background."""
+
+    cmd: list[str]
+    proc: subprocess.Popen
+    out: IO[str]
+
+    def wait(self) -> None:
+        """Until it ends; an AssertionError with its output's end if it failed."""
+        code = self.proc.wait()
+        self.out.seek(0)
+        output = self.out.read()
+        if code != 0:
+            raise AssertionError(f"{' '.join(self.cmd)} failed ({code}):\n{output[-12000:]}")
 
 
 @cache
