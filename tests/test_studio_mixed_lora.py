@@ -201,3 +201,22 @@ def test_a_bf16_base_with_fp32_adapters_answers_as_each_adapter_alone(base_dir, 
                 alone = model(input_ids=ids[i:i + 1], attention_mask=mask[i:i + 1]).logits[0]
         unpadded = mask[i].bool()
         assert_same_answers(mine[i][unpadded].float(), alone[unpadded].float(), atol=2e-2)
+
+
+def test_a_composition_too_large_to_keep_is_gathered_per_layer(base_dir, tmp_path, monkeypatch):
+    """Many rows of large-rank adapters on a large model: the gathered matrices are not kept
+    (GATHER_BYTES); each layer gathers its own as it runs, to the same result."""
+    from workflow_scripts.studio import mixed_lora
+
+    paths = {"r2": plain_adapter(base_dir, tmp_path / "r2", rank=2, seed=8),
+             "r6": plain_adapter(base_dir, tmp_path / "r6", rank=6, seed=9)}
+    model = peft_model(base_dir, paths)
+    mixer = MixedAdapters.build(model, list(paths))
+    rows = ["r6", BASE, "r2", "r6"]
+    ids, mask = batch(base_dir, len(rows))
+    kept = mixed_logits(model, mixer, rows, ids, mask)
+    assert mixer.plan(rows).lora is not None
+    monkeypatch.setattr(mixed_lora, "GATHER_BYTES", 0)
+    mixer.plans.clear()
+    assert mixer.plan(rows).lora is None
+    assert torch.equal(mixed_logits(model, mixer, rows, ids, mask), kept)

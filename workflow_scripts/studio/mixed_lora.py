@@ -3,11 +3,12 @@
 PEFT's mixed-adapter inference (`adapter_names`) runs, in every LoRA layer, each adapter's
 rows through that adapter on their own (index the rows, two small matmuls, scatter back),
 and its trainable-token wrappers copy the whole embedding per adapter and call: on a small
-model most of a decoding step is that Python. Here each layer's LoRA matrices of the
-loaded adapters are stacked once per adapter set (zero-padded to the largest rank; index
-0, the base model, is all zeros), gathered once per batch composition (which adapter
-each row uses), and applied with two batched matmuls per layer (as S-LoRA's and Punica's
-BGMV kernels do on a GPU). A batch whose rows all use one adapter (a lone request, say)
+model most of a decoding step is that Python. Here each layer's LoRA matrices are gathered
+once per batch composition (which adapter each row uses): row i's A and B (its scaling
+folded in), zero-padded to the batch's largest rank, zeros for a base-model row; they are
+applied with two batched matmuls per layer (as S-LoRA's and Punica's BGMV kernels do on a
+GPU). A composition whose gathered matrices would hold more than GATHER_BYTES (many rows of
+large-rank adapters on a large model) gathers them per layer as it runs instead. A batch whose rows all use one adapter (a lone request, say)
 takes PEFT's own single-adapter arithmetic instead (`B(A(x)) * scaling`), and a batch of
 base-model rows only the base layer, so a lone request computes what the unbatched path
 computes.
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 BASE = "__base__"  # a row without an adapter
+GATHER_BYTES = 256 << 20  # most memory a batch composition's gathered LoRA weights may keep
 
 
 @dataclass
@@ -41,9 +43,6 @@ class _LoraSite:
     weight: Any
     bias: Any
     adapters: dict[int, tuple[Any, Any, float]]  # index -> (A [r, in], B [out, r], scaling)
-    stack_a: Any = None  # [adapters + 1, in, max rank]: A transposed, zero-padded
-    stack_b: Any = None  # [adapters + 1, max rank, out]
-    scales: Any = None  # [adapters + 1]
 
 
 @dataclass
@@ -71,12 +70,12 @@ class _Plan:
         self.single = ids[0] if len(set(ids)) == 1 else None  # every row one adapter (or base)
         device = mixer.device
         self.rows = torch.tensor(ids, dtype=torch.long, device=device)
-        self.lora: dict[int, tuple] = {}
-        if self.single is None:
-            for site in mixer.lora_sites:
-                scales = site.scales.index_select(0, self.rows).view(-1, 1, 1)
-                self.lora[id(site)] = (site.stack_a.index_select(0, self.rows),
-                                       site.stack_b.index_select(0, self.rows) * scales)
+        self.ids = ids
+        # Each row's A and B of every layer, gathered now unless that takes more memory
+        # than GATHER_BYTES (then each layer gathers its own as it runs, and frees them).
+        self.lora: dict[int, tuple | None] | None = None
+        if self.single is None and _gathered_bytes(mixer.lora_sites, ids) <= GATHER_BYTES:
+            self.lora = {id(site): _gather(site, ids) for site in mixer.lora_sites}
         self.tokens: dict[int, tuple] = {}
         for site in mixer.token_sites:
             if site.lookup is None and site.columns is None:
@@ -96,15 +95,13 @@ class MixedAdapters:
     in which row i uses adapter `row_adapters[i]` (a PEFT adapter name, or `__base__`).
     """
 
-    PLANS_KEPT = 4  # batch compositions whose gathered weights are kept
+    PLANS_KEPT = 2  # batch compositions whose gathered weights are kept (decode, prefill)
 
     def __init__(self, names: list[str], lora_sites: list[_LoraSite],
                  token_sites: list[_TokenSite], device):
         self.index = {BASE: 0, **{name: i + 1 for i, name in enumerate(names)}}
         self.lora_sites, self.token_sites, self.device = lora_sites, token_sites, device
         self.plans: collections.OrderedDict[tuple, _Plan] = collections.OrderedDict()
-        for site in lora_sites:
-            _stack_lora(site, len(names) + 1)
         for site in token_sites:
             _stack_tokens(site, names)
 
@@ -193,20 +190,35 @@ def _token_site(module, names: list[str], wrapper_class) -> _TokenSite | None:
     return site
 
 
-def _stack_lora(site: _LoraSite, count: int) -> None:
-    import torch
+def _gathered_bytes(sites: list[_LoraSite], ids: list[int]) -> int:
+    total = 0
+    for site in sites:
+        ranks = [site.adapters[i][0].shape[0] for i in set(ids) if i in site.adapters]
+        if ranks:
+            size = next(iter(site.adapters.values()))[0].element_size()
+            total += len(ids) * max(ranks) * sum(site.weight.shape) * size
+    return total
 
-    weight = site.weight
-    rank = max((a.shape[0] for a, _, _ in site.adapters.values()), default=1)
-    dtype = next((a.dtype for a, _, _ in site.adapters.values()), weight.dtype)
-    site.stack_a = torch.zeros(count, weight.shape[1], rank, dtype=dtype, device=weight.device)
-    site.stack_b = torch.zeros(count, rank, weight.shape[0], dtype=dtype, device=weight.device)
-    scales = [0.0] * count
-    for i, (a, b, scaling) in site.adapters.items():
-        site.stack_a[i, :, :a.shape[0]] = a.detach().t()
-        site.stack_b[i, :b.shape[1], :] = b.detach().t()
-        scales[i] = scaling
-    site.scales = torch.tensor(scales, dtype=dtype, device=weight.device)
+
+def _gather(site: _LoraSite, ids: list[int]) -> tuple | None:
+    """Row i's A transposed [rows, in, rank] and B transposed times its scaling [rows, rank,
+    out] for one layer, zero-padded to the largest rank (zeros for rows without an adapter
+    here); None when no row's adapter touches the layer."""
+    import torch
+    import torch.nn.functional as F
+
+    present = {i: site.adapters[i] for i in set(ids) if i in site.adapters}
+    if not present:
+        return None
+    rank = max(a.shape[0] for a, _, _ in present.values())
+    a0, b0, _ = next(iter(present.values()))
+    zeros_a = a0.new_zeros(a0.shape[1], rank)
+    zeros_b = b0.new_zeros(rank, b0.shape[0])
+    padded = {i: (F.pad(a.detach().t(), (0, rank - a.shape[0])),
+                  F.pad(b.detach().t() * scaling, (0, 0, 0, rank - a.shape[0])))
+              for i, (a, b, scaling) in present.items()}
+    return (torch.stack([padded[i][0] if i in padded else zeros_a for i in ids]),
+            torch.stack([padded[i][1] if i in padded else zeros_b for i in ids]))
 
 
 def _stack_tokens(site: _TokenSite, names: list[str]) -> None:
@@ -263,7 +275,17 @@ def _lora_forward(site: _LoraSite, plan: _Plan):
             result = F.linear(x, weight, bias)
             return (result + F.linear(F.linear(x.to(a.dtype), a), b) * scaling).to(result.dtype)
         return cast
-    stack_a, stack_b = plan.lora[id(site)]  # scaling folded into stack_b
+    if plan.lora is None:  # too large to keep gathered: gathered per call
+        def lazy(x, *args, **kwargs):
+            rows = _gather(site, plan.ids)
+            if rows is None:
+                return F.linear(x, weight, bias)
+            return _mixed_general(x, weight, bias, *rows)
+        return lazy
+    rows = plan.lora[id(site)]
+    if rows is None:  # no row's adapter touches this layer
+        return lambda x, *args, **kwargs: F.linear(x, weight, bias)
+    stack_a, stack_b = rows  # scaling folded into stack_b
     same = stack_a.dtype == weight.dtype
 
     def mixed(x, *args, **kwargs):
