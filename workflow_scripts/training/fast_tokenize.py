@@ -5,9 +5,10 @@ template and calls the tokenizer once per record. Here the renders are made once
 conversation *shape* (`template_skeleton`: the template's text around the message texts, and
 where each reply starts and ends), each record's text is that skeleton with its texts put back,
 and a whole chunk of texts is tokenized in one call to the Rust tokenizer (`encode_batch`, which
-`tokenizer(...)` calls underneath). Labels come from the same character spans and the same
-`span_labels` as the reference path, then the same truncation, overflow and reject rules
-(`keep_features`), so the samples and the counts are the same, token for token.
+`tokenizer(...)` calls underneath). Labels come from the same character spans by the same
+rule as the reference path's `span_labels`, then the same truncation, overflow and reject
+rules as `keep_features` (for a chunk of fast records both in numpy: `flat_span_labels`,
+`keep_arrays`), so the samples and the counts are the same, token for token.
 
 Records go the reference way (`encode_turns`), in their place in the order, when the fast path
 cannot show that it gives the same result; `FastChatEncoder.counts` says how many and why:
@@ -16,7 +17,8 @@ cannot show that it gives the same result; `FastChatEncoder.counts` says how man
     template_skeleton), or its skeleton render differs from `apply_chat_template`'s;
   - the template rewrites earlier turns once later ones follow (Qwen3: one sample per turn),
     or a turn does not extend the rendering before it (the reference path raises the error);
-  - a message text is not a string (content parts) or a message is not a dict.
+  - a message text is not a string (content parts), a message is not a dict or has no role;
+  - the record is the first of its shape (the skeleton is made when the shape comes back).
 """
 from __future__ import annotations
 
