@@ -3,11 +3,11 @@
 One worker thread per loaded base runs a step loop. At each step it decodes one token for
 every running row in a single forward pass, then admits waiting requests (prefilled
 together, left-padded, their key/value cache joined to the running one). Rows of
-different adapters share the pass through mixed_lora.py's forward (the adapters' matrices
-stacked, two batched matmuls per LoRA layer; a batch of one adapter, a lone request say,
-runs PEFT's single-adapter arithmetic), or, for layers it does not handle (DoRA, quantized
-bases), PEFT's mixed-adapter inference (`adapter_names`, one per row; `__base__` runs the
-base unadapted). Each row keeps its own decoding (greedy,
+different adapters share the pass through mixed_lora.py's forward (each row's LoRA
+matrices gathered once per batch composition, two batched matmuls per layer; a batch of one
+adapter, a lone request say, runs PEFT's single-adapter arithmetic), or, for layers it does
+not handle (DoRA, quantized bases), PEFT's mixed-adapter inference (`adapter_names`, one per
+row; `__base__` runs the base unadapted). Each row keeps its own decoding (greedy,
 or temperature/top-p with its own `torch.Generator`, so a seed gives the same answer
 whatever else is in the batch), its own stop tokens and token budget, and leaves the batch
 at the first step after its `cancel` event is set (a client that went away, a stop string).
