@@ -19,6 +19,21 @@ def base_dir(tmp_path_factory) -> Path:
     return random_base(tmp_path_factory.mktemp("mixed-lora") / "base")
 
 
+@pytest.fixture(scope="module")
+def trained(base_dir, tmp_path_factory) -> dict[str, Path]:
+    """Three random adapters that train the chat tokens, as the default config's do."""
+    root = tmp_path_factory.mktemp("trained")
+    return {f"t{i}": random_adapter(base_dir, root / f"t{i}", seed=i) for i in range(3)}
+
+
+@pytest.fixture(scope="module")
+def plain(base_dir, tmp_path_factory) -> dict[str, Path]:
+    """Two plain LoRA adapters of different ranks, the larger on two modules only."""
+    root = tmp_path_factory.mktemp("plain")
+    return {"r2": plain_adapter(base_dir, root / "r2", rank=2, seed=1),
+            "r8": plain_adapter(base_dir, root / "r8", rank=8, seed=2, target_modules=["q_proj", "v_proj"])}
+
+
 def plain_adapter(base_dir: Path, out: Path, rank: int, seed: int, **extra) -> Path:
     """A LoRA adapter with random non-zero matrices of the given rank (no trained tokens)."""
     from peft import LoraConfig, get_peft_model
@@ -70,8 +85,8 @@ def assert_same_answers(mine, reference, atol: float = 1e-4):
     assert torch.equal(mine.argmax(-1), reference.argmax(-1))
 
 
-def test_rows_of_three_adapters_and_the_base_match_peft(base_dir, tmp_path):
-    paths = {f"t{i}": random_adapter(base_dir, tmp_path / f"t{i}", seed=i) for i in range(3)}
+def test_rows_of_three_adapters_and_the_base_match_peft(base_dir, trained):
+    paths = trained
     model = peft_model(base_dir, paths)
     rows = ["t0", BASE, "t2", "t1", "t0", BASE, "t1", "t2"]
     ids, mask = batch(base_dir, len(rows))
@@ -87,10 +102,8 @@ def test_rows_of_three_adapters_and_the_base_match_peft(base_dir, tmp_path):
     assert (reference[0] - base[0]).abs().max() > 1e-2
 
 
-def test_plain_adapters_of_different_ranks_match_peft(base_dir, tmp_path):
-    paths = {"r2": plain_adapter(base_dir, tmp_path / "r2", rank=2, seed=1),
-             "r8": plain_adapter(base_dir, tmp_path / "r8", rank=8, seed=2,
-                                 target_modules=["q_proj", "v_proj"])}
+def test_plain_adapters_of_different_ranks_match_peft(base_dir, plain):
+    paths = plain
     model = peft_model(base_dir, paths)
     rows = ["r8", "r2", BASE, "r2", "r8"]
     ids, mask = batch(base_dir, len(rows))
@@ -101,8 +114,8 @@ def test_plain_adapters_of_different_ranks_match_peft(base_dir, tmp_path):
     assert_same_answers(mixed_logits(model, mixer, rows, ids, mask), reference)
 
 
-def test_a_batch_of_one_adapter_computes_what_peft_computes_for_it(base_dir, tmp_path):
-    paths = {f"t{i}": random_adapter(base_dir, tmp_path / f"t{i}", seed=10 + i) for i in range(2)}
+def test_a_batch_of_one_adapter_computes_what_peft_computes_for_it(base_dir, trained):
+    paths = {name: trained[name] for name in ("t0", "t1")}
     model = peft_model(base_dir, paths)
     mixer = MixedAdapters.build(model, list(paths))
     ids, mask = batch(base_dir, 3)
@@ -125,8 +138,8 @@ def test_a_batch_of_one_adapter_computes_what_peft_computes_for_it(base_dir, tmp
             assert torch.equal(mine.logits, reference.logits)
 
 
-def test_the_modules_are_peft_s_again_after_a_pass(base_dir, tmp_path):
-    paths = {"t0": random_adapter(base_dir, tmp_path / "t0", seed=3)}
+def test_the_modules_are_peft_s_again_after_a_pass(base_dir, trained):
+    paths = {"t0": trained["t0"]}
     model = peft_model(base_dir, paths)
     mixer = MixedAdapters.build(model, list(paths))
     ids, mask = batch(base_dir, 2)
@@ -144,7 +157,7 @@ def test_layers_it_does_not_handle_are_left_to_peft(base_dir, tmp_path):
     assert MixedAdapters.build(peft_model(base_dir, paths), list(paths)) is None
 
 
-def test_an_adapter_without_trained_tokens_loads_beside_ones_with_them(base_dir, tmp_path):
+def test_an_adapter_without_trained_tokens_loads_beside_ones_with_them(base_dir, trained, tmp_path):
     """PEFT alone refuses it (KeyError on the token wrapper's rows); loaded, each adapter
     answers as it does alone, and their rows share a batch."""
     from peft import PeftModel
@@ -152,7 +165,7 @@ def test_an_adapter_without_trained_tokens_loads_beside_ones_with_them(base_dir,
     from workflow_scripts.models.loading import load_model
     from workflow_scripts.studio.mixed_lora import loading_beside_trained_tokens
 
-    paths = {"t0": random_adapter(base_dir, tmp_path / "t0", seed=5),
+    paths = {"t0": trained["t0"],
              "p0": random_adapter(base_dir, tmp_path / "p0", seed=6, trainable_tokens=False)}
     with pytest.raises(KeyError):
         peft_model(base_dir, paths)
@@ -173,7 +186,7 @@ def test_an_adapter_without_trained_tokens_loads_beside_ones_with_them(base_dir,
         assert_same_answers(mine[i], alone[name][i])
 
 
-def test_a_bf16_base_with_fp32_adapters_answers_as_each_adapter_alone(base_dir, tmp_path):
+def test_a_bf16_base_with_fp32_adapters_answers_as_each_adapter_alone(base_dir, trained):
     """As on an accelerator: the checkpoint's bf16 base, PEFT's adapters kept in fp32. Each
     mixed row gets what PEFT computes for its adapter alone, the unbatched path (closer
     than PEFT's own mixed forward gets in bf16: 0.3 apart on these logits)."""
@@ -181,7 +194,7 @@ def test_a_bf16_base_with_fp32_adapters_answers_as_each_adapter_alone(base_dir, 
 
     from workflow_scripts.models.loading import load_model
 
-    paths = {f"t{i}": random_adapter(base_dir, tmp_path / f"t{i}", seed=20 + i) for i in range(2)}
+    paths = {name: trained[name] for name in ("t0", "t1")}
     model = PeftModel.from_pretrained(load_model(str(base_dir), dtype=torch.bfloat16),
                                       str(paths["t0"]), adapter_name="t0")
     model.load_adapter(str(paths["t1"]), adapter_name="t1")
@@ -203,16 +216,15 @@ def test_a_bf16_base_with_fp32_adapters_answers_as_each_adapter_alone(base_dir, 
         assert_same_answers(mine[i][unpadded].float(), alone[unpadded].float(), atol=2e-2)
 
 
-def test_a_composition_too_large_to_keep_is_gathered_per_layer(base_dir, tmp_path, monkeypatch):
+def test_a_composition_too_large_to_keep_is_gathered_per_layer(base_dir, plain, monkeypatch):
     """Many rows of large-rank adapters on a large model: the gathered matrices are not kept
     (GATHER_BYTES); each layer gathers its own as it runs, to the same result."""
     from workflow_scripts.studio import mixed_lora
 
-    paths = {"r2": plain_adapter(base_dir, tmp_path / "r2", rank=2, seed=8),
-             "r6": plain_adapter(base_dir, tmp_path / "r6", rank=6, seed=9)}
-    model = peft_model(base_dir, paths)
+    model = peft_model(base_dir, plain)
+    paths = plain
     mixer = MixedAdapters.build(model, list(paths))
-    rows = ["r6", BASE, "r2", "r6"]
+    rows = ["r8", BASE, "r2", "r8"]
     ids, mask = batch(base_dir, len(rows))
     kept = mixed_logits(model, mixer, rows, ids, mask)
     assert mixer.plan(rows).lora is not None
