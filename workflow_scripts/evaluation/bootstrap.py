@@ -3,7 +3,8 @@
 Every figure is recomputed on resampled sets of the same test items (generated samples or
 test records), drawn with replacement by a seeded generator, so the same inputs always give
 the same interval. Paired differences resample item ids jointly: both models are scored on
-the same draw, which is what makes a difference between two models on 16 prompts testable.
+the same draw, which is what makes a difference between two models on a few dozen prompts
+testable.
 A difference is claimed only when its 95% interval excludes zero and, across all the
 comparisons of one run, its Holm-adjusted p-value is below 5% (docs/metrics.md): each
 interval also carries a two-sided p-value for "no difference", from the bootstrap standard

@@ -59,7 +59,7 @@ def no_data(ax: plt.Axes) -> None:
 
 
 def smooth(losses: pd.Series) -> pd.Series:
-    """Centred rolling mean: batches grouped by length make the raw loss a saw-tooth."""
+    """Centred rolling mean: each step's loss is one small batch's and jumps from step to step."""
     window = max(1, int(round(len(losses) * SMOOTH_SHARE)))
     return losses.rolling(window, center=True, min_periods=1).mean()
 

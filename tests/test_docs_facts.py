@@ -1,0 +1,42 @@
+"""Statements in docs/ that restate a fact the code holds (a list of files, a default, a
+set of tags) say what the code says."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import yaml
+
+from workflow_scripts.common.config import load_schema
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+def page(name: str) -> str:
+    return (DOCS / name).read_text(encoding="utf-8")
+
+
+def smk_tuple(path: str, name: str) -> tuple:
+    """A tuple constant assigned at the top of a rule file (`EVAL_OUTPUTS = (...)`)."""
+    text = (ROOT / path).read_text(encoding="utf-8")
+    literal = re.search(rf"^{name} = (\(.*?\))\n", text, re.S | re.M).group(1)
+    return ast.literal_eval(literal)
+
+
+def test_metrics_page_names_every_file_an_evaluation_writes():
+    opening = page("metrics.md").split("\n\n")[1]
+    written = smk_tuple("rules/evaluate.smk", "EVAL_OUTPUTS")
+    assert len(written) == 7
+    assert sorted(re.findall(r"`([\w.]+\.jsonl?)`", opening)) == sorted(written)
+
+
+def test_metrics_page_gives_the_real_number_of_prompts():
+    said = re.search(r"`evaluation\.samples`: (\d+) in the default config, (\d+) where",
+                     page("metrics.md"))
+    default_config = yaml.safe_load((ROOT / "config/config.yaml").read_text(encoding="utf-8"))
+    schema = load_schema()["$defs"]["evaluation"]["properties"]["samples"]["default"]
+    assert said, "docs/metrics.md no longer says how many prompts a run answers"
+    assert (int(said[1]), int(said[2])) == (
+        default_config["defaults"]["evaluation"]["samples"], schema)
