@@ -244,6 +244,15 @@ INSPECTING = {
     "in a string": ("{% for m in messages %}{{ m.role + ':' }}{% if m.content in '问好' %}短{% endif %}"
                     "{{ m.content }};{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}",
                     "`in`"),
+    # json.dumps reads a text in C; with ASCII escapes no placeholder delimiter survives
+    "message through tojson": ("{% for m in messages %}{{ m.role + ':' }}"
+                               "{{ m | tojson(ensure_ascii=True) }};{% endfor %}"
+                               "{% if add_generation_prompt %}assistant:{% endif %}",
+                               "no placeholder survives"),
+    "texts written twice, once escaped": (
+        "{% for m in messages %}{{ m.role + ':' + m.content }};{% endfor %}"
+        "{{ messages | tojson(ensure_ascii=True) }}{% if add_generation_prompt %}assistant:"
+        "{% endif %}", "no placeholder survives"),
     "clock": ("{{ strftime_now('%Y') }}{% for m in messages %}{{ m.role + ':' + m.content }}"
               "{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}", "clock"),
 }

@@ -14,7 +14,9 @@ Records go the reference way (`encode_turns`), in their place in the order, when
 cannot show that it gives the same result; `FastChatEncoder.counts` says how many and why:
   - the tokenizer is not a fast (Rust) one, or keeps truncation/padding settings;
   - the template inspects message texts, captures output or reads the clock (see
-    template_skeleton), or its skeleton render differs from `apply_chat_template`'s;
+    template_skeleton), or its skeleton render differs from `apply_chat_template`'s, or the
+    skeleton with the first record's own texts put back is not that record's rendering (a
+    text written where no placeholder survived, such as a message through `tojson`);
   - the template rewrites earlier turns once later ones follow (Qwen3: one sample per turn),
     or a turn does not extend the rendering before it (the reference path raises the error);
   - a message text is not a string (content parts), a message is not a dict or has no role;
@@ -212,6 +214,7 @@ def build_skeleton(tokenizer, messages: list[dict], tools: list[dict] | None) ->
     parts = split_placeholders(full)
     if parts is None:
         raise Fallback("the template alters message texts")
+    _check_holes(tokenizer, messages, tools, parts)
     spans = []
     for i, message in enumerate(messages):
         if message.get("role") != "assistant":
@@ -227,6 +230,21 @@ def build_skeleton(tokenizer, messages: list[dict], tools: list[dict] | None) ->
         if is_learned(message):
             spans.append((boundary(prompt), boundary(turn)))
     return Skeleton(parts, tuple(spans))
+
+
+def _check_holes(tokenizer, messages: list[dict], tools: list[dict] | None,
+                 parts: tuple[str | int, ...]) -> None:
+    """Raises `Fallback` unless the skeleton with this record's own texts put back is the
+    record's rendering: a text written where no hole was left (a message through `tojson`
+    with ASCII escapes turns the placeholder's delimiters into `\\uXXXX`) would otherwise
+    put the placeholder's text in every sample of the shape."""
+    try:
+        reference = render(tokenizer, messages, False, tools)
+    except Exception as err:  # the reference path raises it again for the record
+        raise Fallback(f"the template fails on this shape ({type(err).__name__})") from None
+    contents = [m.get("content") or "" for m in messages]
+    if Skeleton(parts, ()).text(contents) != reference:
+        raise Fallback("the template writes a message text where no placeholder survives")
 
 
 def _render_both(tokenizer, messages: list[dict], generation_prompt: bool,
