@@ -130,11 +130,11 @@ def answers(samples: list[tuple[str, str, str]], quality: float) -> list[dict]:
     return rows
 
 
-def record_losses(name: str, quality: float) -> list[dict]:
+def record_losses(name: str, quality: float, count: int = TEST_RECORDS) -> list[dict]:
     """Per-record loss sums: per-token loss 3 - quality + difficulty + a small wiggle."""
     wiggle = zlib.crc32(name.encode()) % 1000 / 1000
     rows = []
-    for i in range(TEST_RECORDS):
+    for i in range(count):
         per_token = 3.0 - quality + 0.4 * math.sin(1.7 * i) + 0.03 * math.sin(i + 7 * wiggle)
         tokens = 10 + (i * 7) % 23
         rows.append({"id": f"r{i:02d}", "loss_sum": per_token * tokens, "n_tokens": tokens})
@@ -165,11 +165,11 @@ def write_tool_calls(directory: Path, quality: float) -> None:
 
 
 def write_eval(directory: Path, samples: list, quality: float, dialogue: bool,
-               quantization: str | None = None) -> None:
+               quantization: str | None = None, records: int = TEST_RECORDS) -> None:
     rows = answers(samples, quality)
     metrics = compute_text_metrics([r["prediction"] for r in rows],
                                    [r["reference"] for r in rows], dialogue, per_sample=rows)
-    losses = record_losses("/".join(directory.parts[-3:]), quality)
+    losses = record_losses("/".join(directory.parts[-3:]), quality, records)
     loss = sum(r["loss_sum"] for r in losses) / sum(r["n_tokens"] for r in losses)
     metrics.update({"loss": loss, "perplexity": math.exp(loss),
                     "n_loss_tokens": sum(r["n_tokens"] for r in losses),
@@ -217,13 +217,16 @@ def base_eval(config: dict, quantized: bool) -> str:
     return f"results/eval/base/{config['base_model']}/{config['dataset']}/{key}"
 
 
-def write_experiment(results: Path, name: str, config: dict) -> None:
+def write_experiment(results: Path, name: str, config: dict, evaluated: bool = True) -> None:
+    """The adapter's training files and, when `evaluated`, its evaluation directory."""
     quality = quality_of(config)
     rows = trainer_rows(quality, eval_every=20 if config["dataset"] == "alpaca_zh" else None)
     adapter = results / "adapters" / name
     write_jsonl(adapter / "trainer_log.jsonl", rows)
     write_json(adapter / "train_metrics.json", train_metrics(config, rows))
     write_json(adapter / "run_info.json", run_info(config, config["dataset"]))
+    if not evaluated:
+        return
     dialogue = config["dataset"] == "lccc"
     write_eval(results / "eval" / name, DIALOGUE if dialogue else SAMPLES, quality, dialogue,
                "4bit" if config["method"] == "qlora" else None)
@@ -264,6 +267,42 @@ def build_results(root: Path) -> dict:
     run = {"experiments": experiments, "sweeps": config["sweeps"],
            "datasets": config["datasets"], "base_models": config["base_models"],
            "seed": config["seed"], "report": {"title": "Fixture report", "sample_count": 3}}
+    write_json(root / "run.json", run)
+    return run
+
+
+SMALL_EXPERIMENT = "small-r8"
+
+
+def small_run(root: Path, base_model: dict | None = None) -> tuple[dict, dict]:
+    """root/results with the data files of alpaca_zh, and the run dict of one experiment
+    (SMALL_EXPERIMENT, alpaca_zh on `base_model`, tiny-zh's config by default); nothing
+    evaluated yet: returns (run, the experiment's config)."""
+    models = {"small": base_model or CONFIG["base_models"]["tiny-zh"]}
+    config = validate({**{k: CONFIG[k] for k in ("seed", "datasets", "defaults")},
+                       "base_models": models,
+                       "experiments": {SMALL_EXPERIMENT: {"base_model": "small",
+                                                          "dataset": "alpaca_zh"}}},
+                      "small report fixture")
+    experiments = with_base_evals(resolve_experiments(config, "small report fixture"))
+    write_data(root / "results", "alpaca_zh", "alpaca")
+    run = {"experiments": experiments, "sweeps": {}, "datasets": config["datasets"],
+           "base_models": models, "seed": config["seed"],
+           "report": {"title": "Small report", "sample_count": 3}}
+    return run, experiments[SMALL_EXPERIMENT]
+
+
+def build_small(root: Path, samples: int) -> dict:
+    """A run of one experiment whose evaluation, and its base's, scored `samples` generated
+    answers and as many test records: what a first try with `evaluation.samples` 1 or 2
+    gives. Writes root/run.json; returns the run dict."""
+    run, config = small_run(root)
+    results = root / "results"
+    write_eval(root / config["base_eval"], SAMPLES[:samples], BASE_QUALITY["alpaca_zh"], False,
+               records=samples)
+    write_experiment(results, SMALL_EXPERIMENT, config, evaluated=False)
+    write_eval(results / "eval" / SMALL_EXPERIMENT, SAMPLES[:samples], quality_of(config),
+               False, records=samples)
     write_json(root / "run.json", run)
     return run
 

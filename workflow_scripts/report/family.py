@@ -27,6 +27,9 @@ def control(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     out, start = {}, 0
     for (name, table), p in zip(tables.items(), p_values):
         table = table.copy()
+        # a table whose verdicts are all empty (nothing compared yet) reads as float: make
+        # the column hold words whatever was inferred, so a verdict can always be written
+        table["verdict"] = verdicts(table)
         if P_VALUE in table:
             table[P_HOLM] = adjusted[start:start + p.size]
             start += p.size
@@ -35,6 +38,12 @@ def control(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
             table.loc[claimed & ~rejected & table[P_HOLM].notna(), "verdict"] = UNCLEAR
         out[name] = table
     return out
+
+
+def verdicts(table: pd.DataFrame) -> pd.Series:
+    """The table's `verdict` column as words (object dtype), empty cells kept empty."""
+    column = table["verdict"] if "verdict" in table else pd.Series(index=table.index)
+    return column.astype(object).where(column.notna(), None)
 
 
 def family_size(tables: list[pd.DataFrame]) -> int:

@@ -1,0 +1,40 @@
+"""The metric tables and the report of evaluations too small to compare: a first try with
+one or two generated samples, a judge whose replies never parse, a small run on a local
+model directory. collect_metrics and render_report finish, and the report says what could
+not be measured instead of claiming it (report/family.py, evaluation/bootstrap.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from report_fixtures import SMALL_EXPERIMENT, build_small, run_pipeline
+
+from workflow_scripts.evaluation.bootstrap import UNCLEAR
+from workflow_scripts.report import family
+
+
+def read(results, name: str) -> pd.DataFrame:
+    return pd.read_csv(results / "metrics" / f"{name}.tsv", sep="\t")
+
+
+def test_a_table_without_any_verdict_yet_takes_one():
+    # pandas 3 infers float for a column of empty cells and refuses to write words into it
+    empty = pd.DataFrame({"verdict": [np.nan], "p_value": [np.nan]})
+    claimed = pd.DataFrame({"verdict": ["better", "worse"], "p_value": [0.06, 0.001]})
+    tested = family.control({"ranking": empty, "comparison": claimed})
+    assert tested["ranking"]["verdict"].isna().all()
+    assert list(tested["comparison"]["verdict"]) == [UNCLEAR, "worse"]
+    for table in tested.values():
+        table.loc[:, "verdict"] = UNCLEAR  # every table takes a verdict, whatever it held
+
+
+@pytest.mark.parametrize("samples", [1, 2])
+def test_a_one_or_two_sample_evaluation_gets_its_report(tmp_path, samples):
+    build_small(tmp_path, samples)
+    results = run_pipeline(tmp_path)
+    ranking = read(results, "ranking")
+    assert list(ranking["experiment"]) == [SMALL_EXPERIMENT] and ranking["verdict"].isna().all()
+    assert set(read(results, "comparison")["n_paired"].dropna()) == {samples}
+    md = (results / "report" / "training_report.md").read_text(encoding="utf-8")
+    assert f"the lowest test loss is {SMALL_EXPERIMENT}'s" in md
+    assert (results / "report" / "training_report.html").is_file()
