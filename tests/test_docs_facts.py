@@ -6,9 +6,12 @@ import ast
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 
 from workflow_scripts.common.config import load_schema
+from workflow_scripts.launch.gpu_slots import train_launcher
+from workflow_scripts.studio.__main__ import parse_args, settings_from
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -40,3 +43,27 @@ def test_metrics_page_gives_the_real_number_of_prompts():
     assert said, "docs/metrics.md no longer says how many prompts a run answers"
     assert (int(said[1]), int(said[2])) == (
         default_config["defaults"]["evaluation"]["samples"], schema)
+
+
+def test_slurm_profile_names_the_launchers_the_code_uses():
+    comment = (ROOT / "profiles/slurm/config.yaml").read_text(encoding="utf-8").split(
+        "training asks for training.devices GPUs", 1)[1].split("\n  train_adapter:", 1)[0]
+    one_node, across = comment.split("and across", 1)
+    assert "local_launch" in train_launcher({"devices": 2, "nodes": 1})
+    assert "local_launch" in one_node and "torchrun" not in one_node
+    assert "torch.distributed.run" in train_launcher({"devices": 2, "nodes": 2})
+    assert "torchrun" in across
+
+
+def refusal(*args: str) -> str:
+    with pytest.raises(SystemExit) as refused:
+        settings_from(parse_args(["--host", "0.0.0.0", *args]))
+    return str(refused.value)
+
+
+def test_readme_names_what_the_studio_needs_beyond_loopback():
+    said = re.search(r"listens on another address only with (.*?)\. See",
+                     (ROOT / "README.md").read_text(encoding="utf-8"), re.S).group(1)
+    asked = set(re.findall(r"--[\w-]+|\$[A-Z_]+", refusal() + " " + refusal("--token", "t")))
+    assert {"--token", "--certfile", "--keyfile", "--insecure-http"} <= asked
+    assert asked <= set(re.findall(r"--[\w-]+|\$[A-Z_]+", said))

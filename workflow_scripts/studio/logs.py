@@ -1,7 +1,8 @@
 """The Logs page: every job log of the working directory, looked up by name only.
 
-Rule logs are `logs/**`, Slurm job logs `.snakemake/slurm_logs/**`, Snakemake's own run
-logs `.snakemake/log/*`. A log's name is its path relative to the working directory, but
+Rule logs are `logs/**`; Slurm job logs are `logs/slurm/**` (the shipped Slurm profile's
+`slurm-logdir`) or `.snakemake/slurm_logs/**` (the Slurm plugin's default, for a profile
+that sets none); Snakemake's own run logs are `.snakemake/log/*`. A log's name is its path relative to the working directory, but
 a request's name is only ever matched against this table, so `../` gets nowhere.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from workflow_scripts.studio.errors import UnknownName
 
 LOG_ROOTS = ("logs", ".snakemake/slurm_logs", ".snakemake/log")
+SLURM_LOG_DIRS = ("logs/slurm/", ".snakemake/slurm_logs/")
 LOG_SUFFIXES = (".log", ".jsonl", ".out", ".err", ".txt")
 
 
@@ -41,8 +43,8 @@ def log_listing(workdir: Path, active_within_s: float = 30.0) -> list[dict]:
     rows = []
     for name, path in log_table(workdir).items():
         st = path.stat()
-        kind = "slurm" if name.startswith(".snakemake/slurm_logs") else (
-            "snakemake" if name.startswith(".snakemake/log") else "rule")
+        kind = "slurm" if name.startswith(SLURM_LOG_DIRS) else (
+            "snakemake" if name.startswith(".snakemake/log/") else "rule")
         rows.append({"name": name, "kind": kind, "size": st.st_size, "modified": st.st_mtime,
                      "active": now - st.st_mtime < active_within_s})
     return rows
