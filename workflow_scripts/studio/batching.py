@@ -7,10 +7,11 @@ different adapters share the pass through mixed_lora.py's forward (each row's Lo
 matrices gathered once per batch composition, two batched matmuls per layer; a batch of one
 adapter, a lone request say, runs PEFT's single-adapter arithmetic), or, for layers it does
 not handle (DoRA, quantized bases), PEFT's mixed-adapter inference (`adapter_names`, one per
-row; `__base__` runs the base unadapted). Each row keeps its own decoding (greedy,
-or temperature/top-p with its own `torch.Generator`, so a seed gives the same answer
-whatever else is in the batch), its own stop tokens and token budget, and leaves the batch
-at the first step after its `cancel` event is set (a client that went away, a stop string).
+row; `__base__` runs the base unadapted). Each row keeps its own decoding (greedy, or
+temperature/top-p drawing from its own seeded `random.Random`, so a seed gives the same
+answer whatever else is in the batch, on any device), its own stop tokens and token
+budget, and leaves the batch at the first step after its `cancel` event is set (a client
+that went away, a stop string).
 Its cache rows leave with it, and cache columns no row needs any more are trimmed.
 
 The queue in front of the batch has a fixed depth: beyond it a request is refused at once
@@ -21,6 +22,7 @@ from __future__ import annotations
 import collections
 import math
 import os
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -55,28 +57,49 @@ class Row:
     report: Callable[[str, Any], None]  # ("token", id), then ("done", (tokens, reason)) or ("error", exc)
     tokens: list[int] = field(default_factory=list)
     length: int = 0  # tokens in the cache for this row (prompt + fed answer tokens)
-    generator: Any = None
+    rng: random.Random | None = None  # a sampled row's uniform draws
     finished: bool = False
     started: float = 0.0
 
 
-def sampled_token(logits, row: Row) -> int:
-    """The next token of one row from its last-position logits (fp32, one vocabulary row)."""
+def draws(seed: int | None) -> random.Random:
+    """A sampled row's source of uniform draws: seeded by the request, or at random."""
+    return random.Random(seed if seed is not None else int.from_bytes(os.urandom(8), "little"))
+
+
+def next_tokens(logits, rows: list[Row]):
+    """Each row's next token, from the last-position logits [rows, vocabulary] (fp32), as a
+    tensor on the logits' device: an argmax for greedy rows; for sampled rows temperature,
+    then top-p (as transformers' TopPLogitsWarper: the least likely tokens whose total
+    probability stays within 1 - top_p are dropped, never the most likely one), then the
+    token where the row's next uniform draw falls in the cumulative distribution.
+
+    The draws come from each row's own `random.Random` (seeded by the request), one number
+    per token, so a seed picks the same tokens whatever else is in the batch and on any
+    device, and no generator meets a tensor of another device."""
     import torch
 
-    if not row.temperature:
-        return int(torch.argmax(logits))
-    scores = logits / row.temperature
-    if row.top_p is not None and row.top_p < 1.0:
-        # As transformers' TopPLogitsWarper: drop the least likely tokens whose total
-        # probability stays within 1 - top_p, never the most likely one.
-        ordered, order = torch.sort(scores, descending=False)
-        cumulative = ordered.softmax(-1).cumsum(-1)
-        drop = cumulative <= (1 - row.top_p)
-        drop[-1] = False
-        scores = scores.scatter(0, order[drop], float("-inf"))
-    probs = scores.softmax(-1)
-    return int(torch.multinomial(probs, 1, generator=row.generator))
+    tokens = logits.argmax(-1)
+    sampled = [i for i, row in enumerate(rows) if row.temperature]
+    if not sampled:
+        return tokens
+    device = logits.device
+
+    def column(values: list[float]):
+        return torch.tensor(values, dtype=logits.dtype, device=device).unsqueeze(1)
+
+    which = torch.tensor(sampled, dtype=torch.long, device=device)
+    scores = logits.index_select(0, which) / column([rows[i].temperature for i in sampled])
+    top_p = [rows[i].top_p if rows[i].top_p is not None else 1.0 for i in sampled]
+    if min(top_p) < 1.0:
+        ordered, order = torch.sort(scores, descending=False, stable=True)
+        drop = ordered.softmax(-1).cumsum(-1) <= 1 - column(top_p)
+        drop[:, -1] = False
+        scores = scores.masked_fill(torch.zeros_like(drop).scatter(1, order, drop), float("-inf"))
+    cumulative = scores.softmax(-1).cumsum(-1)
+    draws = column([rows[i].rng.random() for i in sampled]) * cumulative[:, -1:]
+    picked = torch.searchsorted(cumulative, draws, right=True).clamp(max=logits.shape[-1] - 1)
+    return tokens.index_copy(0, which, picked.squeeze(1))
 
 
 class KVBatch:
@@ -105,10 +128,17 @@ class KVBatch:
         index = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
         self.mask = self.mask.index_select(0, index)
         used = self.mask.any(0).nonzero()
-        start = int(used[0]) if len(used) else self.mask.shape[1]
+        width = self.mask.shape[1]
+        start = int(used[0]) if len(used) else width
         for layer in self.cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, start:]
-            layer.values = layer.values.index_select(0, index)[:, :, start:]
+            rows = index.to(layer.keys.device)
+            # A sliding-window layer holds only the last columns of the mask's width (and
+            # counts every column it saw): it loses only the dropped columns it still holds.
+            cut = max(0, start - (width - layer.keys.shape[2]))
+            layer.keys = layer.keys.index_select(0, rows)[:, :, cut:]
+            layer.values = layer.values.index_select(0, rows)[:, :, cut:]
+            if getattr(layer, "is_sliding", False):
+                layer.cumulative_length -= start
         self.mask = self.mask[:, start:]
         self.rows = [self.rows[i] for i in keep]
 
@@ -136,6 +166,7 @@ class BatchEngine:
         self.joins_running = joins_running  # False: new rows wait for an empty batch
         self.waiting: collections.deque[Row] = collections.deque()
         self.batch: KVBatch | None = None
+        self.in_hand: list[Row] = []  # rows taken from `waiting` for the step under way
         self.condition = threading.Condition()
         self.thread: threading.Thread | None = None
         self.seconds_per_request = 1.0  # a running average, for Retry-After
@@ -148,12 +179,8 @@ class BatchEngine:
     # Callers.
     def submit(self, row: Row) -> None:
         """Queue a row (or raise Overloaded at once); the worker starts if it is not running."""
-        import torch
-
         if row.temperature:
-            row.generator = torch.Generator(device="cpu")
-            row.generator.manual_seed(row.seed if row.seed is not None else
-                                      int.from_bytes(os.urandom(8), "little") >> 1)
+            row.rng = draws(row.seed)
         with self.condition:
             if len(self.waiting) + self.running >= self.max_rows + self.queue_depth:
                 ahead = len(self.waiting) + self.running
@@ -214,21 +241,25 @@ class BatchEngine:
         import torch
 
         with self.base.lock, torch.no_grad():
-            new = self._take_waiting()
+            # Rows taken for this step stay in `in_hand` until they are in the batch, so a
+            # failure anywhere in the step reaches them too (_fail_all).
+            self.in_hand = self._take_waiting()
             self._drop_cancelled()
             if self.batch is not None:  # first, so running rows lose no step to arrivals
                 self._decode()
-            if new:
+            if self.in_hand:
                 try:
-                    group = self._prefill(new)
+                    group = self._prefill(self.in_hand)
                 except Exception as err:  # these rows are not in the batch yet
-                    self._fail(new, err)
+                    self._fail(self.in_hand, err)
+                    self.in_hand = []
                     return
                 if group.rows:
                     if self.batch is None:
                         self.batch = group
                     else:
                         self.batch.join(group)
+            self.in_hand = []
 
     def _forward(self, input_ids, mask, positions, cache, rows: list[Row]):
         inputs = dict(input_ids=input_ids, attention_mask=mask, position_ids=positions,
@@ -310,27 +341,31 @@ class BatchEngine:
         positions = torch.tensor([[r.length] for r in batch.rows], device=device)
         batch.mask = torch.cat([batch.mask, torch.ones_like(batch.mask[:, :1])], dim=1)
         attention = batch.mask
-        if self.joins_running and not bool(batch.mask[:, 0].all()):
+        if self.joins_running and self._sdpa() and not bool(batch.mask[:, 0].all()):
             # Left padding, full attention: each row's one query sees its unpadded columns.
             # Given as the 4-D mask transformers would build from it, which it then skips
-            # building (a tenth of a small model's step).
+            # building (a tenth of a small model's step). Only SDPA reads a boolean mask as
+            # "may attend"; eager attention adds the mask to the scores, so it gets the 2-D
+            # one and transformers builds its additive mask.
             attention = batch.mask.bool()[:, None, None, :]
         out = self._forward(ids, attention, positions, batch.cache, batch.rows)
         for row in batch.rows:
             row.length += 1
         self._advance(batch, out.logits[:, -1, :].float())
 
+    def _sdpa(self) -> bool:
+        return getattr(self.base.model.config, "_attn_implementation", None) == "sdpa"
+
     def _advance(self, batch: KVBatch, logits) -> None:
         """Pick each row's next token, report it, and let finished rows leave the batch."""
         stops = set(self.base.stop_ids)
         keep = []
-        # Every greedy row's token from one argmax and one copy to the host.
-        greedy = logits.argmax(-1).tolist() if any(not r.temperature for r in batch.rows) else None
+        chosen = next_tokens(logits, batch.rows).tolist()  # one copy to the host per step
         for i, row in enumerate(batch.rows):
             if row.cancel.is_set():
                 self._finish(row, "cancelled")
                 continue
-            token = sampled_token(logits[i], row) if row.temperature else greedy[i]
+            token = chosen[i]
             row.tokens.append(token)
             row.report("token", token)
             if token in stops:
@@ -370,8 +405,15 @@ class BatchEngine:
         row.report("done", (len(row.tokens), reason))
 
     def _fail_all(self, err: Exception) -> None:
-        rows = list(self.batch.rows) if self.batch else []
-        self.batch = None
+        """A step failed: every running row and every row taken for the step gets the error
+        (their clients would otherwise wait for ever). A failure before any row was taken
+        would meet the waiting rows again at every step, so they get it too."""
+        with self.condition:
+            rows = (list(self.batch.rows) if self.batch else []) + self.in_hand
+            if not rows:
+                rows = list(self.waiting)
+                self.waiting.clear()
+            self.batch, self.in_hand = None, []
         self._fail(rows, err)
 
     @staticmethod
