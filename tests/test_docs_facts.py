@@ -3,6 +3,7 @@ set of tags) say what the code says."""
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import yaml
 from workflow_scripts.common.config import load_schema
 from workflow_scripts.launch.gpu_slots import train_launcher
 from workflow_scripts.studio.__main__ import parse_args, settings_from
+from workflow_scripts.tracking.run_record import provenance_tags
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -67,3 +69,17 @@ def test_readme_names_what_the_studio_needs_beyond_loopback():
     asked = set(re.findall(r"--[\w-]+|\$[A-Z_]+", refusal() + " " + refusal("--token", "t")))
     assert {"--token", "--certfile", "--keyfile", "--insecure-http"} <= asked
     assert asked <= set(re.findall(r"--[\w-]+|\$[A-Z_]+", said))
+
+
+def test_tracking_page_lists_every_data_hash_tag(tmp_path):
+    """train_adapter's run_info.json hashes both splits and the tokenized data's manifest."""
+    files = ["results/data/lccc/train.jsonl", "results/data/lccc/valid.jsonl",
+             "results/tokenized/lccc/0123456789abcdef/manifest.json"]
+    (tmp_path / "run_info.json").write_text(json.dumps(
+        {"data_files": {path: "0" * 64 for path in files}}), encoding="utf-8")
+    job = {"experiment": "e", "settings": {"dataset": "lccc", "base_model": "tiny",
+                                           "method": "lora"}}
+    tags = provenance_tags(job, tmp_path, "hash")
+    written = {t.split("data_sha256.")[1] for t in tags if "data_sha256." in t}
+    listed = re.search(r"`\.data_sha256\.\{([\w,]+)\}`", page("tracking.md")).group(1)
+    assert set(listed.split(",")) == written == {"train", "valid", "manifest"}
