@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +85,12 @@ def test_tracking_page_lists_every_data_hash_tag(tmp_path):
     written = {t.split("data_sha256.")[1] for t in tags if "data_sha256." in t}
     listed = re.search(r"`\.data_sha256\.\{([\w,]+)\}`", page("tracking.md")).group(1)
     assert set(listed.split(",")) == written == {"train", "valid", "manifest"}
+
+
+def test_collect_metrics_help_gives_corpus_metrics_the_same_resamples():
+    help_text = subprocess.run(
+        [sys.executable, "-m", "workflow_scripts.report.collect_metrics", "--help"],
+        capture_output=True, text=True, check=True).stdout
+    option = re.search(r"^ +--resamples RESAMPLES\s+(.*?)(?=^ +-|\Z)", help_text, re.M | re.S)
+    resamples = " ".join(option.group(1).split())
+    assert "fewer" not in resamples and "corpus metrics (sacreBLEU, chrF) included" in resamples

@@ -295,7 +295,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", default=Path("results/metrics"), type=Path,
                         help="where the TSV tables go")
     parser.add_argument("--resamples", default=bootstrap.RESAMPLES, type=int,
-                        help="bootstrap resamples per interval (corpus metrics use fewer)")
+                        help="bootstrap resamples per interval and paired difference, corpus "
+                             "metrics (sacreBLEU, chrF) included")
     args = parser.parse_args(argv)
     collect(read_json(args.config), args.results, args.out_dir, args.resamples)
 
