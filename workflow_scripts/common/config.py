@@ -41,14 +41,16 @@ class ConfigError(ValueError):
     """A config that is refused before any job starts; the message names the key."""
 
 
-def load_schema() -> dict:
-    """The config schema, parsed once per process (a private copy for each caller)."""
-    return copy.deepcopy(_parsed_schema())
+def load_schema(path: Path = SCHEMA_PATH) -> dict:
+    """The config schema, parsed once per process (a private copy for each caller). The
+    workflow passes its own copy's path: a module loaded with github(...) runs this package
+    from site-packages, where no schema lies beside it."""
+    return copy.deepcopy(_parsed_schema(Path(path)))
 
 
 @functools.cache
-def _parsed_schema() -> dict:
-    with open(SCHEMA_PATH, encoding="utf-8") as fh:
+def _parsed_schema(path: Path) -> dict:
+    with open(path, encoding="utf-8") as fh:
         return yaml.safe_load(fh)
 
 
@@ -108,9 +110,9 @@ def _with_defaults(validator_class):
     return jsonschema.validators.extend(validator_class, {"properties": set_defaults})
 
 
-def validate(config: dict, source: str = "config") -> dict:
+def validate(config: dict, source: str = "config", schema_path: Path = SCHEMA_PATH) -> dict:
     """Return a validated deep copy with defaults filled; raise ConfigError naming the key."""
-    schema = load_schema()
+    schema = load_schema(schema_path)
     raw = copy.deepcopy(config)
     checker = jsonschema.Draft202012Validator(schema)
     errors = sorted(checker.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
@@ -118,12 +120,14 @@ def validate(config: dict, source: str = "config") -> dict:
         lines = "\n  ".join(_describe(e) for e in errors)
         raise ConfigError(f"invalid config in {source}:\n  {lines}")
     filled = copy.deepcopy(config)
-    # Experiments and sweeps override `defaults`, so only fill the top level and `defaults`.
-    overrides = {k: filled.pop(k) for k in ("experiments", "sweeps") if k in filled}
+    # Experiments, sweeps and searches override `defaults`, so only fill the top level and
+    # `defaults` (search settings get their defaults in workflow_scripts/search/plan.py).
+    overrides = {k: filled.pop(k) for k in ("experiments", "sweeps", "searches") if k in filled}
     _with_defaults(jsonschema.Draft202012Validator)(schema).validate(filled)
     filled.update(overrides)
     filled.setdefault("experiments", {})
     filled.setdefault("sweeps", {})
+    filled.setdefault("searches", {})
     _check_references(filled, source)
     return filled
 
@@ -165,16 +169,34 @@ def sweep_points(spec: dict) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in itertools.product(*(spec["grid"][k] for k in keys))]
 
 
+def search_trial_names(search: str, spec: dict) -> list[str]:
+    """The experiments a search's trials become, in the order they are asked for."""
+    return [f"{search}-t{k}" for k in range(spec["trials"])]
+
+
+def _starting_point(config: dict, section: str, name: str, spec: dict) -> dict:
+    """What a sweep's points or a search's trials start from: `from`, then `base`."""
+    start = {}
+    if "from" in spec:
+        if spec["from"] not in config.get("experiments", {}):
+            raise ConfigError(f"{section}.{name}.from: no experiment named {spec['from']!r}")
+        start = config["experiments"][spec["from"]]
+    return deep_merge(start, spec.get("base", {}))
+
+
 def raw_experiments(config: dict) -> dict[str, dict]:
-    """Experiments as written plus every sweep grid point, before defaults are applied."""
+    """Experiments as written plus every sweep grid point and every search trial (at the
+    search's starting point: the settings it searches come from its round files), before
+    defaults are applied."""
     experiments = dict(config.get("experiments", {}))
+    for search, spec in config.get("searches", {}).items():
+        start = _starting_point(config, "searches", search, spec)
+        for name in search_trial_names(search, spec):
+            if name in experiments:
+                raise ConfigError(f"searches.{search}: experiment name {name!r} is already taken")
+            experiments[name] = copy.deepcopy(start)
     for sweep, spec in config.get("sweeps", {}).items():
-        start = {}
-        if "from" in spec:
-            if spec["from"] not in config.get("experiments", {}):
-                raise ConfigError(f"sweeps.{sweep}.from: no experiment named {spec['from']!r}")
-            start = config["experiments"][spec["from"]]
-        start = deep_merge(start, spec.get("base", {}))
+        start = _starting_point(config, "sweeps", sweep, spec)
         for point in sweep_points(spec):
             experiment = copy.deepcopy(start)
             for key, value in point.items():
@@ -189,9 +211,10 @@ def raw_experiments(config: dict) -> dict[str, dict]:
     return experiments
 
 
-def resolve_experiments(config: dict, source: str = "config") -> dict[str, dict]:
+def resolve_experiments(config: dict, source: str = "config",
+                        schema_path: Path = SCHEMA_PATH) -> dict[str, dict]:
     """Every experiment with defaults applied and validated against the experiment schema."""
-    schema = load_schema()
+    schema = load_schema(schema_path)
     exp_schema = {"$defs": schema["$defs"], **schema["$defs"]["experiment"]}
     filler = _with_defaults(jsonschema.Draft202012Validator)(exp_schema)
     try:

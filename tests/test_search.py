@@ -1,0 +1,157 @@
+"""Hyper-parameter searches (workflow_scripts/search/): the config, the study's ask and tell
+across rounds, reproducibility, resuming a killed round, and the pruners' thresholds."""
+from __future__ import annotations
+
+import copy
+import math
+
+import optuna
+import pytest
+import yaml
+
+from workflow_scripts.common.config import ConfigError, resolve_experiments, validate
+from workflow_scripts.search.plan import plan_searches
+from workflow_scripts.search.pruning import stop_rules
+from workflow_scripts.search.study import ask_round, open_study, tell_round
+from workflow_runner import SMOKE_CONFIG
+
+SEARCH = {"base": {"base_model": "tiny", "dataset": "alpaca_zh"},
+          "space": {"training.learning_rate": {"low": 1.0e-4, "high": 1.0e-1, "log": True},
+                    "lora.r": {"low": 2, "high": 16}},
+          "trials": 6, "parallel": 2, "sampler": {"startup_trials": 2}}
+
+
+def plans(search: dict = SEARCH, name: str = "lr"):
+    config = yaml.safe_load(SMOKE_CONFIG.read_text(encoding="utf-8"))
+    config["searches"] = {name: copy.deepcopy(search)}
+    cfg = validate(config, "test.yaml")
+    return plan_searches(cfg, resolve_experiments(cfg, "test.yaml"), "test.yaml")
+
+
+def job(tmp_path, round_: int, search: dict = SEARCH) -> dict:
+    return plans(search)["lr"].tell_job(round_) | {"storage": f"sqlite:///{tmp_path}/study.db"}
+
+
+def loss(params: dict) -> float:
+    """A made-up objective: best at a learning rate of 1e-2, a little better with rank."""
+    return (math.log10(params["training.learning_rate"]) + 2) ** 2 + 1 / params["lora.r"]
+
+
+def result(trial: dict, state: str = "complete", value: float | None = None) -> dict:
+    value = loss(trial["params"]) if value is None else value
+    return {"name": trial["name"], "state": state, "value": value if state == "complete" else None,
+            "reason": None, "curve": [[2, value + 1], [4, value]]}
+
+
+def run_search(tmp_path, search: dict = SEARCH) -> list[dict]:
+    asked = []
+    for round_ in range(plans(search)["lr"].rounds):
+        trials = ask_round(job(tmp_path, round_, search))
+        tell_round(job(tmp_path, round_, search), [result(t) for t in trials])
+        asked += trials
+    return asked
+
+
+def test_trials_are_experiments_named_after_the_search():
+    plan = plans()["lr"]
+    assert plan.trials == [f"lr-t{k}" for k in range(6)]
+    assert plan.rounds == 3 and plan.round_trials(2) == ["lr-t4", "lr-t5"]
+    assert plan.base["lora"]["r"] == 4  # the smoke defaults: the searched keys come later
+
+
+def test_the_key_ignores_the_trial_count_but_not_the_space_or_objective():
+    key = plans()["lr"].key
+    assert plans(SEARCH | {"trials": 8})["lr"].key == key
+    assert plans(SEARCH | {"objective": {"metric": "bleu-4", "direction": "maximize"}})["lr"].key != key
+    narrower = copy.deepcopy(SEARCH)
+    narrower["space"]["lora.r"]["high"] = 8
+    assert plans(narrower)["lr"].key != key
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"spaec": {}}, "unknown key searches.lr.spaec"),
+    ({"space": {"training.max_length": [64, 128]}}, "searches.lr.space"),
+    ({"space": {"lora.r": {"low": 0, "high": 4}}}, "searches.lr.space.lora.r: 0"),
+    ({"space": {"training.learning_rate": {"low": 0, "high": 1, "log": True}}}, "log scale"),
+    ({"pruner": {"name": "hyperband"}}, "searches.lr.pruner.name"),
+    ({"enqueue": [{"lora.alpha": 4}]}, "searches.lr.enqueue[0]: lora.alpha is not in the space"),
+])
+def test_a_bad_search_is_refused_naming_the_key(bad, message):
+    with pytest.raises(ConfigError, match=".*" + message.replace("[", r"\[").replace("]", r"\]")):
+        plans(SEARCH | bad)
+
+
+def test_the_same_config_proposes_the_same_trials_in_the_same_order(tmp_path):
+    first = run_search(tmp_path / "a")
+    second = run_search(tmp_path / "b")
+    assert [t["params"] for t in first] == [t["params"] for t in second]
+    assert len({t["params"]["training.learning_rate"] for t in first}) == 6
+    other_seed = copy.deepcopy(SEARCH)
+    other_seed["sampler"] = {"startup_trials": 3}
+    assert [t["params"] for t in run_search(tmp_path / "c", other_seed)][3:] != \
+        [t["params"] for t in first][3:]
+
+
+def test_a_round_asked_again_reuses_its_trials(tmp_path):
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    whole = ask_round(job(tmp_path / "a", 0))
+    # killed after its first trial was asked: the rerun keeps it and asks the second alone
+    half = job(tmp_path / "b", 0)
+    ask_round(half | {"trials": half["trials"][:1]})
+    assert ask_round(half) == whole == ask_round(half)
+    study = open_study(half)
+    assert [t.number for t in study.trials] == [0, 1]
+
+
+def test_a_round_told_twice_counts_each_trial_once_and_the_next_round_follows(tmp_path):
+    trials = ask_round(job(tmp_path, 0))
+    results = [result(trials[0]), result(trials[1], "failed") | {"reason": "loss is nan at step 3"}]
+    told = tell_round(job(tmp_path, 0), results)
+    assert tell_round(job(tmp_path, 0), results) == told
+    assert [t["state"] for t in told] == ["complete", "failed"]
+    assert told[1]["reason"] == "loss is nan at step 3"
+    nxt = ask_round(job(tmp_path, 1))
+    assert [t["number"] for t in nxt] == [2, 3]
+    assert len(open_study(job(tmp_path, 1)).trials) == 4
+
+
+def test_a_round_before_the_last_is_told_first(tmp_path):
+    ask_round(job(tmp_path, 0))
+    with pytest.raises(RuntimeError, match="lr-t0, lr-t1 of an earlier round were never told"):
+        ask_round(job(tmp_path, 1))
+
+
+def test_enqueued_settings_come_first(tmp_path):
+    point = {"training.learning_rate": 0.05, "lora.r": 3}
+    trials = ask_round(job(tmp_path, 0, SEARCH | {"enqueue": [point]}))
+    assert trials[0]["params"] == point and trials[1]["params"] != point
+
+
+def curve_study(tmp_path, curves: list[dict], states=None) -> optuna.Study:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path}/p.db", study_name="p")
+    for curve, state in zip(curves, states or ["complete"] * len(curves)):
+        trial = study.ask()
+        for step, value in curve.items():
+            trial.report(value, step)
+        if state == "complete":
+            study.tell(trial, list(curve.values())[-1])
+        else:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    return study
+
+
+def test_median_thresholds_come_from_complete_trials_after_warmup(tmp_path):
+    study = curve_study(tmp_path, [{2: 3.0, 4: 2.0}, {2: 5.0, 4: 4.0}, {2: 4.0}],
+                        ["complete", "complete", "pruned"])
+    pruner = {"name": "median", "startup_trials": 2, "warmup_steps": 2}
+    assert stop_rules(study, pruner)["thresholds"] == [[4, 3.0]]
+    assert stop_rules(study, pruner | {"startup_trials": 3})["thresholds"] == []
+    assert stop_rules(study, {"name": "none"})["thresholds"] == []
+
+
+def test_successive_halving_keeps_the_best_share_at_each_rung(tmp_path):
+    curves = [{2: v, 4: v - 1, 8: v - 2} for v in (3.0, 4.0, 5.0, 6.0, 7.0)]
+    study = curve_study(tmp_path, curves)
+    pruner = {"name": "successive_halving", "min_steps": 2, "reduction_factor": 2}
+    # five before it, six with it: the best three go on at step 2, at step 4 and at step 8
+    assert stop_rules(study, pruner)["thresholds"] == [[2, 5.0], [4, 4.0], [8, 3.0]]
