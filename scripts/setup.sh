@@ -3,8 +3,26 @@
 # test suite starts for real (Slurm, munge, chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
+# envs/requirements.lock is resolved and tested on Python 3.11 only (on another version pip
+# may find no wheel for a pin, or install a set never tested together), so the venv is made
+# with 3.11: $PYTHON if set, else python3.11, else python3 when it is 3.11. Anything else
+# stops here, before anything is installed, naming the fix.
+is_311() { "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; }
+if [ -x .venv/bin/python ]; then
+  is_311 .venv/bin/python || { echo "setup.sh: .venv is not Python 3.11 ($(.venv/bin/python -V 2>&1));" \
+    "remove it and run again" >&2; exit 1; }
+else
+  python=""
+  for candidate in ${PYTHON:-python3.11 python3}; do
+    if command -v "$candidate" >/dev/null && is_311 "$candidate"; then python=$candidate; break; fi
+  done
+  if [ -z "$python" ]; then
+    echo "setup.sh: needs Python 3.11 (envs/requirements.lock is pinned for it), found" \
+      "${PYTHON:-python3}: $(${PYTHON:-python3} -V 2>&1 || echo none); install python3.11" \
+      "(e.g. apt-get install python3.11-venv, or pyenv) or set PYTHON=/path/to/python3.11" >&2
+    exit 1
+  fi
+  "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 # pip compiles every module up front (about a minute): where PYTHONDONTWRITEBYTECODE is set,
