@@ -42,9 +42,16 @@ DEFAULT_THREADS = 2
 
 def stage_resources(experiment: dict, stage: str) -> dict:
     """What one of an experiment's jobs asks for: stage `train` (the top level of its
-    `resources:`), `evaluate` or `merge` (their own blocks). Training's GPUs per node default
-    to training.devices; evaluation and merge take one GPU when training takes any."""
+    `resources:`), `evaluate`, `merge` or `tokenize` (their own blocks). Training's GPUs per
+    node default to training.devices; evaluation and merge take one GPU when training takes
+    any, and its memory and threads unless they set their own. Tokenization inherits nothing
+    (None: the rule's defaults): a CPU job whose memory follows the number of samples, not the
+    model, should not ask for a GPU training's memory."""
     res = experiment["resources"]
+    if stage == "tokenize":
+        own = res.get("tokenize", {})
+        return {"gpu": 0, "mem_mb": own.get("mem_mb"), "runtime": own.get("runtime"),
+                "threads": own.get("threads")}
     train_gpus = res.get("gpu", experiment["training"]["devices"])
     threads = res.get("threads", DEFAULT_THREADS)
     if stage == "train":
