@@ -36,14 +36,15 @@ def test_block_names_every_rule_file():
     named = set(re.findall(r"\b(\w+)(?:\.smk)?\b", rules))
     files = {p.stem for p in (ROOT / "rules").glob("*.smk")}
     assert len(files) >= 8
-    assert files - named == set()
+    assert files - named == set(), "README.md's architecture block: a rule file is not named"
 
 
 def test_block_names_every_stage_package():
     entries = block_entries(architecture_block())
     packages = {p.parent.name for p in (ROOT / "workflow_scripts").glob("*/__init__.py")}
     assert {"tracking", "training", "studio"} <= packages
-    assert {f"{p}/" for p in packages} - set(entries) == set()
+    missing = {f"{p}/" for p in packages} - set(entries)
+    assert missing == set(), f"README.md's architecture block does not name {sorted(missing)}"
 
 
 def test_block_names_every_module_a_rule_runs():
