@@ -1,17 +1,40 @@
+import importlib.util
 import os
 import shlex
 import sys
 from pathlib import Path
 
 from snakemake.settings.types import DeploymentMethod
+from snakemake.sourcecache import LocalSourceFile
 
-# The DAG is built, and every job runs, with the logic package next to this Snakefile:
-# PYTHONPATH points jobs at it, so any environment that holds the dependencies runs them
-# (this venv, a conda or container environment, a cluster's modules) without installing
-# the package. Jobs use the `python` of the interpreter running Snakemake, unless they run
-# in conda environments.
-sys.path.insert(0, workflow.basedir)
-_prefix = f"export PYTHONPATH={shlex.quote(workflow.basedir)}${{PYTHONPATH:+:$PYTHONPATH}}; "
+# This workflow's own files (the package, the config schema, the report templates) are found
+# from this file, never from workflow.basedir: loaded as a module from a user's project
+# (README, "Use it from your own project"), that is the user's Snakefile's directory. A local
+# module, a git submodule and this repository have them on disk; a module loaded with
+# github(...) has none, and runs the package installed in the environment at its tag.
+_RULES_DIR = workflow.current_basedir
+WORKFLOW_ON_DISK = isinstance(_RULES_DIR, LocalSourceFile)
+_prefix = ""
+if WORKFLOW_ON_DISK:
+    # The DAG is built, and every job runs, with the package next to the Snakefile:
+    # PYTHONPATH points jobs at it, so any environment that holds the dependencies runs
+    # them (this venv, a conda or container environment, a cluster's modules) without
+    # installing the package.
+    WORKFLOW_DIR = os.path.dirname(_RULES_DIR.get_path_or_uri(secret_free=False))
+    sys.path.insert(0, WORKFLOW_DIR)
+    _prefix = f"export PYTHONPATH={shlex.quote(WORKFLOW_DIR)}${{PYTHONPATH:+:$PYTHONPATH}}; "
+elif importlib.util.find_spec("workflow_scripts") is None:
+    _source = _RULES_DIR.get_basedir()  # the repository's root, at the module's tag
+    _repo = (f"file://{_source.repo_path}" if hasattr(_source, "repo_path")
+             else f"https://{_source.host}/{_source.repo}")
+    print(f"This workflow was loaded as a module from {_source} (no code on disk), and its "
+          "Python package workflow_scripts is not installed in this environment. Install it "
+          f"at the module's version, where Snakemake and the jobs run:\n"
+          f"    pip install 'git+{_repo}@{_source.ref}'\n"
+          "(README, \"Use it from your own project\").", file=sys.stderr)
+    sys.exit(1)
+# Jobs use the `python` of the interpreter running Snakemake, unless they run in conda
+# environments.
 if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
     _prefix += f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; "
 shell.prefix(_prefix.replace("{", "{{").replace("}", "}}"))  # Snakemake formats the prefix
@@ -22,20 +45,25 @@ from workflow_scripts.common.io_utils import canonical_json, evaluation_key
 from workflow_scripts.evaluation.general_spec import (exam_files, general_inputs, general_job,
                                                       local_benchmarks)
 from workflow_scripts.launch.gpu_slots import stage_resources
+from workflow_scripts.search.plan import TrialExperiments, plan_searches, trial_params
 from workflow_scripts.models.loading import resolve_model_dir
 
 
 CONFIG_SOURCE = ", ".join(map(str, workflow.configfiles)) or "the config"
+SCHEMA = workflow.source_path("../config/schema/config.schema.yaml")
 try:
-    CFG = validate(config, CONFIG_SOURCE)
-    EXPERIMENTS = resolve_experiments(CFG, CONFIG_SOURCE)
+    CFG = validate(config, CONFIG_SOURCE, SCHEMA)
+    EXPERIMENTS = resolve_experiments(CFG, CONFIG_SOURCE, SCHEMA)
+    SEARCHES = plan_searches(CFG, EXPERIMENTS, CONFIG_SOURCE)
+    EXPERIMENTS = TrialExperiments(EXPERIMENTS, SEARCHES)  # trials' settings: search.smk
     check_paths(CFG, CONFIG_SOURCE)  # missing data or model paths, even after a finished run
 except ConfigError as err:  # the message names the key: no Python traceback around it
     print(err, file=sys.stderr)
     sys.exit(1)
-# Relative to the working directory, so that moving repo and results together reruns nothing.
-REPO_DIR = Path(os.path.relpath(workflow.basedir))
-CODE_DIR = REPO_DIR / "workflow_scripts"
+# Relative to the working directory, so that moving repo and results together reruns nothing;
+# from a github(...) module, the installed package's files (a new version reruns its rules).
+CODE_DIR = (Path(os.path.relpath(WORKFLOW_DIR)) / "workflow_scripts" if WORKFLOW_ON_DISK
+            else Path(importlib.util.find_spec("workflow_scripts").origin).parent)
 
 
 # Exactly the configured names; factored so that hundreds of experiments compile quickly.
@@ -46,8 +74,19 @@ wildcard_constraints:
 
 
 def code(*modules):
-    """The package modules a job runs (Snakemake does not track imports)."""
-    return [str(CODE_DIR / f"{m}.py") for m in ("common/io_utils",) + modules]
+    """The package modules a job runs (Snakemake does not track imports); an installed
+    package's modules only where they are plain files."""
+    paths = [CODE_DIR / f"{m}.py" for m in ("common/io_utils",) + modules]
+    return [str(p) for p in paths if WORKFLOW_ON_DISK or p.is_file()]
+
+
+def workflow_files(folder, names):
+    """Files of one of this workflow's folders (reports/templates, ...): on disk, every file
+    in it, relative to the working directory; from a github(...) module, the named ones,
+    fetched into Snakemake's source cache."""
+    if WORKFLOW_ON_DISK:
+        return sorted(Path(os.path.relpath(WORKFLOW_DIR), folder).glob("*"))
+    return [workflow.source_path(f"../{folder}/{name}") for name in names]
 
 
 def dataset_files(name):
@@ -84,10 +123,11 @@ def is_dialogue(dataset):
 
 def training_job(wildcards):
     """What training reads; evaluation settings and cluster resources do not retrain."""
+    extra = trial_job_entries(wildcards.experiment)  # a search trial waits for its round
     exp = EXPERIMENTS[wildcards.experiment]
     exp = {k: v for k, v in exp.items() if k not in ("evaluation", "resources")}
     job = {"experiment": exp, "seed": CFG["seed"], "base_model": model_spec(exp["base_model"])}
-    return canonical_json(job)
+    return canonical_json(job | extra)
 
 
 def eval_settings(experiment, quantized):
@@ -193,6 +233,7 @@ def tracking_job(wildcards):
         "tracking": CFG["tracking"],
         "log_adapter": CFG["tracking"]["log_adapter"],
         "model_dir": model_dir(exp["base_model"]),
-        "snakemake_job": f"track_experiment[experiment={name}]",
+        # the rule's name as Snakemake knows it: lora_zh_track_experiment in a module
+        "snakemake_job": f"{rules.track_experiment.rule.name}[experiment={name}]",
     })
 

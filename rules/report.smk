@@ -1,16 +1,19 @@
 rule snapshot_config:
+    input:
+        rounds=all_round_files,  # search trials' settings (search.smk)
     output:
         "results/metrics/config.json",
     params:
-        cfg=canonical_json({
+        cfg=lambda w: when_rounds_asked(canonical_json({
             "experiments": experiments_with_base_evals(),
             "sweeps": CFG["sweeps"],
+            **({"searches": search_snapshot()} if SEARCHES else {}),
             "datasets": CFG["datasets"],
             "base_models": CFG["base_models"],
             "report": CFG["report"],
             "seed": CFG["seed"],
             **({"judge": JUDGE} if JUDGE else {}),
-        }),
+        })),
     localrule: True
     log:
         "logs/snapshot_config.log",
@@ -111,14 +114,24 @@ rule collect_metrics:
         "--results results --out-dir results/metrics > {log} 2>&1"
 
 
+# What render_report reads by name, for a github(...) module, whose folders cannot be listed.
+REPORT_TEMPLATES = ("report.md.j2", "report.html.j2", "report.css")
+REPORT_CAPTIONS = ()
+if not WORKFLOW_ON_DISK:  # the plots' captions (a heavy import: only here)
+    from workflow_scripts.report.render_report import PLOT_ORDER
+
+    REPORT_CAPTIONS = [f"{name}.rst" for name in PLOT_ORDER]
+
+
 rule render_report:
     input:
         tables=rules.collect_metrics.output,
         config="results/metrics/config.json",
+        searches=SEARCH_TARGETS,  # every search's last round told (search.smk)
         predictions=expand("results/eval/{e}/predictions.jsonl", e=EXPERIMENTS),
         data=expand("results/data/{d}/{f}", d=CFG["datasets"], f=("stats.json", "rejects.jsonl")),
-        templates=sorted(REPO_DIR.joinpath("reports/templates").glob("*")),
-        captions=sorted(REPO_DIR.joinpath("reports/captions").glob("*")),
+        templates=workflow_files("reports/templates", REPORT_TEMPLATES),
+        captions=workflow_files("reports/captions", REPORT_CAPTIONS),
         code=code(
             "report/render_report",
             "report/general_tables",
