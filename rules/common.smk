@@ -23,16 +23,18 @@ if WORKFLOW_ON_DISK:
     WORKFLOW_DIR = os.path.dirname(_RULES_DIR.get_path_or_uri(secret_free=False))
     sys.path.insert(0, WORKFLOW_DIR)
     _prefix = f"export PYTHONPATH={shlex.quote(WORKFLOW_DIR)}${{PYTHONPATH:+:$PYTHONPATH}}; "
-elif importlib.util.find_spec("workflow_scripts") is None:
-    _source = _RULES_DIR.get_basedir()  # the repository's root, at the module's tag
+else:
+    _source = _RULES_DIR.get_basedir()  # the repository at the module's tag
     _repo = (f"file://{_source.repo_path}" if hasattr(_source, "repo_path")
              else f"https://{_source.host}/{_source.repo}")
-    print(f"This workflow was loaded as a module from {_source} (no code on disk), and its "
-          "Python package workflow_scripts is not installed in this environment. Install it "
-          f"at the module's version, where Snakemake and the jobs run:\n"
-          f"    pip install 'git+{_repo}@{_source.ref}'\n"
-          "(README, \"Use it from your own project\").", file=sys.stderr)
-    sys.exit(1)
+    _INSTALL = (f"install it at the module's version where Snakemake and the jobs run:\n"
+                f"    pip install 'git+{_repo}@{_source.ref}'\n"
+                "(README, \"Use it from your own project\").")
+    if importlib.util.find_spec("workflow_scripts") is None:
+        print(f"This workflow was loaded as a module from {_source} (no code on disk), and "
+              f"its Python package workflow_scripts is not installed here: {_INSTALL}",
+              file=sys.stderr)
+        sys.exit(1)
 # Jobs use the `python` of the interpreter running Snakemake, unless they run in conda
 # environments.
 if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
@@ -46,6 +48,17 @@ from workflow_scripts.evaluation.general_spec import (exam_files, general_inputs
                                                       local_benchmarks)
 from workflow_scripts.launch.gpu_slots import stage_resources
 from workflow_scripts.models.loading import resolve_model_dir
+
+if not WORKFLOW_ON_DISK:
+    from workflow_scripts.common.run_info import installed_vcs_info
+
+    _installed = installed_vcs_info()
+    if _installed and _source.ref not in (_installed.get("requested_revision"),
+                                          _installed.get("commit_id")):
+        print(f"Warning: the installed workflow_scripts is from "
+              f"{_installed.get('requested_revision') or _installed.get('commit_id')}, this "
+              f"module from {_source.ref}; unless they are the same version, {_INSTALL}",
+              file=sys.stderr)
 
 
 CONFIG_SOURCE = ", ".join(map(str, workflow.configfiles)) or "the config"

@@ -98,7 +98,7 @@ def test_module_project_matches_the_direct_run(smoke_run, tmp_path):
 
     # deps_python has the dependencies but not the package: jobs find it in the module.
     run = _snakemake(project, "--cores", "2")
-    ran = set(re.findall(r"^rule (lora_zh_\w+):", run.stdout + run.stderr, re.M))
+    ran = set(re.findall(r"\(Rule: (lora_zh_\w+)\)", run.stdout + run.stderr))  # finished
     assert ran >= {f"lora_zh_{r}" for r in (
         "prepare_dataset", "build_base_model", "tokenize_dataset", "train_adapter", "evaluate",
         "evaluate_base", "prepare_benchmark", "merge_adapter", "collect_metrics",
@@ -144,6 +144,7 @@ def git_project(tmp_path) -> Path:
     project, code = _project(tmp_path, f'gitfile("{repo}", path="wf/Snakefile", tag="v1")', smoke)
     repo.mkdir()
     code.rename(repo / "wf")
+    shutil.copy2(REPO / "pyproject.toml", repo / "wf")  # what pip installs the package from
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.org"]
     for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "workflow"], ["tag", "v1"]):
         subprocess.run([*git, *args], check=True)
@@ -196,3 +197,43 @@ def test_prefixed_rules_keep_what_names_them(git_project):
     # where the studio reads a training's and an evaluation's logs (studio/catalog.py)
     assert logs["lora_zh_train_adapter"] == "logs/train_adapter/{experiment}.log"
     assert logs["lora_zh_evaluate"] == "logs/evaluate/{experiment}.log"
+
+
+def _environment_with_package(path: Path, repo: Path, tag: str) -> str:
+    """A Python environment with the dependencies (as deps_python) and the package installed
+    by pip from the git repository at `tag`, as a user installs it; its interpreter."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    site_dir = next((path / "lib").glob("python3*")) / "site-packages"
+    deps = Path(deps_python()).parent.parent
+    shutil.copy2(next((deps / "lib").glob("python3*/site-packages/test_dependencies.pth")), site_dir)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "--no-build-isolation", "--target", str(site_dir),
+                    f"git+file://{repo}@{tag}#subdirectory=wf"], check=True)
+    return str(path / "bin" / "python")
+
+
+@pytest.mark.slow
+def test_git_module_checks_the_installed_version(git_project, tmp_path):
+    repo = git_project.parent / "remote"
+    subprocess.run(["git", "-C", str(repo), "tag", "v2"], check=True)  # the same code, retagged
+    python = _environment_with_package(tmp_path / "env", repo, "v1")
+    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "v1"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+
+    same = _snakemake(git_project, "-n", "-p", python=python)
+    assert "Warning: the installed" not in same.stderr
+    site_dir = Path(python).parent.parent
+    assert re.search(rf"{site_dir}/lib/python3[.\d]*/site-packages/workflow_scripts/"
+                     r"training/train_adapter\.py", same.stdout)
+
+    snakefile = git_project / "Snakefile"
+    snakefile.write_text(snakefile.read_text().replace('tag="v1"', 'tag="v2"'))
+    other = _snakemake(git_project, "-n", python=python)
+    assert "the installed workflow_scripts is from v1, this module from v2" in other.stderr
+    assert f"pip install 'git+file://{repo}@v2'" in other.stderr
+
+    # Provenance of an installed package: the commit pip recorded (run_info.json, tracking).
+    recorded = subprocess.run(
+        [python, "-c", "from workflow_scripts.common.run_info import git_commit; print(git_commit())"],
+        capture_output=True, text=True, check=True, cwd=tmp_path, env=Workflow.environment())
+    assert recorded.stdout.strip() == commit

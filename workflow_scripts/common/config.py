@@ -14,7 +14,8 @@ from typing import Any, Iterable
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema" / "config.schema.yaml"
+# config/schema/config.schema.yaml, through a link that an installed package holds as a copy
+SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"
 
 # Short names for sweep keys, used to name the experiments a grid expands to.
 SWEEP_ABBREVIATIONS = {

@@ -4,6 +4,7 @@ Imports torch only inside `hardware_info`, so the module stays cheap to import.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -16,6 +17,7 @@ from workflow_scripts.common.io_utils import file_sha256
 PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "datasets", "tokenizers",
             "accelerate", "snakemake", "pandas")
 PACKAGE_DIR = Path(__file__).resolve().parent.parent  # workflow_scripts/
+DISTRIBUTION = "lora-zh-workflow"  # pyproject.toml's project name
 
 
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
@@ -30,13 +32,28 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str]:
 
 
 def git_commit(directory: Path = PACKAGE_DIR) -> str:
-    """HEAD of the checkout holding this package, "unknown" outside a git checkout."""
+    """HEAD of the checkout holding this package; for this package installed from git, the
+    commit pip recorded; "unknown" otherwise."""
     try:
         result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory,
                                 capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return result.stdout.strip() if result.returncode == 0 else "unknown"
+        result = None
+    if result is not None and result.returncode == 0:
+        return result.stdout.strip()
+    installed = installed_vcs_info() if directory == PACKAGE_DIR else {}
+    return installed.get("commit_id", "unknown")
+
+
+def installed_vcs_info(distribution: str = DISTRIBUTION) -> dict[str, str]:
+    """What pip recorded of `pip install git+URL@REV` (PEP 610's vcs_info: the
+    requested_revision and the commit_id); {} for any other install (a checkout, an editable
+    install, a wheel) or none."""
+    try:
+        text = metadata.distribution(distribution).read_text("direct_url.json")
+    except metadata.PackageNotFoundError:
+        return {}
+    return json.loads(text).get("vcs_info", {}) if text else {}
 
 
 def memory_gb() -> float | None:
