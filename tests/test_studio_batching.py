@@ -8,6 +8,8 @@ unbatched server's, token for token (fp32, CPU).
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 import threading
 import time
 from pathlib import Path
@@ -164,6 +166,10 @@ def test_a_foreign_host_or_origin_is_refused(server):
         body = request(0, max_tokens=1)
         foreign = http.post("/v1/chat/completions", json=body, headers={"Origin": "https://evil.example"})
         assert foreign.status_code == 403 and foreign.json()["error"]["code"] == "origin_not_allowed"
+        # Another server on this machine (another port) is foreign too.
+        neighbour = http.post("/v1/chat/completions", json=body,
+                              headers={"Origin": f"http://127.0.0.1:{server.port + 1}"})
+        assert neighbour.status_code == 403
         own = http.post("/v1/chat/completions", json=body, headers={"Origin": server.url})
         assert own.status_code == 200
 
@@ -237,3 +243,87 @@ def test_a_disconnect_mid_stream_frees_its_batch_row(tmp_path):
         assert http.get("/api/chat/load").json()["bases"]["rand"] == {
             "running": 0, "waiting": 0, "max_rows": 16, "queue_depth": 32}
         assert engine.outcomes == {"length": 1, "cancelled": 1} and len(row.tokens) == 4
+
+
+def pause_after_first_step(engine) -> tuple[threading.Event, threading.Event]:
+    """The engine's worker stops after its next step until `resume` is set."""
+    paused, resume, advance = threading.Event(), threading.Event(), engine._advance
+
+    def pausing(batch, logits):
+        advance(batch, logits)
+        if not paused.is_set():
+            paused.set()
+            resume.wait(30)
+
+    engine._advance = pausing
+    return paused, resume
+
+
+def test_a_failing_step_ends_every_request_and_stream_with_an_error(workdir):
+    """A decoding step that raises (a CUDA out-of-memory, say) with rows running and rows
+    waiting: every client gets an error (streams an error event), none waits for ever."""
+    with serve(workdir) as server, httpx2.Client(base_url=server.url, timeout=60) as http:
+        assert http.post("/v1/chat/completions", json=request(0, model="rand", max_tokens=1)).status_code == 200
+        engine = server.app.state.pool.engines[("rand", False)]
+        paused, resume = pause_after_first_step(engine)
+        decode = engine._decode
+
+        def broken():
+            if resume.is_set():
+                raise RuntimeError("CUDA out of memory (injected)")
+            decode()
+
+        engine._decode = broken
+        answers: dict[int, httpx2.Response] = {}
+
+        def ask(i: int, stream: bool) -> None:
+            with httpx2.Client(base_url=server.url, timeout=60) as own:
+                answers[i] = own.post("/v1/chat/completions",
+                                      json=request(i, model="rand", stream=stream, max_tokens=40))
+
+        clients = [threading.Thread(target=ask, args=(0, True))]
+        clients[0].start()
+        assert paused.wait(30)
+        clients += [threading.Thread(target=ask, args=(i, i % 2 == 1)) for i in (1, 2)]
+        for client in clients[1:]:
+            client.start()
+        deadline = time.monotonic() + 30
+        while engine.load()["waiting"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        resume.set()
+        for client in clients:
+            client.join(60)
+        assert sorted(answers) == [0, 1, 2]
+        for i in (0, 1):  # streams: an error event, then the end
+            assert answers[i].status_code == 200
+            assert "generation failed: CUDA out of memory (injected)" in answers[i].text
+            assert '"server_error"' in answers[i].text and "[DONE]" not in answers[i].text
+        assert answers[2].status_code == 500 and "injected" in answers[2].json()["error"]["message"]
+        engine._decode = decode
+        assert http.post("/v1/chat/completions", json=request(3, model="rand")).status_code == 200
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_an_answer_abandoned_unread_stops_generating(tmp_path, stream):
+    """A client that asks, reads nothing and goes away while tokens keep coming: its
+    generation ends then, not at `max_tokens` (a stream's writes back up, so its body's
+    generator waits at a chunk it yielded; a plain answer sees tokens with no pause)."""
+    studio_workdir(tmp_path, adapters=1, never_ends=True, context=8192)
+    with serve(tmp_path, max_tokens_cap=8000) as server:
+        engine_of = server.app.state.pool.engines
+        body = json.dumps(request(0, model="rand", max_tokens=8000, stream=stream)).encode()
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect((server.host, server.port))
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (server.port, len(body), body))
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not (
+                    engine_of and engine_of[("rand", False)].batch
+                    and len(engine_of[("rand", False)].batch.rows[0].tokens) > 3000):
+                time.sleep(0.02)
+        engine = engine_of[("rand", False)]
+        while not engine.outcomes and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert engine.outcomes == {"cancelled": 1}

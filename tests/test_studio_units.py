@@ -15,6 +15,7 @@ from workflow_scripts.studio.app import StudioSettings, create_app
 from workflow_scripts.studio.catalog import Catalog, metric_interval
 from workflow_scripts.studio.chat_engine import TokenStreamer
 from workflow_scripts.studio.files import read_from
+from workflow_scripts.studio.guard import same_origin
 from workflow_scripts.studio.openai_api import LoopMailbox, StopMatcher
 from workflow_scripts.studio.progress import read_progress
 
@@ -328,3 +329,26 @@ def test_text_pieces_queued_together_stream_as_one_chunk():
                                                     "finish_reason": None, "logprobs": None}]}
     assert bodies[-2]["choices"][0]["finish_reason"] == "length"
     assert bodies[-1]["usage"]["completion_tokens"] == 3
+
+
+@pytest.mark.parametrize("origin, scheme, host, allowed", [
+    ("http://127.0.0.1:8000", "http", "127.0.0.1:8000", True),
+    ("http://localhost:8000", "http", "127.0.0.1:8000", True),
+    ("http://[::1]:8000", "http", "[::1]:8000", True),
+    ("https://studio.example", "https", "studio.example", True),
+    ("https://studio.example:443", "https", "studio.example", True),
+    ("http://127.0.0.1:8000", "ws", "127.0.0.1:8000", True),  # a websocket from the page
+    ("http://127.0.0.1:8001", "http", "127.0.0.1:8000", False),  # another server, same machine
+    ("http://localhost:3000", "http", "localhost:8000", False),
+    ("http://[::1]:9000", "http", "[::1]:8000", False),
+    ("http://127.0.0.1", "http", "127.0.0.1:8000", False),
+    ("https://127.0.0.1:8000", "http", "127.0.0.1:8000", False),
+    ("http://studio.example", "https", "studio.example", False),
+    ("ftp://127.0.0.1:8000", "http", "127.0.0.1:8000", False),
+    ("http://evil.example:8000", "http", "127.0.0.1:8000", False),
+    ("http://127.0.0.1:x", "http", "127.0.0.1:8000", False),
+    ("null", "http", "127.0.0.1:8000", False),
+])
+def test_an_origin_is_the_studio_only_with_its_scheme_host_and_port(origin, scheme, host, allowed):
+    hosts = {"127.0.0.1", "localhost", "::1", "studio.example"}
+    assert same_origin(origin, scheme, host, hosts) is allowed

@@ -4,10 +4,11 @@
 The Host check closes DNS rebinding: a web page on `evil.example` that re-points its name
 at 127.0.0.1 reaches the studio from the user's own browser, but its requests still say
 `Host: evil.example`. The Origin check refuses a POST that a foreign page's script or form
-sends to the studio's real address. The body limit is checked on `Content-Length` before
-anything is read, and again while a body without one arrives, so no request is buffered
-beyond it (a refused body is read to its end and dropped, up to DRAIN_BYTES, so the
-client sees the 413).
+sends to the studio's real address: a page is foreign unless its scheme, host and port are
+the studio's own (another server on this machine, on another port, is foreign). The body
+limit is checked on `Content-Length` before anything is read, and again while a body
+without one arrives, so no request is buffered beyond it (a refused body is read to its end
+and dropped, up to DRAIN_BYTES, so the client sees the 413).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 WILDCARDS = ("0.0.0.0", "::", "")
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+DEFAULT_PORTS = {"http": 80, "https": 443}
 # A refused body up to this size is still read (and dropped, never kept), so that a client
 # still sending it gets the 413 instead of a closed connection; a larger one is cut off.
 DRAIN_BYTES = 64 << 20
@@ -33,6 +35,32 @@ def host_name(value: str) -> str:
     if value.count(":") == 1:
         value = value.split(":", 1)[0]
     return value.rstrip(".")
+
+
+def host_port(value: str) -> int | None:
+    """The port of a Host header (None when it names none)."""
+    value = value.strip()
+    tail = value[value.find("]") + 1:] if value.startswith("[") else value
+    if tail.count(":") != 1:
+        return None
+    port = tail.rsplit(":", 1)[1]
+    return int(port) if port.isdigit() else None
+
+
+def same_origin(origin: str, scheme: str, host: str, hosts: set[str]) -> bool:
+    """Whether a page's `Origin` is the studio as this request reached it: the request's
+    scheme, an allowed name, and the port of its `Host` header (or the scheme's default),
+    so that another server on the same machine (another port) is foreign too."""
+    scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)
+    default = DEFAULT_PORTS.get(scheme)
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:  # a malformed port
+        return False
+    return (default is not None and parts.scheme == scheme
+            and (parts.hostname or "").rstrip(".") in hosts
+            and (port or default) == (host_port(host) or default))
 
 
 def allowed_hosts(bind: str, extra: Iterable[str] = ()) -> set[str]:
@@ -93,11 +121,10 @@ class RequestGuard:
                                f"NAME to add one", "invalid_request_error", "host_not_allowed")
         origin = headers.get("origin")
         if origin is not None and scope.get("method") in UNSAFE_METHODS | {None}:
-            origin_host = host_name(urlsplit(origin).netloc) if origin != "null" else "null"
-            if origin_host not in self.hosts:
+            if not same_origin(origin, scope.get("scheme", "http"), headers.get("host", ""), self.hosts):
                 return _error(403, f"requests from the page at {origin!r} are refused: only the "
-                                   f"studio's own pages may send them", "permission_error",
-                              "origin_not_allowed")
+                                   f"studio's own pages (same scheme, allowed host and port) may "
+                                   f"send them", "permission_error", "origin_not_allowed")
         return None
 
     async def _bounded_body(self, headers: dict[str, str], receive):

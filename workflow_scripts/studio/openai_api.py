@@ -208,6 +208,35 @@ def start_generation_sync(pool: ModelPool, chat: PreparedChat, cancel: threading
     return queue
 
 
+async def start_generation(pool: ModelPool, chat: PreparedChat,
+                           cancel: threading.Event) -> asyncio.Queue:
+    """start_generation_sync off the event loop; a request cancelled meanwhile cancels the
+    generation it may have started."""
+    try:
+        return await asyncio.to_thread(start_generation_sync, pool, chat, cancel,
+                                       asyncio.get_running_loop())
+    except asyncio.CancelledError:
+        cancel.set()
+        raise
+
+
+class GenerationStream(StreamingResponse):
+    """A streamed answer whose generation is cancelled however the response ends. The body's
+    own `finally` is not enough: it runs only once its generator has started and is closed,
+    and a response cancelled before its first chunk, or while its generator waits at a
+    `yield`, leaves that to the garbage collector."""
+
+    def __init__(self, content, cancel: threading.Event, **kwargs: Any):
+        super().__init__(content, **kwargs)
+        self.cancel = cancel
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.cancel.set()
+
+
 def openai_error(status: int, message: str, kind: str, param: str | None = None,
                  code: str | None = None, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "param": param,
@@ -253,10 +282,10 @@ def build_router(pool: ModelPool, limits: RequestLimits | None = None) -> APIRou
         completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if body.stream:
             cancel = threading.Event()
-            queue = await asyncio.to_thread(start_generation_sync, pool, chat, cancel, asyncio.get_running_loop())
+            queue = await start_generation(pool, chat, cancel)
             events = stream_chunks(queue, cancel, chat, body.stop or [], completion_id, created, body.model)
-            return StreamingResponse(events, media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return GenerationStream(events, cancel, media_type="text/event-stream",
+                                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return await complete(pool, chat, body.stop or [], request, completion_id, created, body.model)
 
     return router
@@ -265,15 +294,17 @@ def build_router(pool: ModelPool, limits: RequestLimits | None = None) -> APIRou
 async def complete(pool: ModelPool, chat: PreparedChat, stops: list[str], request: Request,
                    completion_id: str, created: int, model: str) -> JSONResponse:
     cancel, matcher, pieces = threading.Event(), StopMatcher(stops), []
-    queue = await asyncio.to_thread(start_generation_sync, pool, chat, cancel, asyncio.get_running_loop())
-    getter = None
+    queue = await start_generation(pool, chat, cancel)
+    getter, checked = None, time.monotonic()
     try:
         while True:
             getter = getter or asyncio.ensure_future(queue.get())
             done, _ = await asyncio.wait({getter}, timeout=0.5)
-            if not done:
+            if time.monotonic() - checked >= 0.5:  # every half second, tokens coming or not
+                checked = time.monotonic()
                 if await request.is_disconnected():
                     cancel.set()
+            if not done:
                 continue
             (kind, value), getter = getter.result(), None
             if kind == "text":
