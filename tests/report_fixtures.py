@@ -61,11 +61,22 @@ SAMPLES = [
     ("a6", "如何保持健康？", "多运动，早睡早起，饮食均衡。"),
     ("a7", "翻译：Good morning", "早上好"),
     ("a8", "写一句关于春天的诗。", "春风又绿江南岸，明月何时照我还。"),
+    ("a9", "解释一下光合作用。", "植物利用阳光把二氧化碳和水变成养分。"),
+    ("a10", "给朋友写一句生日祝福。", "祝你生日快乐，天天开心！"),
+    ("a11", "什么是人工智能？", "人工智能是让机器模拟人类智能的技术。"),
+    ("a12", "如何学好英语？", "多听多说，每天坚持阅读。"),
+    ("a13", "描述一下秋天。", "秋天天高气爽，树叶变黄飘落。"),
+    ("a14", "为什么要多喝水？", "水帮助身体代谢，保持健康。"),
+    ("a15", "推荐一个旅游城市。", "推荐杭州，西湖风景很美。"),
+    ("a16", "怎样做番茄炒蛋？", "先炒鸡蛋，再加番茄翻炒，最后调味。"),
 ]
 DIALOGUE = [
     ("l1", "今天天气怎么样", "挺好的，出去走走吧"),
     ("l2", "你吃饭了吗", "吃过了，你呢"),
     ("l3", "周末有什么安排", "打算在家看电影"),
+    ("l4", "最近忙什么呢", "忙着准备考试"),
+    ("l5", "这部电影好看吗", "还不错，值得一看"),
+    ("l6", "晚上一起跑步吧", "好啊，七点见"),
 ]
 BASE_QUALITY = {"alpaca_zh": 0.15, "lccc": 0.0}
 
@@ -141,7 +152,7 @@ def record_losses(name: str, quality: float, count: int = TEST_RECORDS) -> list[
     return rows
 
 
-def tool_calls(quality: float, count: int = 10) -> list[dict]:
+def tool_calls(quality: float, count: int = 28) -> list[dict]:
     """tool_calls.jsonl rows: a `quality` share of the calls parse, name and argue right;
     two call turns per conversation."""
     call = {"name": "get_weather", "arguments": {"city": "北京"}}

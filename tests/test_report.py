@@ -85,7 +85,8 @@ def test_every_metric_has_an_interval_around_its_value(built):
 
 def test_differences_are_paired_and_verdicts_follow_the_interval(built):
     comparison = table(built, "comparison")
-    tested = comparison[comparison["verdict"] != "not tested"]
+    tested = comparison[~comparison["verdict"].isin(["not tested", "too few items"])]
+    assert (tested["n_paired"] >= 6).all()
     excludes = (tested["difference_low"] > 0) | (tested["difference_high"] < 0)
     held = excludes & (tested["p_holm"] < 0.05)  # Holm over every comparison of the run
     assert (held == (tested["verdict"] != "no clear difference")).all()
@@ -99,13 +100,13 @@ def test_differences_are_paired_and_verdicts_follow_the_interval(built):
 def test_tool_call_scores_are_compared_per_sample(built):
     rows = table(built, "comparison").set_index(["experiment", "metric"])
     valid = rows.loc[("lccc-r8", "tool_valid_share")]
-    assert (valid["base"], valid["finetuned"]) == (0.0, 0.9)
-    assert valid["n_paired"] == 10 and valid["difference_low"] > 0 and valid["verdict"] == "better"
+    assert (valid["base"], valid["finetuned"]) == (0.0, pytest.approx(24 / 28))
+    assert valid["n_paired"] == 28 and valid["difference_low"] > 0 and valid["verdict"] == "better"
     stopped = rows.loc[("lccc-r8", "stopped_share")]  # predictions' per-sample flag
     assert stopped["verdict"] != "not tested" and stopped["p_value"] < 0.05
     assert 0 < stopped["difference_low"] < stopped["difference"] < stopped["difference_high"]
     experiments = table(built, "experiments").set_index("experiment")
-    assert experiments.loc["lccc-r8", "tool_valid_share_low"] < 0.9
+    assert experiments.loc["lccc-r8", "tool_valid_share_low"] < 24 / 28
     assert math.isnan(experiments.loc["rank-study-r4", "tool_valid_share"])
 
 
@@ -113,7 +114,7 @@ def test_tool_calls_have_their_own_table_and_samples(built):
     md, html = both(built)
     section = md[md.index("### Tool calls"):md.index("## 2 Studies")]
     row = next(line for line in section.splitlines() if line.startswith("| lccc-r8 |"))
-    assert "0% → 90%, +0.9 [+0.7, +1] better" in row
+    assert "0% → 86%, +0.857 [+0.643, +1] better" in row
     assert "rank-study-r4" not in section  # no tool calls in its data
     samples = md[md.index("### lccc-r8: tool calls"):]
     assert "| reference | [{&quot;name&quot;" in samples or '| reference | [{"name"' in samples
@@ -150,7 +151,9 @@ def test_summary_claims_match_the_tables(built):
     assert summary_problems(built["metrics"], built["md"]) == []
     lines = summary_lines(built["md"])
     assert any("cannot be told apart from" in line for line in lines)
-    assert any("no clear difference (noise) in 1 (lr-study-lr1e-05)" in line for line in lines)
+    # lccc-r8: 6 dialogue samples, too few to survive Holm over the run's comparisons
+    assert any("no clear difference (noise) in 2 (lccc-r8 and lr-study-lr1e-05)" in line
+               for line in lines)
     assert any(line.startswith("Loading the base model in 4 bits") and "(worse)" in line
                for line in lines)
     trend = next(line for line in lines if line.startswith("Training loss, mean of the last"))
@@ -188,7 +191,7 @@ def test_study_tables_show_intervals_and_base_end_of_turn_share(built):
     experiments = table(built, "experiments").set_index("experiment")
     r8 = experiments.loc["rank-study-r8"]
     assert f"{r8['bleu4']:.4g} [{r8['bleu4_low']:.4g}, {r8['bleu4_high']:.4g}]" in rows[1]
-    assert rows[1].endswith("| 75% (25%) | ")
+    assert rows[1].endswith("| 69% (19%) | ")
 
 
 def test_data_section_is_readable(built):

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from report_fixtures import SMALL_EXPERIMENT, build_small, run_pipeline
+from report_fixtures import SMALL_EXPERIMENT, build_small, run_pipeline, summary_lines
 
-from workflow_scripts.evaluation.bootstrap import UNCLEAR
+from workflow_scripts.evaluation.bootstrap import MIN_ITEMS, TOO_FEW, UNCLEAR
 from workflow_scripts.report import family
 
 
@@ -34,7 +34,14 @@ def test_a_one_or_two_sample_evaluation_gets_its_report(tmp_path, samples):
     results = run_pipeline(tmp_path)
     ranking = read(results, "ranking")
     assert list(ranking["experiment"]) == [SMALL_EXPERIMENT] and ranking["verdict"].isna().all()
-    assert set(read(results, "comparison")["n_paired"].dropna()) == {samples}
+    comparison = read(results, "comparison")
+    assert set(comparison["n_paired"]) == {samples}
+    # every difference looks certain (one item: zero spread), none is claimed
+    assert set(comparison["verdict"]) == {TOO_FEW, "not tested"}
+    assert comparison["p_holm"].isna().all()
     md = (results / "report" / "training_report.md").read_text(encoding="utf-8")
     assert f"the lowest test loss is {SMALL_EXPERIMENT}'s" in md
+    assert (f"test loss: better than the base in 0 of 1 experiments, not measurable with "
+            f"fewer than {MIN_ITEMS} paired items in 1 ({SMALL_EXPERIMENT}).") in summary_lines(md)
+    assert "| loss | " in md and f"| {TOO_FEW} |" in md
     assert (results / "report" / "training_report.html").is_file()

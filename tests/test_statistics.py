@@ -17,10 +17,10 @@ from workflow_scripts.report import family, summary
 
 
 def test_answer_length_is_shown_as_a_change_not_as_better_or_worse():
-    longer, shorter = Interval(5.0, 2.0, 8.0), Interval(-5.0, -8.0, -2.0)
+    longer, shorter = Interval(5.0, 2.0, 8.0, n=40), Interval(-5.0, -8.0, -2.0, n=40)
     assert metric_intervals.verdict("mean_answer_chars", longer) == "higher"
     assert metric_intervals.verdict("mean_answer_chars", shorter) == "lower"
-    assert metric_intervals.verdict("mean_answer_chars", Interval(1, -1, 3)) == UNCLEAR
+    assert metric_intervals.verdict("mean_answer_chars", Interval(1, -1, 3, n=40)) == UNCLEAR
     assert metric_intervals.verdict("bleu4", longer) == "better"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from workflow_scripts.evaluation.bootstrap import BETTER, UNCLEAR, WORSE
+from workflow_scripts.evaluation.bootstrap import BETTER, MIN_ITEMS, TOO_FEW, UNCLEAR, WORSE
 from workflow_scripts.report.family import P_HOLM, family_size
 from workflow_scripts.report.formatting import ci, diff, fmt, names
 
@@ -32,8 +32,9 @@ def what_was_run(experiments: pd.DataFrame) -> str:
             f"{plural(experiments['dataset'].nunique(), 'dataset')}, each scored on "
             f"{names([str(r) for r in records]) or 'n/a'} test records (loss) and "
             f"{names([str(s) for s in samples]) or 'n/a'} generated answers (text metrics). "
-            "Intervals are 95% bootstrap intervals; a difference is claimed only where its "
-            "paired interval excludes zero and Holm's correction over all comparisons keeps it.")
+            "Intervals are 95% bootstrap intervals; a difference is claimed only where at "
+            f"least {MIN_ITEMS} items were paired, its paired interval excludes zero and "
+            "Holm's correction over all comparisons keeps it.")
 
 
 def family_sentence(tables: list[pd.DataFrame]) -> str | None:
@@ -103,13 +104,16 @@ def verdict_counts(comparison: pd.DataFrame) -> list[str]:
         if rows.empty:
             continue
         by = {v: sorted(rows.loc[rows["verdict"] == v, "experiment"])
-              for v in (BETTER, WORSE, UNCLEAR)}
+              for v in (BETTER, WORSE, UNCLEAR, TOO_FEW)}
         parts = [f"{label}: better than the base in {len(by[BETTER])} of {len(rows)} experiments"]
         if by[WORSE]:
             parts.append(f"worse in {len(by[WORSE])} ({names(by[WORSE])})")
         if by[UNCLEAR]:
             noise = by[UNCLEAR]
             parts.append(f"no clear difference (noise) in {len(noise)} ({names(noise)})")
+        if by[TOO_FEW]:
+            parts.append(f"not measurable with fewer than {MIN_ITEMS} paired items in "
+                         f"{len(by[TOO_FEW])} ({names(by[TOO_FEW])})")
         lines.append(", ".join(parts) + ".")
     return lines
 
