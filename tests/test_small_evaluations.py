@@ -43,5 +43,8 @@ def test_a_one_or_two_sample_evaluation_gets_its_report(tmp_path, samples):
     assert f"the lowest test loss is {SMALL_EXPERIMENT}'s" in md
     assert (f"test loss: better than the base in 0 of 1 experiments, not measurable with "
             f"fewer than {MIN_ITEMS} paired items in 1 ({SMALL_EXPERIMENT}).") in summary_lines(md)
+    assert any(line.startswith("No difference is tested: ") and
+               f"paired fewer than {MIN_ITEMS} items and claim nothing" in line
+               for line in summary_lines(md))
     assert "| loss | " in md and f"| {TOO_FEW} |" in md
     assert (results / "report" / "training_report.html").is_file()

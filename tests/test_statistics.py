@@ -8,6 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from report_fixtures import SMALL_EXPERIMENT, build_small, run_pipeline, summary_lines
+
+from workflow_scripts.common.io_utils import write_jsonl
 from workflow_scripts.evaluation import metric_intervals
 from workflow_scripts.evaluation.bootstrap import (UNCLEAR, Interval, cluster_mean_interval,
                                                    holm, mean_interval,
@@ -108,7 +111,7 @@ def test_claims_across_tables_keep_the_family_wise_error():
     assert tested["ranking"]["verdict"].iloc[0] == "worse"
     assert tested["ranking"]["p_holm"].iloc[0] == pytest.approx(0.001 * 18)
     assert family.family_size(list(tested.values())) == 19
-    sentence = summary.family_sentence(list(tested.values()))
+    sentence = summary.family_sentence(tested)
     assert sentence.startswith("This report makes 19 paired comparisons")
     assert "2 better/worse claims remain after Holm's correction" in sentence
 
@@ -126,6 +129,33 @@ def test_the_judge_joins_the_family_in_the_summary():
     comparison = paired(["better", UNCLEAR], [1e-6, 0.5])
     judge = paired(["better"], [1e-4]).assign(criterion="win_rate")
     tested = family.control({"comparison": comparison, "judge": judge})
-    sentence = summary.family_sentence(list(tested.values()))
+    sentence = summary.family_sentence(tested)
     assert sentence.startswith("This report makes 3 paired comparisons")
     assert "the judge's win rates and scores" in sentence
+
+
+def test_general_text_and_benchmarks_are_in_the_one_family(tmp_path):
+    run = build_small(tmp_path, samples=8)
+    base_dir = tmp_path / run["experiments"][SMALL_EXPERIMENT]["base_eval"]
+    tuned_dir = tmp_path / "results" / "eval" / SMALL_EXPERIMENT
+    for directory, right, loss in ((base_dir, 20, 3.0), (tuned_dir, 26, 3.2)):
+        # 40 questions: the adapter also gets 6 more right (alone p ~ 0.008)
+        write_jsonl(directory / "benchmarks.jsonl",
+                    [{"benchmark": "exam", "id": f"q{i}", "acc": float(i < right)}
+                     for i in range(40)])
+        write_jsonl(directory / "general_text.jsonl",
+                    [{"text": "wiki", "id": f"w{i}", "loss_sum": (loss + 0.1 * (i % 3)) * 20,
+                      "n_tokens": 20} for i in range(30)])
+    results = run_pipeline(tmp_path)
+    bench = pd.read_csv(results / "metrics" / "benchmarks.tsv", sep="\t").iloc[0]
+    assert bench["difference_low"] > 0 and bench["p_value"] < 0.05 < bench["p_holm"]
+    assert bench["verdict"] == UNCLEAR  # a marginal gain the whole run's family does not keep
+    general = pd.read_csv(results / "metrics" / "general_text.tsv", sep="\t").iloc[0]
+    assert general["p_holm"] < 0.05 and general["verdict"] == "worse"  # the cost: forgetting
+    tables = [pd.read_csv(results / "metrics" / f"{name}.tsv", sep="\t") for name in
+              ("comparison", "ranking", "quantization", "general_text", "benchmarks")]
+    n = sum(int(t["p_holm"].notna().sum()) for t in tables)
+    line = next(x for x in summary_lines((results / "report" / "training_report.md")
+                                         .read_text(encoding="utf-8")) if "paired comp" in x)
+    assert line.startswith(f"This report makes {n} paired comparisons")
+    assert "general-text losses" in line and "benchmark accuracies" in line

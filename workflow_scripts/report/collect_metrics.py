@@ -22,7 +22,7 @@ from workflow_scripts.evaluation.metric_intervals import (EvalRun, change_pct, i
                                                           paired_difference, verdict)
 from workflow_scripts.report import family
 from workflow_scripts.report.judge_table import judge_tables
-from workflow_scripts.report.general_tables import collect_general
+from workflow_scripts.report.general_tables import general_tables
 from workflow_scripts.report.studies import study_rows
 
 EVAL_METRICS = ("loss", "perplexity", "bleu4", "rouge1", "rouge2", "rougeL", "sacrebleu",
@@ -275,6 +275,7 @@ def collect(run: dict, results: Path, out_dir: Path,
                                      columns=QUANTIZATION_COLUMNS),
         "ranking": pd.DataFrame(ranking_rows(experiments, results, evals),
                                 columns=RANKING_COLUMNS),
+        **general_tables(configs, results, evals.seed, resamples),  # forgetting, benchmarks
         **judge_tables(run, results, evals.seed, resamples)})  # judge.tsv, when judging
     for name, table in tested.items():
         write_tsv(table, out_dir / f"{name}.tsv")
@@ -282,7 +283,6 @@ def collect(run: dict, results: Path, out_dir: Path,
               out_dir / "studies.tsv")
     write_tsv(training_log(configs, results), out_dir / "training_log.tsv")
     write_tsv(data_stats(run.get("datasets", {}), results, configs), out_dir / "data_stats.tsv")
-    collect_general(configs, results, out_dir, evals.seed, resamples)  # forgetting, benchmarks
     write_json(out_dir / "experiments.json", configs)
 
 

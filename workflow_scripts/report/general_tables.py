@@ -6,7 +6,9 @@ settings and quantization; the evaluate job scored both on the same general text
 same questions). General text: the token-weighted loss per part, the paired difference
 resampling records (evaluation/bootstrap.py's `paired_ratio_difference`); lower is better.
 Benchmarks: accuracy per benchmark, the paired difference resampling questions; higher is
-better. A difference is claimed only where its 95% interval excludes zero.
+better. Each difference carries its bootstrap p-value and joins the run's one family of
+comparisons (report/family.py): a difference is claimed only where its 95% interval
+excludes zero and Holm's correction keeps it.
 """
 from __future__ import annotations
 
@@ -20,10 +22,10 @@ from workflow_scripts.report.formatting import Table, diff, fmt, fmt_ci
 
 GENERAL_COLUMNS = ["experiment", "base_model", "text", "n_records", "n_tokens", "loss",
                    "loss_low", "loss_high", "base_loss", "difference", "difference_low",
-                   "difference_high", "verdict"]
+                   "difference_high", "verdict", "p_value", "p_holm"]
 BENCHMARK_COLUMNS = ["experiment", "benchmark", "n", "accuracy", "accuracy_low",
                      "accuracy_high", "base_accuracy", "difference", "difference_low",
-                     "difference_high", "verdict"]
+                     "difference_high", "verdict", "p_value", "p_holm"]
 
 
 def read_rows(directory: Path, name: str) -> list[dict] | None:
@@ -56,7 +58,8 @@ def general_rows(name: str, config: dict, base: list[dict], tuned: list[dict], s
                      "loss_low": loss.low, "loss_high": loss.high,
                      "base_loss": sum(b[0]) / sum(b[1]), "difference": gap.estimate,
                      "difference_low": gap.low, "difference_high": gap.high,
-                     "verdict": bootstrap.verdict(gap, higher_is_better=False)})
+                     "verdict": bootstrap.verdict(gap, higher_is_better=False),
+                     "p_value": gap.p_value})
     return rows
 
 
@@ -72,13 +75,15 @@ def benchmark_rows(name: str, base: list[dict], tuned: list[dict], seed: int,
                      "accuracy_high": acc.high, "base_accuracy": sum(b) / len(b),
                      "difference": gap.estimate, "difference_low": gap.low,
                      "difference_high": gap.high,
-                     "verdict": bootstrap.verdict(gap, higher_is_better=True)})
+                     "verdict": bootstrap.verdict(gap, higher_is_better=True),
+                     "p_value": gap.p_value})
     return rows
 
 
-def collect_general(configs: dict, results: Path, out_dir: Path, seed: int,
-                    resamples: int) -> None:
-    """Write general_text.tsv and benchmarks.tsv (empty tables when nothing was scored)."""
+def general_tables(configs: dict, results: Path, seed: int,
+                   resamples: int) -> dict[str, pd.DataFrame]:
+    """{"general_text": table, "benchmarks": table} (no rows when nothing was scored), their
+    verdicts still to be put through family.control with the run's other comparisons."""
     texts, benches = [], []
     for name, config in configs.items():
         tuned_dir = results / "eval" / name
@@ -92,10 +97,8 @@ def collect_general(configs: dict, results: Path, out_dir: Path, seed: int,
                 target += general_rows(name, config, base, tuned, seed, resamples)
             else:
                 target += benchmark_rows(name, base, tuned, seed, resamples)
-    for rows, columns, file in ((texts, GENERAL_COLUMNS, "general_text.tsv"),
-                                (benches, BENCHMARK_COLUMNS, "benchmarks.tsv")):
-        pd.DataFrame(rows, columns=columns).to_csv(out_dir / file, sep="\t", index=False,
-                                                   na_rep="")
+    return {"general_text": pd.DataFrame(texts, columns=GENERAL_COLUMNS),
+            "benchmarks": pd.DataFrame(benches, columns=BENCHMARK_COLUMNS)}
 
 
 # The report --------------------------------------------------------------------------------

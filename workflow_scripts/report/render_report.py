@@ -108,6 +108,15 @@ def tables(metrics_dir: Path) -> dict[str, pd.DataFrame]:
     return {name: read_tsv(metrics_dir / f"{name}.tsv") for name in names}
 
 
+def family_others(metrics_dir: Path) -> dict[str, pd.DataFrame]:
+    """The tables of the run's one family of comparisons beyond comparison, ranking and
+    quantization: general text and benchmarks, and the judge's when there is one."""
+    judge = judge_frame(metrics_dir)
+    return {name: read_tsv(metrics_dir / f"{name}.tsv")
+            for name in ("general_text", "benchmarks")} | (
+        {"judge": judge} if judge is not None else {})
+
+
 def build_context(run: dict, metrics_dir: Path, results: Path, plot_info: dict,
                   tracking_receipts: list[Path] = ()) -> dict:
     t = tables(metrics_dir)
@@ -119,7 +128,7 @@ def build_context(run: dict, metrics_dir: Path, results: Path, plot_info: dict,
     return {
         "title": report.get("title", "Training report"),
         "summary": summary(experiments, comparison, t["ranking"], t["quantization"],
-                           t["training_log"], judge_frame(metrics_dir)),
+                           t["training_log"], family_others(metrics_dir)),
         "rankings": sections.ranking_tables(t["ranking"]) if not t["ranking"].empty else [],
         "gains": sections.gains_table(comparison, experiments),
         "tools": sections.tool_table(comparison),

@@ -3,7 +3,9 @@
 Claims follow docs/metrics.md: "best" only where the paired loss interval against every
 runner-up excludes zero; a difference from the base only where its paired interval excludes
 zero; and either only where it survives Holm's correction over every comparison of the run
-(report/family.py); everything else is called "no clear difference".
+(report/family.py: the comparison, ranking, quantization, general-text, benchmark and judge
+tables); everything else is called "no clear difference", or "too few items" below
+MIN_ITEMS paired items.
 """
 from __future__ import annotations
 
@@ -16,6 +18,13 @@ from workflow_scripts.report.formatting import ci, diff, fmt, names
 HEADLINE_METRICS = {"loss": "test loss", "bleu4": "BLEU-4", "rougeL": "ROUGE-L"}
 METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "dora": "DoRA"}
 TREND_SHARE = 0.2  # the loss trend compares the last 20% of logged steps with the 20% before
+# what each table of the family compares, in the order the summary names them
+FAMILY_PARTS = {"comparison": "each fine-tuned model against its base per metric",
+                "ranking": "runner-ups against the lowest test loss",
+                "quantization": "4-bit against unquantized bases",
+                "general_text": "general-text losses against the base's",
+                "benchmarks": "benchmark accuracies against the base's",
+                "judge": "the judge's win rates and scores"}
 
 
 def plural(n: int, noun: str) -> str:
@@ -37,20 +46,24 @@ def what_was_run(experiments: pd.DataFrame) -> str:
             "Holm's correction over all comparisons keeps it.")
 
 
-def family_sentence(tables: list[pd.DataFrame]) -> str | None:
-    """How many comparisons the run made and how many better/worse claims survived Holm."""
-    n = family_size(tables)
+def family_sentence(tables: dict[str, pd.DataFrame]) -> str | None:
+    """How many comparisons the run made (every table of the one family, by name), how many
+    better/worse claims survived Holm, and how many had too few items to be tested."""
+    tested = {name: t for name, t in tables.items() if P_HOLM in t and t[P_HOLM].notna().any()}
+    n = family_size(list(tables.values()))
+    few = sum(int((t["verdict"] == TOO_FEW).sum()) for t in tables.values() if "verdict" in t)
+    untested = (f"{plural(few, 'comparison')} paired fewer than {MIN_ITEMS} items and "
+                "claim nothing") if few else ""
     if not n:
-        return None
+        return f"No difference is tested: {untested}." if few else None
     claims = sum(int((t[P_HOLM].notna() & t["verdict"].isin([BETTER, WORSE])).sum())
-                 for t in tables if P_HOLM in t)
-    judged = any("criterion" in t for t in tables)
-    return (f"This report makes {plural(n, 'paired comparison')} (each fine-tuned model "
-            "against its base per metric, runner-ups against the lowest test loss, 4-bit "
-            "against unquantized bases" + ("; the judge's win rates and scores" if judged else "")
-            + f"); {plural(claims, 'better/worse claim')} remain after "
-            "Holm's correction, which keeps the chance of any false claim among all of them "
-            "at 5%.")
+                 for t in tested.values())
+    parts = [text for name, text in FAMILY_PARTS.items() if name in tested]
+    parts += sorted(name for name in tested if name not in FAMILY_PARTS)
+    return (f"This report makes {plural(n, 'paired comparison')} ({'; '.join(parts)}); "
+            f"{plural(claims, 'better/worse claim')} remain after Holm's correction, which "
+            "keeps the chance of any false claim among all of them at 5%"
+            + (f"; {untested}" if few else "") + ".")
 
 
 def best_sentence(group: pd.DataFrame) -> str:
@@ -158,12 +171,13 @@ def quantization_sentence(quantization: pd.DataFrame) -> str | None:
 
 def summary(experiments: pd.DataFrame, comparison: pd.DataFrame, ranking: pd.DataFrame,
             quantization: pd.DataFrame, log: pd.DataFrame,
-            judge: pd.DataFrame | None = None) -> dict:
-    """{"run": sentence, "best": [sentences], "findings": [sentences]}; `judge` (judge.tsv)
-    joins the family of comparisons when there is one."""
+            others: dict[str, pd.DataFrame] | None = None) -> dict:
+    """{"run": sentence, "best": [sentences], "findings": [sentences]}; `others` are the
+    family's other tables by name (general_text, benchmarks, judge: those the run has)."""
     if experiments.empty:
         return {"run": "No experiment is configured.", "best": [], "findings": []}
-    family = [comparison, ranking, quantization] + ([judge] if judge is not None else [])
+    family = {"comparison": comparison, "ranking": ranking, "quantization": quantization,
+              **(others or {})}
     findings = [s for s in [family_sentence(family)] if s]
     findings += verdict_counts(comparison) if not comparison.empty else []
     findings += [s for s in (quantization_sentence(quantization) if not quantization.empty
