@@ -38,9 +38,11 @@ module lora_zh:
 
 use rule * from lora_zh as lora_zh_*
 """
-# Cost fields (they differ from run to run) and what Holm's adjustment over the whole run's
-# comparisons decides (a cut run makes fewer comparisons than the direct one).
+# Cost fields (they differ from run to run); what the cut run measures less of: Holm's
+# adjustment over all the run's comparisons, and token lengths, measured only for the
+# datasets that some experiment trains on.
 COST_COLUMN = re.compile(r"time|_per_s$|memory|elapsed|peak_cuda")
+CUT_COLUMN = re.compile(r"^lengths_tokens_")
 FAMILY_COLUMNS = ("p_holm", "verdict")
 KEPT_EXPERIMENT = "lccc-qlora"
 
@@ -82,8 +84,9 @@ def _snakemake(project: Path, *args: str, python: str | None = None,
 
 
 def _comparable(table: pd.DataFrame) -> pd.DataFrame:
-    drop = [c for c in table if COST_COLUMN.search(c) or ("p_holm" in table and c in FAMILY_COLUMNS)]
-    return table.drop(columns=drop)
+    drop = [c for c in table if COST_COLUMN.search(c) or CUT_COLUMN.search(c)
+            or ("p_holm" in table and c in FAMILY_COLUMNS)]
+    return table.drop(columns=drop).fillna("")
 
 
 def _rows(table: pd.DataFrame, columns: list[str]) -> set[tuple]:
@@ -237,3 +240,16 @@ def test_git_module_checks_the_installed_version(git_project, tmp_path):
         [python, "-c", "from workflow_scripts.common.run_info import git_commit; print(git_commit())"],
         capture_output=True, text=True, check=True, cwd=tmp_path, env=Workflow.environment())
     assert recorded.stdout.strip() == commit
+
+
+def test_studio_lists_the_prefixed_rules_slurm_logs(tmp_path):
+    """Slurm names a job's log directory after the rule (rule_lora_zh_train_adapter under a
+    module); the studio's Logs page files it by its root, whatever the rule's name."""
+    slurm = tmp_path / "logs/slurm/rule_lora_zh_train_adapter/experiment_lccc-qlora/4242.log"
+    rule = tmp_path / "logs/train_adapter/lccc-qlora.log"
+    for path in (slurm, rule):
+        path.parent.mkdir(parents=True)
+        path.write_text("log\n")
+    kinds = {row["name"]: row["kind"] for row in log_listing(tmp_path)}
+    assert kinds == {slurm.relative_to(tmp_path).as_posix(): "slurm",
+                     rule.relative_to(tmp_path).as_posix(): "rule"}
