@@ -22,6 +22,7 @@ include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 include: "rules/track.smk"
+include: "rules/export.smk"
 
 
 rule all:
@@ -30,4 +31,5 @@ rule all:
         "results/report/training_report.html",
         expand("results/merged/{experiment}", experiment=CFG["merge"]),
         TRACKING_TARGETS,
+        EXPORT_TARGETS,
     default_target: True

@@ -275,6 +275,10 @@ def _check_experiment_references(config: dict, experiments: dict, source: str) -
     for name in config.get("merge", []):
         if name not in experiments:
             raise ConfigError(f"invalid config in {source}: merge: unknown experiment {name!r}")
+    for name in config.get("export", {}):
+        if name not in experiments:
+            raise ConfigError(f"invalid config in {source}: export.{name}: unknown experiment "
+                              f"{name!r} (experiments and sweep points can be exported)")
     _check_benchmarks(config, experiments, source)
 
 

@@ -12,15 +12,21 @@ from workflow_scripts.common.cli import parser as cli_parser
 from workflow_scripts.common.io_utils import write_json
 
 
-def merge(model_dir: str, adapter_dir: str, out_dir: Path, trust_remote_code: bool = False) -> dict:
+def merged_model(model_dir: str, adapter_dir: str, trust_remote_code: bool = False):
+    """The base with the adapter folded into its weights, and the base's tokenizer."""
     from peft import PeftModel
 
     from workflow_scripts.models.loading import load_model, load_tokenizer
 
     base = load_model(model_dir, trust_remote_code=trust_remote_code, quantization=None)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    return merged, load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
+
+
+def merge(model_dir: str, adapter_dir: str, out_dir: Path, trust_remote_code: bool = False) -> dict:
+    merged, tokenizer = merged_model(model_dir, adapter_dir, trust_remote_code)
     merged.save_pretrained(out_dir, safe_serialization=True)
-    load_tokenizer(model_dir, trust_remote_code=trust_remote_code).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
     info = {"base_model_dir": model_dir, "adapter_dir": adapter_dir,
             "parameters": sum(p.numel() for p in merged.parameters())}
     write_json(out_dir / "merge_info.json", info)

@@ -1,0 +1,42 @@
+"""`export:` in the config: refusals name the key, defaults are filled, rule all asks for the
+configured targets."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from workflow_runner import SMOKE_CONFIG
+from workflow_scripts.common.config import ConfigError, resolve_experiments, validate
+
+
+def with_export(export: dict) -> dict:
+    config = yaml.safe_load(SMOKE_CONFIG.read_text(encoding="utf-8"))
+    config["export"] = export
+    return config
+
+
+@pytest.mark.parametrize("export, message", [
+    ({"nope": {"targets": ["merged"]}}, "export.nope: unknown experiment 'nope'"),
+    ({"lccc-qlora": {"targets": ["onnx"]}}, "export.lccc-qlora.targets.0: 'onnx' is not one of"),
+    ({"lccc-qlora": {"targets": []}}, "export.lccc-qlora.targets: [] should be non-empty"),
+    ({"lccc-qlora": {"targets": ["gguf"], "gguf_types": ["q4_k_m"]}},
+     "export.lccc-qlora.gguf_types.0: 'q4_k_m' is not one of"),
+    ({"lccc-qlora": {"targets": ["gguf"], "check": {"tokens": 0}}},
+     "export.lccc-qlora.check.tokens: 0 is less than the minimum of 1"),
+    ({"lccc-qlora": {"targets": ["gguf"], "format": "gguf"}}, "unknown key export.lccc-qlora.format"),
+    ({"lccc-qlora": {"gguf_types": ["f16"]}}, "export.lccc-qlora: 'targets' is a required property"),
+])
+def test_a_bad_export_entry_is_refused_naming_the_key(export, message):
+    with pytest.raises(ConfigError) as err:
+        config = validate(with_export(export), "my.yaml")
+        resolve_experiments(config, "my.yaml")
+    assert message in str(err.value) and "my.yaml" in str(err.value)
+
+
+def test_an_export_entry_gets_the_documented_defaults():
+    config = validate(with_export({"rank-r2": {"targets": ["gguf", "vllm"]}}))
+    resolve_experiments(config)
+    assert config["export"]["rank-r2"] == {
+        "targets": ["gguf", "vllm"], "gguf_types": ["f16", "q8_0"], "lora_gguf": True,
+        "max_shard_size": "2GB",
+        "check": {"prompts": 3, "tokens": 32, "min_agreement": 0.95, "loss_records": 32}}
