@@ -5,6 +5,13 @@
   every criterion, the longer answer wins (equal lengths: a tie);
 - "judge-garbage": every other reply is prose without JSON;
 - "judge-refuses": a refusal (no content) every time;
+- "judge-echo": the prompt's own format example back (a weak judge model);
+- "judge-filters": a content filter (finish_reason "content_filter", no content) for the
+  question 问题3, a fair judgment otherwise;
+- "judge-empty": an empty reply for the question 问题3, a fair judgment otherwise;
+- "judge-verbose": thinks aloud past the token limit (finish_reason "length") when asked
+  for at most 512 tokens, a fair judgment when allowed more;
+- "judge-cut": a reply cut at the token limit, every time;
 - "judge-slow": answers after two seconds (longer than the client's timeout in the test);
 - "judge-flaky": healthy for `healthy_calls` requests, then HTTP 503 until `healthy_calls`
   is raised again.
@@ -26,6 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 ANSWER = re.compile(r"回答 A：\n(.*?)\n\n回答 B：\n(.*?)\n\n请分别", re.S)
+QUESTION = re.compile(r"用户问题：\n(.*?)\n\n回答 A：", re.S)
 
 
 def fair_scores(answer: str) -> float:
@@ -58,21 +66,34 @@ class JudgeServer:
                 return JSONResponse({"error": {"message": "bad key"}}, status_code=401)
             body = await request.json()
             model = body["model"]
-            first, second = ANSWER.search(body["messages"][-1]["content"]).groups()
-            self.calls.append({"model": model, "A": first, "B": second})
+            prompt = body["messages"][-1]["content"]
+            first, second = ANSWER.search(prompt).groups()
+            question = QUESTION.search(prompt).group(1)
+            self.calls.append({"model": model, "A": first, "B": second,
+                               "max_tokens": body.get("max_tokens")})
             if model == "judge-slow":
                 await asyncio.sleep(2)
             if model == "judge-flaky" and self.count(model) > self.healthy_calls:
                 return JSONResponse({"error": {"message": "overloaded"}}, status_code=503)
-            content, refusal = fair_reply(first, second), None
+            content, refusal, finish = fair_reply(first, second), None, "stop"
             if model == "judge-garbage" and self.count(model) % 2:
                 content = "我觉得 A 更好，因为它更长。"
             if model == "judge-refuses":
                 content, refusal = None, "I cannot judge this."
+            if model == "judge-echo":
+                content = prompt.rsplit("\n", 1)[-1]  # the format example, all scores 0
+            if model == "judge-filters" and question == "问题3":
+                content, finish = None, "content_filter"
+            if model == "judge-empty" and question == "问题3":
+                content = ""
+            if model == "judge-verbose" and body.get("max_tokens", 0) <= 512:
+                content, finish = "让我仔细想一想。" * 200, "length"
+            if model == "judge-cut":
+                content, finish = content[:30], "length"
             message = {"role": "assistant", "content": content, "refusal": refusal}
             return {"id": f"j{len(self.calls)}", "object": "chat.completion",
                     "created": int(time.time()), "model": model,
-                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    "choices": [{"index": 0, "message": message, "finish_reason": finish}],
                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
 
         return app

@@ -14,9 +14,13 @@ import pandas as pd
 import pytest
 import yaml
 from judge_server import JudgeServer, start
+from report_fixtures import SMALL_EXPERIMENT, build_small, run_pipeline
 
-from workflow_scripts.common.io_utils import read_jsonl, write_jsonl
-from workflow_scripts.evaluation.judge import CRITERIA, parse
+from workflow_scripts.common.io_utils import read_jsonl, write_json, write_jsonl
+from workflow_scripts.evaluation import judge
+from workflow_scripts.evaluation.bootstrap import TOO_FEW
+from workflow_scripts.evaluation.judge import CRITERIA, TEMPLATE, parse
+from workflow_scripts.report.judge_table import judge_rows
 
 KEY_ENV, KEY = "LORA_ZH_TEST_JUDGE_KEY", "sk-test-not-a-real-key-7f3a"
 
@@ -59,8 +63,10 @@ def test_replies_parse_only_in_the_asked_shape():
         "B": {"relevance": 3.0, "fluency": 4.5, "instruction_following": 2.0}, "winner": "A"}
     assert parse(good.replace('"a"', '"Tie"'))["winner"] == "tie"
     for bad in ("A 更好", good.replace("7", "11"), good.replace('"a"', '"C"'),
-                good.replace('"fluency": 8, ', ""), good[:-5]):
+                good.replace('"fluency": 8, ', ""), good[:-5], good.replace("6", "0")):
         assert parse(bad) is None, bad
+    example = TEMPLATE.rsplit("\n", 1)[-1].replace("{{", "{").replace("}}", "}")
+    assert '"winner": "A"' in example and parse(example) is None  # asked 1-10, echoed 0
 
 
 def test_both_orders_judged_then_cached(server, evals):
@@ -78,7 +84,7 @@ def test_both_orders_judged_then_cached(server, evals):
     assert p4["finetuned_first"]["scores"] == {"base": dict.fromkeys(CRITERIA, 7.0),
                                                "finetuned": dict.fromkeys(CRITERIA, 4.0)}
     assert json.loads(first.stdout) == {"judgments": 10, "new_calls": 10, "from_cache": 0,
-                                        "unparseable": 0}
+                                        "unparseable": 0, "truncated": 0, "refused": 0}
     again = run_judge(server, "judge-fair", evals)
     assert server.count("judge-fair") - before == 10  # no new call
     assert json.loads(again.stdout)["from_cache"] == 10
@@ -106,11 +112,96 @@ def test_a_failing_judge_is_an_error_naming_it_and_keeps_what_it_judged(server, 
     before = server.count("judge-flaky")
     assert run_judge(server, "judge-flaky", evals).returncode == 0
     assert server.count("judge-flaky") - before == 7  # only what was missing
-    refused = run_judge(server, "judge-refuses", evals, "--attempts", "2")
-    assert refused.returncode != 0 and "refused: I cannot judge this." in refused.stderr
-    assert server.url in refused.stderr
     slow = run_judge(server, "judge-slow", evals, "--attempts", "2", "--timeout-s", "0.5")
     assert slow.returncode != 0 and "failed 2 times; last: APITimeoutError" in slow.stderr
+
+
+def rows_by_status(root: Path) -> dict[str, list[dict]]:
+    found: dict[str, list[dict]] = {}
+    for row in read_jsonl(root / "judgments.jsonl"):
+        found.setdefault(row["status"], []).append(row)
+    return found
+
+
+def test_a_judge_echoing_the_format_example_is_unparseable(server, evals):
+    done = run_judge(server, "judge-echo", evals)
+    assert done.returncode == 0, done.stderr
+    assert list(rows_by_status(evals)) == ["unparseable"]  # not 0/0/0 with "A" winning
+    assert json.loads(done.stdout)["unparseable"] == 10
+
+
+def test_a_refused_item_is_recorded_and_the_job_goes_on(server, evals):
+    before = server.count("judge-filters")
+    done = run_judge(server, "judge-filters", evals)
+    assert done.returncode == 0, done.stderr
+    statuses = rows_by_status(evals)
+    assert {(r["id"], r["reason"]) for r in statuses["refused"]} == {("p3", "content_filter")}
+    assert len(statuses["refused"]) == 2 and len(statuses["ok"]) == 8
+    again = run_judge(server, "judge-filters", evals)  # reruns succeed, asking only p3 again
+    assert again.returncode == 0 and server.count("judge-filters") - before == 12
+    assert json.loads(again.stdout) == {"judgments": 10, "new_calls": 2, "from_cache": 8,
+                                             "unparseable": 0, "truncated": 0, "refused": 2}
+    write_jsonl(evals / "results" / "eval" / "tuned" / "judgments.jsonl",
+                list(read_jsonl(evals / "judgments.jsonl")))
+    run = {"experiments": {"tuned": {"base_model": "m", "dataset": "d"}},
+           "judge": {"model": "judge-filters"}}
+    win = judge_rows(run, evals / "results", seed=0, resamples=50)[0]
+    assert (win["criterion"], win["n"], win["judgments"], win["refused"],
+            win["unparseable"]) == ("win_rate", 4, 10, 2, 0)
+    # an empty reply is asked again (a hiccup?), then recorded as a refusal too
+    before = server.count("judge-empty")
+    empty = run_judge(server, "judge-empty", evals, "--attempts", "3")
+    assert empty.returncode == 0, empty.stderr
+    assert {r["reason"] for r in rows_by_status(evals)["refused"]} == {"empty reply"}
+    assert server.count("judge-empty") - before == 8 + 2 * 3
+    # a judge that refuses everything: every item recorded, the job still ends
+    refuses = run_judge(server, "judge-refuses", evals)
+    assert refuses.returncode == 0 and json.loads(refuses.stdout)["refused"] == 10
+
+
+def test_a_reply_cut_at_the_token_limit_is_asked_again_and_not_cached(server, evals):
+    before = len(server.calls)
+    done = run_judge(server, "judge-verbose", evals)
+    assert done.returncode == 0 and list(rows_by_status(evals)) == ["ok"]
+    asked = [c["max_tokens"] for c in server.calls[before:]]
+    assert sorted(asked) == [512] * 10 + [2048] * 10  # each cut reply asked with more room
+    before = server.count("judge-cut")
+    cut = run_judge(server, "judge-cut", evals)
+    assert cut.returncode == 0 and json.loads(cut.stdout)["truncated"] == 10
+    assert run_judge(server, "judge-cut", evals).returncode == 0
+    assert server.count("judge-cut") - before == 2 * 20  # nothing cached: asked again
+
+
+def test_a_report_whose_judge_never_parsed(server, tmp_path, monkeypatch):
+    # a weak judge model, 8 of 8 replies unparseable: the tables and the report say so
+    run = build_small(tmp_path, samples=4)
+    tuned = tmp_path / "results" / "eval" / SMALL_EXPERIMENT
+    config = {"base_url": server.url, "model": "judge-echo", "api_key_env": KEY_ENV}
+    monkeypatch.setenv(KEY_ENV, KEY)
+    judge.main(["--config", json.dumps(config), "--base-eval",
+                str(tmp_path / run["experiments"][SMALL_EXPERIMENT]["base_eval"]), "--eval",
+                str(tuned), "--cache-dir", str(tmp_path / "cache"), "--out",
+                str(tuned / "judgments.jsonl")])
+    write_json(tmp_path / "run.json", run | {"judge": config})
+    results = run_pipeline(tmp_path)
+    table = pd.read_csv(results / "metrics" / "judge.tsv", sep="\t")
+    row = table.iloc[0]
+    assert len(table) == 1 and (row["criterion"], row["n"]) == ("win_rate", 0)
+    assert (row["judgments"], row["unparseable"], row["verdict"]) == (8, 8, TOO_FEW)
+    md = (results / "report" / "training_report.md").read_text(encoding="utf-8")
+    assert "### Judged by judge-echo" in md
+    assert f"| {TOO_FEW} | 0 | 8 of 8 | 0 of 8 |" in md
+
+
+def test_the_cache_tells_endpoints_apart(server, evals):
+    assert run_judge(server, "judge-fair", evals).returncode == 0
+    other = JudgeServer(KEY)  # another endpoint serving a model of the same name
+    uv = start(other)
+    try:
+        assert run_judge(other, "judge-fair", evals).returncode == 0
+        assert other.count("judge-fair") == 10
+    finally:
+        uv.should_exit = True
 
 
 def test_the_key_comes_from_the_environment_only(server, evals):

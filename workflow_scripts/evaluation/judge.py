@@ -8,10 +8,16 @@ For every test prompt both models answered (predictions.jsonl, same ids), the ju
 question and the two answers as A and B, once with the base's answer first and once with the
 fine-tuned one first (a judge that prefers a position then cancels out), and scores each
 answer out of 10 on relevance (对话相关性), fluency (中文流畅度) and instruction following
-(指令跟随度), and names the better one. Replies are cached (judge_client.ReplyCache), so a
-rerun or a new experiment calls the judge only for pairs it has not seen. A reply that does
-not parse is kept as "unparseable" with its text, never dropped. A judge that keeps failing
-stops the job with an error naming the endpoint; the replies it gave stay in the cache.
+(指令跟随度), and names the better one. Replies are cached (judge_client.ReplyCache, keyed
+by endpoint, model, template and the pair shown), so a rerun or a new experiment calls the
+judge only for pairs it has not seen. A reply that does not parse (not the asked JSON, a
+score outside 1-10, the prompt's own all-zero example echoed back) is kept as
+"unparseable" with its text, never dropped. A reply cut at the token limit that does not
+parse is asked once more with four times the tokens, and if still cut is kept as
+"truncated" and not cached, so the next run asks again. A refusal (a content filter, an
+empty reply) is kept as "refused" with its reason and not cached: the job goes on. A judge
+that keeps failing (timeouts, HTTP errors) stops the job with an error naming the endpoint;
+the replies it gave stay in the cache.
 """
 from __future__ import annotations
 
@@ -24,7 +30,7 @@ from pathlib import Path
 
 from workflow_scripts.common.cli import parser as cli_parser
 from workflow_scripts.common.io_utils import read_jsonl, write_jsonl
-from workflow_scripts.evaluation.judge_client import Judge, JudgeError, ReplyCache
+from workflow_scripts.evaluation.judge_client import MAX_TOKENS, Judge, JudgeError, Reply, ReplyCache
 
 CRITERIA = {"relevance": "对话相关性", "fluency": "中文流畅度",
             "instruction_following": "指令跟随度"}
@@ -58,7 +64,8 @@ def messages(question: str, first: str, second: str) -> list[dict]:
 
 def parse(text: str) -> dict | None:
     """{"A": {criterion: score}, "B": {...}, "winner": "A"|"B"|"tie"} from the first JSON
-    object in `text` that has that shape (scores 0-10), else None."""
+    object in `text` that has that shape (scores 1-10, as asked), else None: the prompt's
+    format example (all scores 0) echoed back does not parse."""
     decoder = json.JSONDecoder()
     for match in re.finditer(r"\{", text or ""):
         try:
@@ -81,18 +88,21 @@ def _valid(obj: dict) -> bool:
             return False
         for criterion in CRITERIA:
             value = scores.get(criterion)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 10:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 1 <= value <= 10:
                 return False
     return True
 
 
-def judgment(item: dict, order: str, reply: str, cached: bool) -> dict:
-    """One row of judgments.jsonl: the parsed reply mapped from A/B back to the models."""
+def judgment(item: dict, order: str, reply: Reply, cached: bool) -> dict:
+    """One row of judgments.jsonl: the parsed reply mapped from A/B back to the models, or
+    why there is none (refused, truncated, unparseable)."""
     first, second = ORDERS[order]
-    parsed = parse(reply)
     row = {"id": item["id"], "order": order, "cached": cached}
+    if reply.text is None:
+        return row | {"status": "refused", "reason": reply.refused}
+    parsed = parse(reply.text)
     if parsed is None:
-        return row | {"status": "unparseable", "reply": reply}
+        return row | {"status": "truncated" if reply.cut else "unparseable", "reply": reply.text}
     winner = {"A": first, "B": second, "tie": "tie"}[parsed["winner"]]
     return row | {"status": "ok", "winner": winner,
                   "scores": {first: parsed["A"], second: parsed["B"]}}
@@ -106,27 +116,45 @@ def paired_answers(base_eval: Path, tuned_eval: Path) -> list[dict]:
             for r in read_jsonl(tuned_eval / "predictions.jsonl") if r["id"] in base]
 
 
+def ask(judge: Judge, shown: tuple[str, str, str]) -> Reply:
+    """The judge's reply to one pair; a reply cut at the token limit before its JSON
+    parsed is asked once more with four times the tokens (a judge that reasons at length)."""
+    reply = judge.reply(messages(*shown))
+    if reply.cut and parse(reply.text) is None:
+        reply = judge.reply(messages(*shown), max_tokens=4 * MAX_TOKENS)
+    return reply
+
+
+def lasting(reply: Reply) -> bool:
+    """Whether a reply is the judge's lasting answer to its pair, to be cached: not a
+    refusal and not a reply cut before it parsed, which the next run asks again."""
+    return reply.text is not None and not (reply.cut and parse(reply.text) is None)
+
+
 def judge_all(judge: Judge, cache: ReplyCache, items: list[dict], workers: int = 4) -> list[dict]:
     """Both orders of every item, from the cache where it has them, each distinct pair
-    asked once. Every reply is cached as soon as it arrives, so a JudgeError part-way keeps
-    what was judged."""
+    asked once. Every lasting reply is cached as soon as it arrives, so a JudgeError
+    part-way keeps what was judged."""
     tasks = []
     for item in items:
         for order in ORDERS:
             first, second = (item[m] for m in ORDERS[order])
-            key = cache.key(judge.model, TEMPLATE_ID, item["question"], first, second)
+            key = cache.key(judge.base_url.rstrip("/"), judge.model, TEMPLATE_ID,
+                            item["question"], first, second)
             tasks.append((item, order, key, (item["question"], first, second)))
-    replies = {key: record["reply"] for *_, key, _ in tasks
-               if (record := cache.get(key)) is not None}
-    missing = {key: shown for *_, key, shown in tasks if key not in replies}
+    cached = {key: Reply(record["reply"]) for *_, key, _ in tasks
+              if (record := cache.get(key)) is not None}
+    missing = {key: shown for *_, key, shown in tasks if key not in cached}
+    fresh: dict[str, Reply] = {}
 
-    def ask(key: str) -> None:
-        reply = judge.reply(messages(*missing[key]))
-        cache.put(key, {"model": judge.model, "template": TEMPLATE_ID, "reply": reply})
+    def answer(key: str) -> None:
+        fresh[key] = reply = ask(judge, missing[key])
+        if lasting(reply):
+            cache.put(key, {"model": judge.model, "template": TEMPLATE_ID, "reply": reply.text})
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(pool.map(ask, missing))
-    return [judgment(item, order, cache.get(key)["reply"], cached=key in replies)
+        list(pool.map(answer, missing))
+    return [judgment(item, order, cached.get(key) or fresh[key], cached=key in cached)
             for item, order, key, _ in tasks]
 
 
@@ -143,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="judgments.jsonl to write")
     parser.add_argument("--workers", type=int, default=4, help="judge calls in flight at once")
     parser.add_argument("--attempts", type=int, default=4,
-                        help="tries per call before the job fails (timeouts, refusals, 5xx)")
+                        help="tries per call (timeouts, 5xx: then the job fails; empty "
+                             "replies: then the item is recorded as refused)")
     parser.add_argument("--backoff-s", type=float, default=2.0,
                         help="wait before the first retry; doubled before each next one")
     parser.add_argument("--timeout-s", type=float, default=120.0, help="per-call timeout")
@@ -159,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     write_jsonl(args.out, rows)
     counts = {"judgments": len(rows), "new_calls": sum(not r["cached"] for r in rows),
               "from_cache": sum(r["cached"] for r in rows),
-              "unparseable": sum(r["status"] == "unparseable" for r in rows)}
+              **{status: sum(r["status"] == status for r in rows)
+                 for status in ("unparseable", "truncated", "refused")}}
     print(json.dumps(counts))
 
 

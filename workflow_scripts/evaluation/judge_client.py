@@ -5,6 +5,11 @@ local vLLM, this project's studio at /v1). Its key is read from the environment 
 config names and lives only in the client object: it is never printed, logged or written.
 Replies are cached one file per key under the cache directory, written atomically, so
 parallel judge jobs share the cache safely and a failed job keeps every reply it got.
+
+A call ends in a `Reply`: the judge's text (with `cut` when it stopped at the token limit),
+or a refusal (a content filter, an explicit refusal, an empty reply) with its reason. A
+refusal is the judge's answer for that item, not a failure of the judge: only errors of the
+endpoint (timeouts, connection errors, HTTP errors) fail the job.
 """
 from __future__ import annotations
 
@@ -13,9 +18,21 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 RETRIED_STATUS = {408, 409, 429}  # and every 5xx: timeouts, overload, server errors
+MAX_TOKENS = 512  # the asked JSON takes about 150 tokens
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What one call returned: `text`, or None and the `refused` reason; `cut` when the
+    reply stopped at the token limit (finish_reason "length")."""
+
+    text: str | None
+    refused: str = ""
+    cut: bool = False
 
 
 class JudgeError(RuntimeError):
@@ -31,8 +48,8 @@ def read_key(api_key_env: str) -> str:
 
 
 class ReplyCache:
-    """Judge replies on disk, one JSON file per key (sha256 of the judge model, the prompt
-    template, the question and both answers in their order)."""
+    """Judge replies on disk, one JSON file per key (sha256 of the judge's endpoint and
+    model, the prompt template, the question and both answers in their order)."""
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
@@ -58,8 +75,10 @@ class ReplyCache:
 
 
 class Judge:
-    """One judge endpoint: `reply(messages)` returns the judge's text, after retrying
-    timeouts, overloads, server errors and refusals `attempts` times with doubling waits."""
+    """One judge endpoint: `reply(messages)` returns its Reply, after retrying timeouts,
+    overloads, server errors and empty replies `attempts` times with doubling waits; an
+    explicit refusal (a content filter, the `refusal` field) is returned at once, and an
+    empty reply that stays empty is returned as a refusal too."""
 
     def __init__(self, base_url: str, model: str, api_key_env: str, attempts: int = 4,
                  backoff_s: float = 2.0, timeout_s: float = 120.0):
@@ -73,27 +92,29 @@ class Judge:
     def where(self) -> str:
         return f"judge {self.model!r} at {self.base_url}"
 
-    def reply(self, messages: list[dict]) -> str:
-        reason = ""
+    def reply(self, messages: list[dict], max_tokens: int = MAX_TOKENS) -> Reply:
+        last: Reply | str = ""
         for attempt in range(self.attempts):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             try:
-                text, reason = self._once(messages)
+                last = self._once(messages, max_tokens)
             except _Retry as err:
-                reason = str(err)
+                last = str(err)
                 continue
-            if text is not None:
-                return text
-        raise JudgeError(f"{self.where()} failed {self.attempts} times; last: {reason}")
+            if last.refused != EMPTY:  # an empty reply may be a hiccup: asked again
+                return last
+        if isinstance(last, Reply):
+            return last  # empty every time: the judge's answer for this item
+        raise JudgeError(f"{self.where()} failed {self.attempts} times; last: {last}")
 
-    def _once(self, messages: list[dict]) -> tuple[str | None, str]:
-        """(text, "") or (None, why it is a refusal); raises _Retry for a retryable error."""
+    def _once(self, messages: list[dict], max_tokens: int) -> Reply:
+        """The Reply of one call; raises _Retry for a retryable error."""
         import openai
 
         try:
             response = self.client.chat.completions.create(
-                model=self.model, messages=messages, temperature=0, max_tokens=512)
+                model=self.model, messages=messages, temperature=0, max_tokens=max_tokens)
         except (openai.APITimeoutError, openai.APIConnectionError) as err:
             raise _Retry(type(err).__name__) from None
         except openai.APIStatusError as err:
@@ -103,11 +124,16 @@ class Judge:
                              f"{str(err.message)[:300]}") from None
         choice = response.choices[0] if response.choices else None
         if choice is None:
-            return None, "no choices in the response"
+            return Reply(None, EMPTY)
         refusal = getattr(choice.message, "refusal", None)
-        if refusal or choice.finish_reason == "content_filter" or not choice.message.content:
-            return None, f"refused: {refusal or choice.finish_reason or 'empty reply'}"
-        return choice.message.content, ""
+        if refusal or choice.finish_reason == "content_filter":
+            return Reply(None, str(refusal or choice.finish_reason))
+        if not choice.message.content:
+            return Reply(None, EMPTY)
+        return Reply(choice.message.content, cut=choice.finish_reason == "length")
+
+
+EMPTY = "empty reply"  # no choices or no content: retried, then taken as a refusal
 
 
 class _Retry(Exception):

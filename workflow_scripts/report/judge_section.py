@@ -13,7 +13,7 @@ LABELS = {"win_rate": "win rate (fine-tuned)", "relevance": "对话相关性 rel
 
 def judge_table(table: pd.DataFrame) -> Table:
     out = Table(["experiment", "criterion", "base [95% CI]", "fine-tuned [95% CI]",
-                 "difference [95% CI]", "verdict", "prompts", "unparseable",
+                 "difference [95% CI]", "verdict", "prompts", "unparseable", "refused",
                  "same winner in both orders"])
     for row in table.to_dict("records"):
         verdict = row.get("verdict")
@@ -23,6 +23,7 @@ def judge_table(table: pd.DataFrame) -> Table:
             fmt_ci(row.get("finetuned"), row.get("finetuned_low"), row.get("finetuned_high")),
             diff(row), verdict if isinstance(verdict, str) else NA, fmt(row.get("n")),
             f"{fmt(row.get('unparseable'))} of {fmt(row.get('judgments'))}",
+            f"{fmt(row.get('refused', 0))} of {fmt(row.get('judgments'))}",
             NA if missing(row.get("position_agreement"))
             else f"{100 * row['position_agreement']:.0f}%"])
     return out

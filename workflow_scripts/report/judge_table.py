@@ -9,9 +9,12 @@ into one value before resampling). Per experiment:
 - one row per criterion: each model's mean score out of 10 (over the orders that parsed)
   with an interval, and the paired difference fine-tuned - base.
 
-`judgments` counts the judge's replies, `unparseable` those that did not parse (shown, and
-left out of the figures), `position_agreement` the share of items whose two orders named the
-same winner (low: the judge follows positions more than answers).
+`judgments` counts the judgments asked for, `unparseable` the replies that did not parse
+(cut at the token limit included), `refused` those the judge refused (a content filter, an
+empty reply): both shown, and left out of the figures. `position_agreement` is the share
+of items whose two orders named the same winner (low: the judge follows positions more than
+answers). An experiment without one parsed judgment gets a win-rate row with n = 0 and
+"too few items".
 """
 from __future__ import annotations
 
@@ -27,7 +30,8 @@ from workflow_scripts.evaluation.judge import CRITERIA
 JUDGE_COLUMNS = ["experiment", "base_model", "dataset", "judge_model", "criterion", "n",
                  "base", "base_low", "base_high", "finetuned", "finetuned_low",
                  "finetuned_high", "difference", "difference_low", "difference_high",
-                 "verdict", "p_value", "judgments", "unparseable", "position_agreement"]
+                 "verdict", "p_value", "judgments", "unparseable", "refused",
+                 "position_agreement"]
 WIN = {"finetuned": 1.0, "tie": 0.5, "base": 0.0}
 
 
@@ -84,10 +88,12 @@ def judge_rows(run: dict, results: Path, seed: int, resamples: int) -> list[dict
         common = {"experiment": name, "base_model": config["base_model"],
                   "dataset": config["dataset"], "judge_model": run["judge"]["model"],
                   "judgments": len(rows),
-                  "unparseable": sum(r.get("status") != "ok" for r in rows),
+                  "unparseable": sum(r.get("status") in ("unparseable", "truncated")
+                                     for r in rows),
+                  "refused": sum(r.get("status") == "refused" for r in rows),
                   "position_agreement": agreement(items)}
         if not items:
-            out.append(common | {"criterion": "win_rate", "n": 0})
+            out.append(common | {"criterion": "win_rate", "n": 0, "verdict": bootstrap.TOO_FEW})
             continue
         out.append(common | win_row(items, seed, resamples))
         out += [common | criterion_row(items, c, seed, resamples) for c in CRITERIA]
