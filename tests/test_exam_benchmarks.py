@@ -170,7 +170,8 @@ def test_smoke_report_shows_forgetting_and_benchmarks_for_every_adapter(smoke_ru
     bench = pd.read_csv(metrics / "benchmarks.tsv", sep="\t")
     assert list(bench.columns) == ["experiment", "benchmark", "n", "accuracy", "accuracy_low",
                                    "accuracy_high", "base_accuracy", "difference",
-                                   "difference_low", "difference_high", "verdict"]
+                                   "difference_low", "difference_high", "verdict",
+                                   "p_value", "p_holm"]
     assert set(bench["experiment"]) == experiments and (bench["n"] == 6).all()
     general = pd.read_csv(metrics / "general_text.tsv", sep="\t")
     assert set(general["experiment"]) == experiments

@@ -18,7 +18,7 @@ from report_fixtures import SMALL_EXPERIMENT, build_small, run_pipeline
 
 from workflow_scripts.common.io_utils import read_jsonl, write_json, write_jsonl
 from workflow_scripts.evaluation import judge
-from workflow_scripts.evaluation.bootstrap import TOO_FEW
+from workflow_scripts.evaluation.bootstrap import MIN_ITEMS, TOO_FEW
 from workflow_scripts.evaluation.judge import CRITERIA, TEMPLATE, parse
 from workflow_scripts.report.judge_table import judge_rows
 
@@ -244,7 +244,10 @@ def test_judge_end_to_end_in_the_workflow(smoke_run, server, tmp_path, monkeypat
     table = pd.read_csv(results / "metrics" / "judge.tsv", sep="\t")
     assert set(table["experiment"]) == set(judgments)
     assert set(table["criterion"]) == {"win_rate", *CRITERIA}
-    assert (table["unparseable"] == 0).all() and table["p_holm"].notna().any()
+    assert (table["unparseable"] == 0).all() and (table["refused"] == 0).all()
+    # the smoke config answers 4 or 2 prompts: each in Holm's family only from 6 prompts on
+    assert ((table["n"] < MIN_ITEMS) == (table["verdict"] == TOO_FEW)).all()
+    assert (table["p_holm"].notna() == (table["n"] >= MIN_ITEMS)).all()
     for name, rows in judgments.items():
         assert (table.loc[table["experiment"] == name, "judgments"] == len(rows)).all()
     md = (results / "report" / "training_report.md").read_text(encoding="utf-8")

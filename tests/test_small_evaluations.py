@@ -7,7 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from report_fixtures import SMALL_EXPERIMENT, build_small, run_pipeline, summary_lines
+from random_chat_models import random_adapter, random_base
+from report_fixtures import (SAMPLES, SMALL_EXPERIMENT, build_small, run_pipeline, small_run,
+                             summary_lines, write_experiment)
+
+from workflow_scripts.common.io_utils import write_json, write_jsonl
+from workflow_scripts.evaluation.evaluate import evaluate
 
 from workflow_scripts.evaluation.bootstrap import MIN_ITEMS, TOO_FEW, UNCLEAR
 from workflow_scripts.report import family
@@ -48,3 +53,32 @@ def test_a_one_or_two_sample_evaluation_gets_its_report(tmp_path, samples):
                for line in summary_lines(md))
     assert "| loss | " in md and f"| {TOO_FEW} |" in md
     assert (results / "report" / "training_report.html").is_file()
+
+
+def test_a_small_run_on_a_local_model_directory_gets_its_report(tmp_path):
+    # a first run with one's own model: a Qwen2 body and its ChatML tokenizer saved to a
+    # directory (source: path), an adapter, 8 test records both are really evaluated on
+    model_dir = random_base(tmp_path / "my-qwen2", hidden=32, layers=1)
+    run, config = small_run(tmp_path, {"source": "path", "path": str(model_dir)})
+    adapter = random_adapter(model_dir, tmp_path / "results" / "adapters" / SMALL_EXPERIMENT,
+                             seed=1)
+    write_experiment(tmp_path / "results", SMALL_EXPERIMENT, config, evaluated=False)
+    test_file = tmp_path / "test.jsonl"
+    write_jsonl(test_file, [{"id": i, "messages": [{"role": "user", "content": q},
+                                                   {"role": "assistant", "content": a}]}
+                            for i, q, a in SAMPLES[:8]])
+    job = {"evaluation": {k: v for k, v in config["evaluation"].items() if k != "benchmarks"}
+           | {"samples": 8, "max_new_tokens": 6, "batch_size": 4},
+           "quantization": None, "seed": run["seed"], "dialogue": False,
+           "base_model": run["base_models"]["small"]}
+    evaluate(job, str(model_dir), None, test_file, tmp_path / config["base_eval"])
+    evaluate(job, str(model_dir), str(adapter), test_file,
+             tmp_path / "results" / "eval" / SMALL_EXPERIMENT)
+    write_json(tmp_path / "run.json", run)
+    results = run_pipeline(tmp_path)
+    comparison = read(results, "comparison").set_index("metric")
+    assert comparison.loc["loss", "n_paired"] == 8 and comparison.loc["bleu4", "n_paired"] == 8
+    assert comparison["verdict"].map(type).eq(str).all()  # every row says what it found
+    md = (results / "report" / "training_report.md").read_text(encoding="utf-8")
+    assert f"**{SMALL_EXPERIMENT} (base: {config['base_eval']})**" in md
+    assert "| loss | " in md and (results / "report" / "training_report.html").is_file()
