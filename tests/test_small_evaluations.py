@@ -15,7 +15,7 @@ from workflow_scripts.common.io_utils import write_json, write_jsonl
 from workflow_scripts.evaluation.evaluate import evaluate
 
 from workflow_scripts.evaluation.bootstrap import MIN_ITEMS, TOO_FEW, UNCLEAR
-from workflow_scripts.report import family
+from workflow_scripts.report import family, sections
 
 
 def read(results, name: str) -> pd.DataFrame:
@@ -82,3 +82,12 @@ def test_a_small_run_on_a_local_model_directory_gets_its_report(tmp_path):
     md = (results / "report" / "training_report.md").read_text(encoding="utf-8")
     assert f"**{SMALL_EXPERIMENT} (base: {config['base_eval']})**" in md
     assert "| loss | " in md and (results / "report" / "training_report.html").is_file()
+
+
+def test_a_runner_up_on_too_few_records_is_not_called_a_tie():
+    ranking = pd.DataFrame({"dataset": "d", "base_model": "m", "position": [1, 2, 3],
+                            "experiment": ["a", "b", "c"], "test_loss": [1.0, 1.2, 1.5],
+                            "difference": [np.nan, 0.2, 0.5],
+                            "verdict": [np.nan, TOO_FEW, "worse"]})
+    table, = sections.ranking_tables(ranking)
+    assert [row[-1] for row in table.rows] == ["lowest", TOO_FEW, "higher"]

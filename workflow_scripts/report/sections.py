@@ -8,6 +8,7 @@ import pandas as pd
 
 from workflow_scripts.common.io_utils import read_json, read_jsonl
 from workflow_scripts.data.split import SPLITS
+from workflow_scripts.evaluation.bootstrap import TOO_FEW, UNCLEAR, WORSE
 from workflow_scripts.report.formatting import NA, Table, ci, diff, fmt, fmt_pct, fmt_share, missing
 from workflow_scripts.report.memory_columns import with_memory
 from workflow_scripts.report.studies import HYPERPARAMETERS, METHOD, RANK
@@ -22,6 +23,11 @@ METRIC_LABELS = {"loss": "test loss", "perplexity": "perplexity", "bleu4": "BLEU
 
 # Results --------------------------------------------------------------------------------
 
+def ranking_verdict(verdict) -> str:
+    """A runner-up's verdict against the first, in the ranking's words."""
+    return "higher" if verdict == WORSE else verdict if verdict == TOO_FEW else UNCLEAR
+
+
 def ranking_tables(ranking: pd.DataFrame) -> list[Table]:
     tables = []
     for (dataset, model), group in ranking.groupby(["dataset", "base_model"], sort=True):
@@ -31,8 +37,7 @@ def ranking_tables(ranking: pd.DataFrame) -> list[Table]:
             first = row["position"] == 1
             table.rows.append([fmt(row["position"]), row["experiment"], ci(row, "test_loss"),
                                "" if first else diff(row),
-                               "lowest" if first else ("higher" if row["verdict"] == "worse"
-                                                       else "no clear difference")])
+                               "lowest" if first else ranking_verdict(row["verdict"])])
         tables.append(table)
     return tables
 
