@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv with the pinned environment; with --test, also the system packages the
-# test suite starts for real (Slurm, munge, chromium).
+# test suite starts for real (Slurm, munge, chromium). --export: llama-cpp-python too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # envs/requirements.lock is resolved and tested on Python 3.11 only (on another version pip
@@ -30,6 +30,13 @@ fi
 # (an evaluation job took 27 s instead of 15 s)
 .venv/bin/python -m pip install -q -r envs/requirements.lock
 .venv/bin/python -m pip install -q --no-deps -e .
+# export: (docs/export.md): llama.cpp's GGUF converters, pinned, from llama-cpp-python's source
+# distribution (a minute's download); with --test or --export also llama-cpp-python itself,
+# built from that source for the exports' load-back checks (about 5 minutes on 2 cores)
+case "${1:-}" in
+  --test|--export) scripts/setup_export.sh --build ;;
+  *) scripts/setup_export.sh ;;
+esac
 if [ "${1:-}" = "--test" ] && [ -s envs/apt-test-packages.txt ]; then
   pkgs=$(grep -v '^#' envs/apt-test-packages.txt | xargs)
   missing=""

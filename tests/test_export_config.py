@@ -40,3 +40,31 @@ def test_an_export_entry_gets_the_documented_defaults():
         "targets": ["gguf", "vllm"], "gguf_types": ["f16", "q8_0"], "lora_gguf": True,
         "max_shard_size": "2GB",
         "check": {"prompts": 3, "tokens": 32, "min_agreement": 0.95, "loss_records": 32}}
+
+
+def refusals_for(experiment: dict, export: dict) -> list[str]:
+    from workflow_scripts.export.plan import export_refusals
+
+    config = with_export({"probe": export})
+    config["experiments"]["probe"] = experiment
+    config = validate(config, "my.yaml")
+    return export_refusals(config["export"], resolve_experiments(config, "my.yaml"), "my.yaml")
+
+
+def test_vllm_and_lora_gguf_exports_that_cannot_work_are_refused_before_training():
+    dora = refusals_for({"base_model": "tiny", "dataset": "lccc", "method": "dora"},
+                        {"targets": ["vllm", "gguf"]})
+    assert dora == [
+        "invalid config in my.yaml: export.probe.targets: vllm: vLLM rule 'no DoRA': use_dora "
+        "is true (magnitude vectors); fix: retrain with method: lora, or export the `merged` "
+        "target and serve that model without --enable-lora",
+        "invalid config in my.yaml: export.probe.lora_gguf: no LoRA GGUF: it is a DoRA adapter, "
+        "which llama.cpp's --lora does not apply; fix: the merged GGUF, or set lora_gguf: false"]
+    tokens = refusals_for({"base_model": "tiny", "dataset": "lccc",
+                           "lora": {"trainable_tokens": ["<|im_end|>"]}}, {"targets": ["vllm"]})
+    assert len(tokens) == 1 and "vLLM rule 'no trainable tokens'" in tokens[0]
+    assert refusals_for({"base_model": "tiny", "dataset": "lccc",
+                         "lora": {"trainable_tokens": ["<|im_end|>"]}},
+                        {"targets": ["gguf", "merged"], "lora_gguf": False}) == []
+    assert refusals_for({"base_model": "tiny", "dataset": "lccc", "lora": {"r": 16}},
+                        {"targets": ["vllm", "gguf"]}) == []
