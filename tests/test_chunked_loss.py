@@ -6,6 +6,8 @@ packed batches, with chunks small enough that every batch spans several.
 """
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 
 import pytest
@@ -121,12 +123,19 @@ def test_the_output_layer_computes_no_logits_over_the_sequence(tied_dir):
     through the untouched base layer (trainable tokens' rows replaced after it)."""
     model, tokenizer = peft_model(tied_dir, "lora", TOKENS)
     head = model.get_output_embeddings()
+    inputs = batch(tokenizer, model, packed=False)
+    labels = inputs.pop("labels")
+    probed = []  # the probe, on the first batch: a few positions of one row
+    handle = head.token_adapter.base_layer.register_forward_hook(
+        lambda m, a, out: probed.append(tuple(out.shape)))
+    assert token_loss.chunked_loss_applies(model, inputs)
+    handle.remove()
+    vocab = head.weight.shape[0]
+    assert probed and max(math.prod(s) for s in probed) <= token_loss.PROBE_POSITIONS * vocab
     shapes, chunks = [], []
     handles = [head.register_forward_hook(lambda m, a, out: shapes.append(tuple(out.shape))),
                head.token_adapter.base_layer.register_forward_hook(
                    lambda m, a, out: chunks.append(tuple(out.shape)))]
-    inputs = batch(tokenizer, model, packed=False)
-    labels = inputs.pop("labels")
     with torch.no_grad():
         token_loss.batch_loss_sums(model, inputs, labels)
     for handle in handles:
@@ -167,6 +176,70 @@ def test_trainable_tokens_never_build_a_merged_copy_of_the_embedding(tied_dir, m
     assert merged == []  # neither the input embedding nor the head's calls built one
 
 
+@pytest.fixture(scope="module")
+def granite_dir(tmp_path_factory) -> Path:
+    """A tiny Granite: its forward divides the output layer's logits by `logits_scaling`."""
+    from transformers import AutoModelForCausalLM, GraniteConfig
+
+    path = tmp_path_factory.mktemp("granite")
+    tokenizer = train_tokenizer(conversations(), vocab_size=300)
+    config = GraniteConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           max_position_embeddings=128, logits_scaling=8.0)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_a_model_that_rescales_its_logits_takes_the_full_logits_path(granite_dir, packed, caplog):
+    """Found by the probe on the first batch, not by the config's names: every loss is then
+    the model's own, and the log says why."""
+    model, tokenizer = peft_model(granite_dir, "lora", [])
+    inputs = batch(tokenizer, model, packed)
+    labels = inputs.pop("labels")
+    with caplog.at_level(logging.WARNING, logger=token_loss.__name__):
+        model.train()
+        assert training_loss(model, inputs, labels) is None  # the Trainer's own loss then
+    assert "chunked loss off" in caplog.text and "rescales" in caplog.text
+    assert model.training
+    feats = features(tokenizer)
+    collate = padding_collator(tokenizer)
+    chunked = record_loss_sums(model, feats, collate, 5)
+    full = record_loss_sums(model, feats, collate, 5, chunked=False)
+    assert chunked == full
+
+
+class AfterHead(torch.nn.Module):
+    """`model` with `change` applied to its logits after its output layer."""
+
+    def __init__(self, model, change):
+        super().__init__()
+        self.model, self.change = model, change
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def get_output_embeddings(self):
+        return self.model.get_output_embeddings()
+
+    def forward(self, **inputs):
+        out = self.model(**inputs)
+        out.logits = self.change(out.logits)
+        return out
+
+
+def test_the_probe_passes_a_cast_and_fails_a_small_rescaling(tied_dir):
+    model, tokenizer = peft_model(tied_dir, "lora", [])
+    inputs = batch(tokenizer, model, packed=False)
+    inputs.pop("labels")
+    assert token_loss.probe_agrees(model, inputs)
+    assert token_loss.probe_agrees(AfterHead(model, lambda out: out.bfloat16().float()), inputs)
+    assert not token_loss.probe_agrees(AfterHead(model, lambda out: out * 1.01), inputs)
+    assert not token_loss.probe_agrees(AfterHead(model, lambda out: out[..., 1:]), inputs)
+
+
 def test_sequence_loss_sums_is_the_reference():
     logits = torch.randn(2, 5, 11)
     labels = torch.tensor([[IGNORE_INDEX, 3, 4, IGNORE_INDEX, 1], [IGNORE_INDEX] * 4 + [2]])
@@ -177,12 +250,15 @@ def test_sequence_loss_sums_is_the_reference():
     assert sums[0] == pytest.approx(expected.item(), rel=1e-6)
 
 
-def test_training_with_and_without_chunked_loss_logs_the_same_losses(tied_dir, tmp_path):
+@pytest.mark.parametrize("base", ["tied_dir", "granite_dir"])
+def test_training_with_and_without_chunked_loss_logs_the_same_losses(base, request, tmp_path):
+    """Also on a model that rescales its logits (Granite), where the probe turns it off."""
+    model_dir = request.getfixturevalue(base)
     data = write_data(tmp_path / "data")
     runs = {}
     for chunked in (True, False):
-        job = make_job(tied_dir, training__max_steps=2, training__chunked_loss=chunked,
+        job = make_job(model_dir, training__max_steps=2, training__chunked_loss=chunked,
                        lora__trainable_tokens=TOKENS)
-        runs[chunked], _ = run_training(job, tied_dir, data, tmp_path / str(chunked))
+        runs[chunked], _ = run_training(job, model_dir, data, tmp_path / str(chunked))
     assert runs[True]["final_loss"] == pytest.approx(runs[False]["final_loss"], rel=1e-5)
     assert runs[True]["eval_loss"] == pytest.approx(runs[False]["eval_loss"], rel=1e-5)

@@ -11,11 +11,17 @@ empty slice, the final hidden states at label positions are projected through th
 layer (the adapted one under PEFT) a chunk at a time, and training checkpoints each chunk
 so that its backward recomputes the chunk's logits instead of keeping them
 (`model_label_losses`; docs/training.md). `sequence_loss_sums` is the full-logits reference.
+That holds only where the model's logits are its output layer's output: `chunked_loss_applies`
+checks it on each model's first batch (`probe_agrees`) and sends the model the full-logits way
+otherwise (Granite divides the logits by `logits_scaling` after the layer).
 """
 from __future__ import annotations
 
+import logging
 import math
-from typing import Callable, Iterable, Sequence
+import weakref
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator, Sequence
 
 from workflow_scripts.training.lean_tokens import lean_forward, project
 
@@ -23,6 +29,14 @@ IGNORE_INDEX = -100  # label of a position that takes no loss (as transformers' 
 # Logits projected at once by the chunked loss: 2**25 fp32 values (128 MiB), e.g. 220 label
 # positions of a 151,936-row vocabulary, or a whole batch of a small model.
 LOGITS_CHUNK_ELEMENTS = 2**25
+# Positions of one row whose logits the probe projects (8 x 151,936 fp32: 4.9 MB), and the
+# largest change to them it accepts after the output layer, as a share of the largest: a cast
+# to bf16 and back (2**-9 at most) passes, a rescaling by 1.01 or more does not.
+PROBE_POSITIONS = 8
+PROBE_TOLERANCE = 2**-7
+
+logger = logging.getLogger(__name__)
+_probed: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # unwrapped model -> verdict
 
 
 def sequence_loss_sums(logits, labels) -> tuple[list[float], list[int]]:
@@ -100,13 +114,103 @@ class _HiddenCapture:
 
 
 def supports_chunked_loss(model) -> bool:
-    """Whether the model's logits are exactly its output layer's output (no scaling or
-    soft-capping after it), so that the chunked loss equals the full-logits one."""
+    """Whether the model has an output layer and its config names no soft-capping or scale
+    after it (soft-capping is close to the identity on small logits, where a probe would miss
+    it); `chunked_loss_applies` adds the evidence of a probe."""
     config = getattr(model, "config", None)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
     altered = [getattr(text_config, k, None) for k in ("final_logit_softcapping", "logit_scale",
                                                        "output_multiplier_scale")]
     return model.get_output_embeddings() is not None and all(v in (None, 1, 1.0) for v in altered)
+
+
+def chunked_loss_applies(model, inputs: dict) -> bool:
+    """Whether the chunked loss stands for the full-logits one on `model`: `supports_chunked_loss`,
+    and the probe (`probe_agrees`) on the first batch it meets, once per model."""
+    inner = unwrap(model)
+    if not supports_chunked_loss(inner):
+        return False
+    verdict = _probed.get(inner)
+    if verdict is None:
+        verdict = _probed[inner] = probe_agrees(inner, inputs)
+    return verdict
+
+
+def probe_agrees(model, inputs: dict) -> bool:
+    """Whether the model's logits are its output layer's output, on the first PROBE_POSITIONS
+    positions of the batch's first row: the chunked path's projection of the hidden states the
+    layer receives is handed back as the layer's output in a second forward, and the model's
+    logits must be that tensor (a model that rescales or caps them after the layer changes it).
+    In eval mode (no dropout), without gradients, never a full-vocabulary copy of a trained
+    embedding (`lean_tokens`); logs why not."""
+    import torch
+
+    probe = probe_inputs(inputs, PROBE_POSITIONS)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            hidden = hidden_forward(model, probe)
+            if hidden is None:
+                logger.warning("chunked loss off: the output layer is not called with the hidden "
+                               "states as its first argument; the loss uses full logits")
+                return False
+            chunked = project(model.get_output_embeddings(), hidden)
+            with _head_hooked(model, chunked):
+                logits = model(**probe).logits
+    finally:
+        model.train(was_training)
+    if logits.shape != chunked.shape:
+        logger.warning("chunked loss off: the model turns its output layer's %s into logits of "
+                       "%s; the loss uses full logits", tuple(chunked.shape), tuple(logits.shape))
+        return False
+    chunked, logits = chunked[0].float(), logits[0].float().to(chunked.device)
+    mask = probe.get("attention_mask")
+    if mask is not None and mask.dim() == 2:  # padded positions take no loss
+        keep = mask[0].bool().to(chunked.device)
+        chunked, logits = chunked[keep], logits[keep]
+    gap = (logits - chunked).abs().max().item() if chunked.numel() else 0.0
+    scale = chunked.abs().max().item() if chunked.numel() else 0.0
+    if not gap <= PROBE_TOLERANCE * max(scale, 1e-6):  # NaN counts as a difference
+        logger.warning("chunked loss off: the model's logits differ from its output layer's "
+                       "(largest difference %.3g, largest output %.3g: it rescales or caps them "
+                       "after the layer); the loss uses full logits", gap, scale)
+        return False
+    return True
+
+
+def probe_inputs(inputs: dict, positions: int) -> dict:
+    """`inputs` cut to their first row and first `positions` positions (every dimension after
+    the batch that is as long as the sequence: ids, masks, 4D packed masks, position ids)."""
+    length = inputs["input_ids"].shape[1]
+    keep = min(positions, length)
+
+    def cut(value):
+        if not hasattr(value, "dim") or value.dim() == 0:
+            return value
+        index = (slice(0, 1), *(slice(0, keep) if size == length else slice(None)
+                                for size in value.shape[1:]))
+        return value[index]
+
+    return {key: cut(value) for key, value in inputs.items()}
+
+
+@contextmanager
+def _head_hooked(model, head_output=None) -> Iterator[_HiddenCapture]:
+    """During one forward of `model` (unwrapped): its output layer is given an empty slice of
+    the hidden states (kept in the capture this yields) and, when `head_output` is given,
+    returns that tensor instead of its own empty output; trainable tokens run lean."""
+    head = model.get_output_embeddings()
+    capture = _HiddenCapture()
+    handles = [head.register_forward_pre_hook(capture)]
+    if head_output is not None:
+        handles.append(head.register_forward_hook(lambda module, args, output: head_output))
+    try:
+        with lean_forward(model, head_output_unused=True):
+            yield capture
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def hidden_forward(model, inputs: dict):
@@ -118,15 +222,8 @@ def hidden_forward(model, inputs: dict):
     copy of the embedding (`lean_tokens`). None when the layer was not called with the
     hidden states as its first positional argument.
     """
-    inner = unwrap(model)
-    head = inner.get_output_embeddings()
-    capture = _HiddenCapture()
-    handle = head.register_forward_pre_hook(capture)
-    try:
-        with lean_forward(inner, head_output_unused=True):
-            model(**inputs)
-    finally:
-        handle.remove()
+    with _head_hooked(unwrap(model)) as capture:
+        model(**inputs)
     return capture.hidden
 
 
@@ -156,13 +253,13 @@ def model_label_losses(model, inputs: dict, labels):
 def batch_loss_sums(model, inputs: dict, labels, chunked: bool = True):
     """Per row of one batch: (summed label-token loss, label-token count), no gradients.
 
-    Chunked (the default where `supports_chunked_loss`): from the hidden states at label
+    Chunked (the default where `chunked_loss_applies`): from the hidden states at label
     positions; otherwise from the model's full logits (`sequence_loss_sums`).
     """
     import torch
 
-    found = model_label_losses(model, inputs, labels) if chunked and supports_chunked_loss(
-        unwrap(model)) else None
+    found = model_label_losses(model, inputs, labels) if chunked and chunked_loss_applies(
+        model, inputs) else None
     if found is None:
         logits = model(**inputs).logits
         return sequence_loss_sums(logits, labels.to(logits.device))
@@ -177,7 +274,7 @@ def training_loss(model, inputs: dict, labels, num_items_in_batch=None):
     """One batch's training loss as transformers' causal-LM loss gives it (the summed
     label-token loss over `num_items_in_batch` when given, else the mean over the batch's
     label tokens), through the chunked path; None where that path does not apply."""
-    if not supports_chunked_loss(unwrap(model)):
+    if not chunked_loss_applies(model, inputs):
         return None
     found = model_label_losses(model, inputs, labels)
     if found is None:
