@@ -47,6 +47,7 @@ from workflow_scripts.common.io_utils import canonical_json, evaluation_key
 from workflow_scripts.evaluation.general_spec import (exam_files, general_inputs, general_job,
                                                       local_benchmarks)
 from workflow_scripts.launch.gpu_slots import stage_resources
+from workflow_scripts.search.plan import TrialExperiments, plan_searches, trial_params
 from workflow_scripts.models.loading import resolve_model_dir
 
 if not WORKFLOW_ON_DISK:
@@ -66,6 +67,8 @@ SCHEMA = workflow.source_path("../config/schema/config.schema.yaml")
 try:
     CFG = validate(config, CONFIG_SOURCE, SCHEMA)
     EXPERIMENTS = resolve_experiments(CFG, CONFIG_SOURCE, SCHEMA)
+    SEARCHES = plan_searches(CFG, EXPERIMENTS, CONFIG_SOURCE)
+    EXPERIMENTS = TrialExperiments(EXPERIMENTS, SEARCHES)  # trials' settings: search.smk
     check_paths(CFG, CONFIG_SOURCE)  # missing data or model paths, even after a finished run
 except ConfigError as err:  # the message names the key: no Python traceback around it
     print(err, file=sys.stderr)
@@ -133,10 +136,11 @@ def is_dialogue(dataset):
 
 def training_job(wildcards):
     """What training reads; evaluation settings and cluster resources do not retrain."""
+    extra = trial_job_entries(wildcards.experiment)  # a search trial waits for its round
     exp = EXPERIMENTS[wildcards.experiment]
     exp = {k: v for k, v in exp.items() if k not in ("evaluation", "resources")}
     job = {"experiment": exp, "seed": CFG["seed"], "base_model": model_spec(exp["base_model"])}
-    return canonical_json(job)
+    return canonical_json(job | extra)
 
 
 def eval_settings(experiment, quantized):

@@ -1,16 +1,19 @@
 rule snapshot_config:
+    input:
+        rounds=all_round_files,  # search trials' settings (search.smk)
     output:
         "results/metrics/config.json",
     params:
-        cfg=canonical_json({
+        cfg=lambda w: when_rounds_asked(canonical_json({
             "experiments": experiments_with_base_evals(),
             "sweeps": CFG["sweeps"],
+            **({"searches": search_snapshot()} if SEARCHES else {}),
             "datasets": CFG["datasets"],
             "base_models": CFG["base_models"],
             "report": CFG["report"],
             "seed": CFG["seed"],
             **({"judge": JUDGE} if JUDGE else {}),
-        }),
+        })),
     localrule: True
     log:
         "logs/snapshot_config.log",
@@ -124,6 +127,7 @@ rule render_report:
     input:
         tables=rules.collect_metrics.output,
         config="results/metrics/config.json",
+        searches=SEARCH_TARGETS,  # every search's last round told (search.smk)
         predictions=expand("results/eval/{e}/predictions.jsonl", e=EXPERIMENTS),
         data=expand("results/data/{d}/{f}", d=CFG["datasets"], f=("stats.json", "rejects.jsonl")),
         templates=workflow_files("reports/templates", REPORT_TEMPLATES),

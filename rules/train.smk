@@ -16,6 +16,7 @@ rule train_adapter:
         train=lambda w: f"{experiment_data_dir(w)}/train.jsonl",
         valid=lambda w: f"{experiment_data_dir(w)}/valid.jsonl",
         tokenized=lambda w: f"{TOKENIZE.directory(w.experiment)}/manifest.json",  # tokenize.smk
+        search_round=trial_round_file,  # a search trial's settings (search.smk)
         code=code(*TRAIN_CODE, "training/tokenize_dataset"),
     output:
         adapter="results/adapters/{experiment}/adapter_model.safetensors",

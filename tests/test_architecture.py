@@ -17,10 +17,11 @@ PACKAGE = REPO / "workflow_scripts"
 
 # Bottom up (docs/architecture.md). A module may import from its own layer and below.
 LAYERS = {"common": 0, "launch": 1, "data": 2, "models": 3, "training": 4, "evaluation": 5,
-          "export": 6, "report": 6, "compare": 7, "studio": 7, "tracking": 7}
+          "export": 6, "search": 6, "report": 7, "compare": 8, "studio": 8, "tracking": 8}
 # What each rule file may start with `python -m` besides its own stage: GPU slots.
 RULE_STAGES = {"data": "data", "models": "models", "train": "training",
-               "evaluate": "evaluation", "export": "export", "report": "report", "track": "tracking"}
+               "evaluate": "evaluation", "export": "export", "report": "report", "track": "tracking",
+               "search": "search"}
 
 
 def module_name(path: Path) -> str:

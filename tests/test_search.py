@@ -29,7 +29,7 @@ def plans(search: dict = SEARCH, name: str = "lr"):
 
 
 def job(tmp_path, round_: int, search: dict = SEARCH) -> dict:
-    return plans(search)["lr"].tell_job(round_) | {"storage": f"sqlite:///{tmp_path}/study.db"}
+    return plans(search)["lr"].ask_job(round_) | {"storage": f"sqlite:///{tmp_path}/study.db"}
 
 
 def loss(params: dict) -> float:
@@ -155,3 +155,33 @@ def test_successive_halving_keeps_the_best_share_at_each_rung(tmp_path):
     pruner = {"name": "successive_halving", "min_steps": 2, "reduction_factor": 2}
     # five before it, six with it: the best three go on at step 2, at step 4 and at step 8
     assert stop_rules(study, pruner)["thresholds"] == [[2, 5.0], [4, 4.0], [8, 3.0]]
+
+
+def test_a_trial_stops_when_its_loss_is_not_finite_or_above_the_threshold():
+    from transformers import TrainerControl, TrainerState
+
+    from workflow_scripts.training.stop_rules import StopRules
+
+    rules = {"pruner": "median", "thresholds": [[2, 3.0], [4, 2.0]], "nonfinite": True}
+    state = TrainerState(global_step=2, max_steps=6)
+    kept = StopRules(rules)
+    control = TrainerControl()
+    kept.on_evaluate(None, state, control, metrics={"eval_loss": 2.9})
+    assert not control.should_training_stop and kept.stopped is None
+    state.global_step = 4
+    kept.on_evaluate(None, state, control, metrics={"eval_loss": 2.5})  # best 2.5 > 2.0
+    assert control.should_training_stop
+    assert kept.stopped["state"] == "pruned" and kept.stopped["step"] == 4
+    assert "median threshold 2" in kept.stopped["reason"]
+
+    diverged, control = StopRules(rules), TrainerControl()
+    diverged.on_log(None, TrainerState(global_step=3, max_steps=6), control,
+                    logs={"loss": float("nan")})
+    assert control.should_training_stop
+    assert diverged.stopped == {"state": "diverged", "step": 3,
+                                "reason": "training loss is nan at step 3"}
+
+    last, control = StopRules(rules), TrainerControl()
+    last.on_evaluate(None, TrainerState(global_step=4, max_steps=4), control,
+                     metrics={"eval_loss": 9.0})  # its last step: complete, not pruned
+    assert not control.should_training_stop and last.stopped is None

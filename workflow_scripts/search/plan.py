@@ -14,14 +14,15 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 
-from workflow_scripts.common.config import (ConfigError, deep_merge, load_schema,
-                                            search_trial_names)
+from workflow_scripts.common.config import (SCHEMA_PATH, ConfigError, deep_merge,
+                                            load_schema, search_trial_names)
 from workflow_scripts.common.io_utils import canonical_json, read_json
 
 SEARCH_DEFAULTS = {
@@ -81,16 +82,13 @@ class SearchPlan:
         return f"{self.directory}/told-{round_}.json"
 
     def ask_job(self, round_: int) -> dict:
-        """Everything `search.ask` needs for one round (the job's params)."""
+        """Everything `search.ask` and `search.tell` need for one round (the job's params)."""
         return {"search": self.name, "key": self.key, "study": f"{self.name}-{self.key}",
                 "storage": self.storage, "round": round_, "seed": self.seed,
                 "trials": self.round_trials(round_),
                 "first_trial": round_ * self.spec["parallel"],
                 **{k: self.spec[k] for k in ("space", "objective", "sampler", "pruner",
                                              "enqueue")}}
-
-    def tell_job(self, round_: int) -> dict:
-        return {**self.ask_job(round_), "base": self.base}
 
 
 def with_defaults(spec: dict) -> dict:
@@ -110,52 +108,62 @@ def with_range_defaults(dim: Any) -> Any:
     return out
 
 
-def plan_searches(config: dict, experiments: dict[str, dict], source: str = "config"
-                  ) -> dict[str, SearchPlan]:
+def plan_searches(config: dict, experiments: dict[str, dict], source: str = "config",
+                  schema_path: Path = SCHEMA_PATH) -> dict[str, SearchPlan]:
     """One plan per configured search; refuses a space whose ends an experiment may not have."""
     plans = {}
+    schema = load_schema(schema_path)
+    exp_schema = {"$defs": schema["$defs"], **schema["$defs"]["experiment"]}
     for name, raw in config.get("searches", {}).items():
         spec = with_defaults(raw)
         base = experiments[search_trial_names(name, spec)[0]]
+        check = ValueCheck(base, exp_schema, source)
         for key, dim in spec["space"].items():
-            check_dimension(f"searches.{name}.space.{key}", key, dim, base, source)
+            check_dimension(f"searches.{name}.space.{key}", key, dim, check)
         for i, point in enumerate(spec["enqueue"]):
-            check_point(f"searches.{name}.enqueue[{i}]", point, spec["space"], base, source)
+            check_point(f"searches.{name}.enqueue[{i}]", point, spec["space"], check)
         plans[name] = SearchPlan(name, spec, base, config["seed"])
     return plans
 
 
-def check_dimension(where: str, key: str, dim: Any, base: dict, source: str) -> None:
+@dataclass(frozen=True)
+class ValueCheck:
+    """Refuses a searched value the experiment schema would refuse, naming the key."""
+
+    base: dict
+    schema: dict
+    source: str
+
+    def __call__(self, where: str, key: str, value: Any) -> None:
+        try:
+            jsonschema.validate(apply_params(self.base, {key: value}), self.schema)
+        except jsonschema.ValidationError as err:
+            self.refuse(f"{where}: {value!r}: {err.message}")
+
+    def refuse(self, message: str) -> None:
+        raise ConfigError(f"invalid config in {self.source}: {message}")
+
+
+def check_dimension(where: str, key: str, dim: Any, check: ValueCheck) -> None:
     if isinstance(dim, dict):
         if dim["low"] > dim["high"]:
-            raise ConfigError(f"invalid config in {source}: {where}: low {dim['low']} is above "
-                              f"high {dim['high']}")
+            check.refuse(f"{where}: low {dim['low']} is above high {dim['high']}")
         if dim["log"] and dim["low"] <= 0:
-            raise ConfigError(f"invalid config in {source}: {where}: a log scale needs low > 0")
+            check.refuse(f"{where}: a log scale needs low > 0")
         values = [dim["low"], dim["high"]]
     else:
         values = dim
     for value in values:
-        check_value(where, key, value, base, source)
+        check(where, key, value)
 
 
-def check_point(where: str, point: dict, space: dict, base: dict, source: str) -> None:
+def check_point(where: str, point: dict, space: dict, check: ValueCheck) -> None:
     unknown = sorted(set(point) - set(space))
     if unknown:
-        raise ConfigError(f"invalid config in {source}: {where}: {', '.join(unknown)} is not in "
-                          f"the space (known: {', '.join(sorted(space))})")
+        check.refuse(f"{where}: {', '.join(unknown)} is not in the space "
+                     f"(known: {', '.join(sorted(space))})")
     for key, value in point.items():
-        check_value(f"{where}.{key}", key, value, base, source)
-
-
-def check_value(where: str, key: str, value: Any, base: dict, source: str) -> None:
-    """The experiment schema accepts `value` at `key`."""
-    schema = load_schema()
-    exp_schema = {"$defs": schema["$defs"], **schema["$defs"]["experiment"]}
-    try:
-        jsonschema.validate(apply_params(base, {key: value}), exp_schema)
-    except jsonschema.ValidationError as err:
-        raise ConfigError(f"invalid config in {source}: {where}: {value!r}: {err.message}")
+        check(f"{where}.{key}", key, value)
 
 
 def apply_params(experiment: dict, params: dict[str, Any]) -> dict:
@@ -189,3 +197,29 @@ def _read_round(path: Path) -> list[dict]:
         cached = (stamp, read_json(path)["trials"])
         _ROUND_CACHE[path] = cached
     return cached[1]
+
+
+class TrialExperiments(Mapping):
+    """The workflow's experiments, each search trial with the settings its round file gives
+    it once that round is asked (before: the search's starting point, which decides nothing
+    that waits for the round: rules/search.smk makes the jobs that read a trial's settings
+    wait for its round)."""
+
+    def __init__(self, experiments: dict[str, dict], plans: dict[str, SearchPlan]):
+        self._experiments = experiments
+        self._plan_of = {t: plan for plan in plans.values() for t in plan.trials}
+
+    def __getitem__(self, name: str) -> dict:
+        experiment = self._experiments[name]
+        plan = self._plan_of.get(name)
+        entry = trial_params(plan, name) if plan else None
+        return apply_params(experiment, entry["params"]) if entry else experiment
+
+    def __iter__(self):
+        return iter(self._experiments)
+
+    def __len__(self) -> int:
+        return len(self._experiments)
+
+    def plan_of(self, name: str) -> SearchPlan | None:
+        return self._plan_of.get(name)

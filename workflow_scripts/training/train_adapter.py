@@ -499,6 +499,7 @@ def train_tokenized(job: dict, model_dir: str, tokenized_dir: Path, out_dir: Pat
 
     from workflow_scripts.models.loading import load_tokenizer
     from workflow_scripts.training.progress import ProgressFile, RunClock, RunRecorder, load_clock
+    from workflow_scripts.training.stop_rules import StopRules
 
     experiment, seed = job["experiment"], job["seed"]
     trust = job["base_model"].get("trust_remote_code", False)
@@ -515,6 +516,9 @@ def train_tokenized(job: dict, model_dir: str, tokenized_dir: Path, out_dir: Pat
     progress = ProgressFile(progress_file if writes else None)
     recorder = RunRecorder(clock, checkpoint_dir / "timings.jsonl", progress, checkpoint is not None)
     trainer.add_callback(recorder)
+    stop_rules = StopRules(job["stop"]) if "stop" in job else None  # search trials only
+    if stop_rules:
+        trainer.add_callback(stop_rules)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     evaluated = [e["step"] for e in trainer.state.log_history if "eval_loss" in e]
     if trainer.eval_features and evaluated[-1:] != [trainer.state.global_step]:
@@ -527,6 +531,8 @@ def train_tokenized(job: dict, model_dir: str, tokenized_dir: Path, out_dir: Pat
     write_jsonl(out_dir / "trainer_log.jsonl", rows)
     metrics = train_metrics(model, trainer, rows, recorder, stats, experiment["method"])
     metrics["resumed_from_checkpoint"] = checkpoint is not None
+    if stop_rules:
+        metrics["stop"] = stop_rules.stopped
     metrics.update(world_shape(trainer.args) | packing_fill(trainer.train_dataset, experiment["training"]))
     write_json(out_dir / "train_metrics.json", metrics)
     progress.write("end", step=metrics["steps"], wall_time_s=metrics["wall_time_s"])
