@@ -92,6 +92,46 @@ def describe(tokenizer, token: int | None) -> str:
     return "end of output" if token is None else f"{token} {tokenizer.decode([token])!r}"
 
 
+def load_llama(gguf: Path, lora: Path | None, context: int, threads: int):
+    """llama.cpp on the GGUF (and the LoRA GGUF), keeping every position's logits.
+
+    Weight repacking ("extra buffer types") is off: llama-cpp-python 0.3.36's repacked Q8_0
+    kernels crash on this project's AVX512/AMX CPUs (docs/export.md); the plain kernels
+    compute the same model."""
+    try:
+        import llama_cpp.llama_cpp as low_level
+        from llama_cpp import Llama
+    except ImportError as err:
+        raise SystemExit(f"llama-cpp-python is not importable ({err}): the load-back checks "
+                         "need it; scripts/setup_export.sh --build builds it (docs/export.md)")
+    defaults = low_level.llama_model_default_params
+
+    def without_repacking():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    low_level.llama_model_default_params = without_repacking
+    try:
+        return Llama(model_path=str(gguf), lora_path=str(lora) if lora else None, n_ctx=context,
+                     logits_all=True, n_threads=threads, n_threads_batch=threads, verbose=False)
+    finally:
+        low_level.llama_model_default_params = defaults
+
+
+def round_like(model, target: str) -> None:
+    """Round the reference's weights as a 16-bit GGUF stores them (computing in fp32 still):
+    the check then tests the conversion, not the precision the user chose. A q8_0 GGUF is
+    compared with the unrounded model, within its agreement threshold."""
+    import torch
+
+    dtype = {"f16": torch.float16, "lora": torch.float16, "bf16": torch.bfloat16}.get(target)
+    if dtype is not None:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.copy_(parameter.to(dtype).to(parameter.dtype))
+
+
 def prompt_ids(tokenizer, record: dict) -> tuple[str, list[int]]:
     """A test record's prompt as the evaluation renders it: text and token ids."""
     from workflow_scripts.training.chat_tokenize import render
@@ -152,11 +192,6 @@ def compare_losses(llm, model, tokenizer, records: list[dict], context: int, bat
 
 def check(job: dict, merged_dir: Path, gguf: Path, lora: Path | None, test_file: Path,
           threads: int) -> dict:
-    try:
-        from llama_cpp import Llama
-    except ImportError as err:
-        raise SystemExit(f"llama-cpp-python is not importable ({err}): the load-back checks "
-                         "need it; scripts/setup_export.sh --build builds it (docs/export.md)")
     from workflow_scripts.evaluation.generation import model_context
     from workflow_scripts.evaluation.tool_eval import plain_reply_records
     from workflow_scripts.models.loading import load_model, load_tokenizer
@@ -166,11 +201,11 @@ def check(job: dict, merged_dir: Path, gguf: Path, lora: Path | None, test_file:
 
     # fp32 wherever it runs: the reference's own rounding must not decide a greedy tie
     model = load_model(str(merged_dir), quantization=None, dtype=torch.float32)
+    round_like(model, target)
     tokenizer = load_tokenizer(str(merged_dir))
     context = model_context(model, settings["max_length"])
     records = list(read_jsonl(test_file))
-    llm = Llama(model_path=str(gguf), lora_path=str(lora) if lora else None, n_ctx=context,
-                logits_all=True, n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm = load_llama(gguf, lora, context, threads)
     rows = compare_prompts(llm, model, tokenizer, plain_reply_records(records)[: spec["prompts"]],
                            spec["tokens"])
     compared = sum(len(r["transformers"]) for r in rows)
