@@ -146,8 +146,10 @@ rule render_report:
             "report/tracking_status",
             "report/family",
             "report/judge_section",
+            "report/exports_section",
         ),
         tracking=lambda w: TRACKING_RECEIPTS,  # empty unless tracking is configured
+        exports=lambda w: ["results/metrics/exports.tsv"] if CFG["export"] else [],  # export.smk
     output:
         md="results/report/training_report.md",
         summary="results/report/summary.json",

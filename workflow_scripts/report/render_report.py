@@ -23,6 +23,7 @@ from workflow_scripts.common.io_utils import read_json, write_json
 from workflow_scripts.report import sections
 from workflow_scripts.report.general_tables import report_tables as general_tables
 from workflow_scripts.report.formatting import Table, fmt
+from workflow_scripts.report.exports_section import exports_table
 from workflow_scripts.report.judge_section import judge_context, judge_frame
 from workflow_scripts.report.plots import draw_all
 from workflow_scripts.report.studies import HYPERPARAMETERS, METHOD, RANK
@@ -134,6 +135,7 @@ def build_context(run: dict, metrics_dir: Path, results: Path, plot_info: dict,
         "tools": sections.tool_table(comparison),
         **general_tables(metrics_dir),  # general text (forgetting) and benchmarks
         **judge_context(metrics_dir),  # the judge's table, empty without judge.tsv
+        "exports": exports_table(metrics_dir),  # empty without export: in the config
         "studies": {label: sections.study_tables(studies, experiments, comparison, kind)
                     for label, kind in (("Rank", RANK), ("LoRA vs QLoRA", METHOD),
                                         ("Hyper-parameter rounds", HYPERPARAMETERS))},
