@@ -22,6 +22,7 @@ from workflow_scripts.studio.catalog import STATUSES, Catalog
 from workflow_scripts.studio.chat_engine import ModelPool
 from workflow_scripts.studio.compare import comparison
 from workflow_scripts.studio.general_view import general_view
+from workflow_scripts.studio.exports_view import exports_view
 from workflow_scripts.studio.data_view import dataset_summary, search
 from workflow_scripts.studio.errors import BadRequest, UnknownName
 from workflow_scripts.studio.files import read_from, read_tail
@@ -167,7 +168,16 @@ def _experiment_api(app: FastAPI, catalog: Catalog, settings: StudioSettings) ->
     @app.get("/api/experiments/{name}")
     def experiment(name: str) -> dict:
         return {"row": catalog.row(name), "config": catalog.experiment(name),
-                "curves": catalog.curves(name), **general_view(catalog.workdir, [name])}
+                "curves": catalog.curves(name), **general_view(catalog.workdir, [name]),
+                "exports": exports_view(catalog.workdir, name,
+                                        catalog.experiment(name)["base_model"])}
+
+    @app.get("/api/exports")
+    def exports() -> dict:
+        """Every experiment's exports and how to run them (docs/export.md)."""
+        found = {n: exports_view(catalog.workdir, n, catalog.experiment(n)["base_model"])
+                 for n in (r["experiment"] for r in catalog.rows())}
+        return {"exports": {n: rows for n, rows in found.items() if rows}}
 
     @app.get("/api/compare")
     def compare(e: list[str] = Query(..., min_length=1, description="experiment names")) -> JSONResponse:

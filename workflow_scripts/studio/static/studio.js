@@ -165,6 +165,20 @@ async function experimentsPage() {
   }
   await load();
   setInterval(load, 5000);
+  await exportsSection();
+}
+
+// Every experiment's exports (results/exports/), with each check and the command that runs it.
+async function exportsSection() {
+  const body = await api("/api/exports"), section = $("#exports");
+  const rows = Object.entries(body.exports).flatMap(([name, files]) => files.map((f) => el("tr", {},
+    el("td", {}, name), el("td", {}, f.target), el("td", {}, f.file),
+    el("td", { class: "num" }, `${fmt(f.size_bytes / 1e6, 3)} MB`),
+    el("td", {}, f.check ? [f.check.verdict, f.check.agreement != null
+      ? ` · ${fmt(100 * f.check.agreement, 3)}% of ${f.check.tokens_compared} tokens` : ""] : ""),
+    el("td", {}, el("code", {}, f.run)))));
+  section.hidden = rows.length === 0;
+  section.querySelector("tbody").replaceChildren(...rows);
 }
 
 // ---------------------------------------------------------------- Compare
