@@ -36,6 +36,7 @@ def set_in(path: str, value) -> Edit:
     return edit
 
 
+SECRET = "s3cr3t-pw"  # a password in a URI: refused, and never repeated in any message
 BAD_CONFIGS: dict[str, tuple[Edit, list[str]]] = {
     "unknown top-level key": (set_in("epochs", 3), ["unknown key epochs"]),
     "unknown lora key": (set_in("experiments.lccc-qlora.lora.rr", 8),
@@ -73,6 +74,17 @@ BAD_CONFIGS: dict[str, tuple[Edit, list[str]]] = {
         ["sweeps.rank: give exactly one of grid or points"]),
     "duplicate sweep experiment": (set_in("experiments.rank-r2", {"base_model": "tiny"}),
                                    ["sweeps.rank", "'rank-r2' is already taken"]),
+    "tracking URI with a password": (
+        set_in("tracking", {"mlflow": {"tracking_uri": f"http://alice:{SECRET}@mlflow.example:5000"}}),
+        ["tracking.mlflow.tracking_uri: the URI holds a user name or password",
+         "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"]),
+    "tracking URI with a password and an unknown scheme": (
+        set_in("tracking", {"mlflow": {"tracking_uri": f"ftp://alice:{SECRET}@files.example"}}),
+        ["tracking.mlflow.tracking_uri: the URI holds", "'ftp://***@files.example' does not match"]),
+    "judge URL with a password": (
+        set_in("judge", {"base_url": f"http://bob:{SECRET}@judge.example/v1", "model": "m",
+                         "api_key_env": "JUDGE_KEY"}),
+        ["judge.base_url: the URI holds a user name or password", "judge.api_key_env"]),
 }
 
 
@@ -93,6 +105,7 @@ def test_bad_config_is_refused_before_any_job(workflow, case):
     assert f"invalid config in {workflow.config}" in output, output[-2000:]
     for text in expected:
         assert text in output, output[-2000:]
+    assert SECRET not in output
     assert not (workflow.workdir / "results").exists()
 
 
@@ -106,6 +119,17 @@ def test_bad_config_raises_config_error(case):
         resolve_experiments(validate(config, "my.yaml"), "my.yaml")
     assert str(err.value).startswith("invalid config in my.yaml")
     assert all(text in str(err.value) for text in expected)
+    assert SECRET not in str(err.value)
+
+
+def test_a_user_name_alone_is_refused_only_where_credentials_have_a_home():
+    config = smoke_config()
+    config["tracking"] = {"mlflow": {"tracking_uri": "https://alice@mlflow.example"}}
+    with pytest.raises(ConfigError, match="tracking.mlflow.tracking_uri: the URI holds"):
+        validate(config)
+    config["tracking"] = {"mlflow": {"tracking_uri": "postgresql://db.example/mlflow"}}
+    config["report"] = {"title": "see git://git@example.org/notes"}  # not a credential
+    assert validate(config)["tracking"]["mlflow"]["tracking_uri"] == "postgresql://db.example/mlflow"
 
 
 def test_hub_model_may_accept_a_moving_branch_explicitly():

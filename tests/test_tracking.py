@@ -287,3 +287,23 @@ def test_a_file_store_or_unknown_mode_is_refused_before_any_job(tmp_path):
     assert filled == {"swanlab": {"mode": "local", "logdir": "results/swanlog", "project": "lora-zh"},
                       "log_adapter": False}
     assert validate(smoke)["tracking"] == {"log_adapter": False}  # off by default
+
+
+def test_credentials_in_a_tracking_uri_never_reach_the_job_log_or_the_receipt(capsys):
+    """The config refuses such a URI (test_config_validation); a job run by hand with one still
+    writes no password: urllib's own error quotes it (`nonnumeric port: 'pw@host'`)."""
+    from workflow_scripts.tracking import mlflow_backend
+    from workflow_scripts.tracking.track_experiment import guarded
+
+    secret = "s3cr3t-pw"
+    uri = f"http://alice:{secret}@127.0.0.1"
+
+    def stdlib_error():
+        urllib.request.urlopen(uri + "/health", timeout=2)
+
+    for log in (stdlib_error, lambda: mlflow_backend.attach({"tracking_uri": uri}, "run-id", {})):
+        receipt = guarded("mlflow", log, (uri,))
+        out = capsys.readouterr()
+        assert receipt["status"] == "warning" and receipt["warning"]
+        assert secret not in json.dumps(receipt) + out.out + out.err
+    assert mlflow_backend.redact(uri) == "http://127.0.0.1"

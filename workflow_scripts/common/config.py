@@ -14,6 +14,8 @@ from typing import Any, Iterable
 import jsonschema
 import yaml
 
+from workflow_scripts.common.credentials import credential_problems, redact
+
 # config/schema/config.schema.yaml, through a link that an installed package holds as a copy
 SCHEMA_PATH = Path(__file__).resolve().parent / "config.schema.yaml"
 
@@ -117,8 +119,10 @@ def validate(config: dict, source: str = "config", schema_path: Path = SCHEMA_PA
     raw = copy.deepcopy(config)
     checker = jsonschema.Draft202012Validator(schema)
     errors = sorted(checker.iter_errors(raw), key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = "\n  ".join(_describe(e) for e in errors)
+    # a schema error quotes the value: any credentials in it are hidden
+    problems = credential_problems(raw) + [redact(_describe(e)) for e in errors]
+    if problems:
+        lines = "\n  ".join(problems)
         raise ConfigError(f"invalid config in {source}:\n  {lines}")
     filled = copy.deepcopy(config)
     # Experiments, sweeps and searches override `defaults`, so only fill the top level and

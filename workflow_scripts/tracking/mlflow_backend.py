@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+from workflow_scripts.common.credentials import without_userinfo
 from workflow_scripts.tracking.run_record import TAG_PREFIX, RunRecord
 
 RUN_KEY_TAG = TAG_PREFIX + "run_key"
@@ -40,7 +41,8 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
     if not uri.startswith(("http://", "https://")):
         return
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+        health = without_userinfo(uri).rstrip("/") + "/health"  # urllib takes no user:password@
+        with urllib.request.urlopen(health, timeout=timeout) as response:
             response.read()
     except (urllib.error.URLError, OSError) as err:
         raise TrackerUnavailable(f"no MLflow server answers at {redact(uri)}: {err}") from None
@@ -48,8 +50,7 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
 
 def redact(uri: str) -> str:
     """The URI without user:password (never written to logs or receipts)."""
-    scheme, sep, rest = uri.partition("://")
-    return f"{scheme}{sep}{rest.split('@', 1)[1]}" if sep and "@" in rest.split("/", 1)[0] else uri
+    return without_userinfo(uri)
 
 
 def sqlite_file(uri: str) -> Path | None:

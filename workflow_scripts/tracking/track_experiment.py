@@ -15,28 +15,33 @@ import traceback
 from pathlib import Path
 
 from workflow_scripts.common.cli import parser as cli_parser
+from workflow_scripts.common.credentials import redact
 from workflow_scripts.common.io_utils import file_sha256, write_json
 from workflow_scripts.tracking.mlflow_backend import TrackerUnavailable
 from workflow_scripts.tracking.model_hash import model_hash
 from workflow_scripts.tracking.run_record import RunRecord, build_record
 
 
-def warn(backend: str, message: str) -> dict:
+def warn(backend: str, message: str, uris: tuple[str, ...] = ()) -> dict:
+    """Print and return a warning, with any credentials of `uris` (and of any URI in it) hidden."""
+    message = redact(message, uris)
     print(f"WARNING: tracking ({backend}): {message}", file=sys.stderr, flush=True)
     return {"status": "warning", "warning": message}
 
 
-def guarded(backend: str, log) -> dict:
-    """Run one backend's logging; any failure is a warning, never the job's failure."""
+def guarded(backend: str, log, uris: tuple[str, ...] = ()) -> dict:
+    """Run one backend's logging; any failure is a warning, never the job's failure. What is
+    written of an error (the traceback in the job log, the message in the receipt) has the
+    credentials of `uris` hidden: an error about a URI quotes it."""
     try:
         return {"status": "ok", **log()}
     except ImportError as err:
-        return warn(backend, f"package not installed ({err}); nothing was logged")
+        return warn(backend, f"package not installed ({err}); nothing was logged", uris)
     except TrackerUnavailable as err:
-        return warn(backend, str(err))
+        return warn(backend, str(err), uris)
     except Exception as err:  # noqa: BLE001 - a tracker must never fail the workflow
-        traceback.print_exc(file=sys.stderr)
-        return warn(backend, f"{type(err).__name__}: {err}".strip()[:500])
+        print(redact(traceback.format_exc(), uris), file=sys.stderr, end="", flush=True)
+        return warn(backend, f"{type(err).__name__}: {redact(str(err), uris)}".strip()[:500], uris)
 
 
 def log_mlflow(settings: dict, record: RunRecord) -> dict:
@@ -66,7 +71,8 @@ def track(job: dict, results: Path) -> dict:
     receipt = {"experiment": record.experiment, "config_hash": record.config_hash,
                "run_key": record.run_key, "backends": {}}
     if tracking.get("mlflow"):
-        receipt["backends"]["mlflow"] = guarded("mlflow", lambda: log_mlflow(tracking["mlflow"], record))
+        receipt["backends"]["mlflow"] = guarded("mlflow", lambda: log_mlflow(tracking["mlflow"], record),
+                                                (tracking["mlflow"]["tracking_uri"],))
     if tracking.get("swanlab"):
         receipt["backends"]["swanlab"] = guarded("swanlab", lambda: log_swanlab(tracking["swanlab"], record))
     return receipt

@@ -27,7 +27,7 @@ def attach_report(tracking: dict, receipts: list[Path], reports: list[Path]) -> 
         if tracking.get("mlflow") and mlflow.get("run_id"):
             out[receipt["experiment"]] = guarded("mlflow", lambda: (
                 mlflow_backend.attach(tracking["mlflow"], mlflow["run_id"], files)
-                or {"run_id": mlflow["run_id"]}))
+                or {"run_id": mlflow["run_id"]}), (tracking["mlflow"]["tracking_uri"],))
     return out
 
 
