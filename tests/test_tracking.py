@@ -307,3 +307,32 @@ def test_credentials_in_a_tracking_uri_never_reach_the_job_log_or_the_receipt(ca
         assert receipt["status"] == "warning" and receipt["warning"]
         assert secret not in json.dumps(receipt) + out.out + out.err
     assert mlflow_backend.redact(uri) == "http://127.0.0.1"
+
+
+def test_curves_hold_each_point_once_after_a_crash_or_a_longer_trainer_log(tmp_path):
+    """On a real SQLite store: a job that stopped before tagging its curves, then a trainer
+    log that grew under the same run key, leave one point per step in every series."""
+    from workflow_scripts.common.io_utils import file_sha256
+    from workflow_scripts.tracking import mlflow_backend
+    from workflow_scripts.tracking.run_record import TAG_PREFIX, RunRecord
+
+    log = tmp_path / "trainer_log.jsonl"
+    rows = [{"step": s, "loss": 3.0 - 0.1 * s, "learning_rate": 1e-4 * s} for s in range(1, 6)]
+    record = RunRecord("exp", {}, {"lora.r": "8"},
+                       {TAG_PREFIX + k: v for k, v in (("run_key", "exp@abc"), ("config_hash", "abc"),
+                                                       ("experiment", "exp"))}, {}, log)
+    settings = {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "curves"}
+
+    def log_rows(n: int) -> dict:
+        log.write_text("".join(json.dumps(r) + "\n" for r in rows[:n]))
+        return mlflow_backend.log_record(settings, record, file_sha256(log))
+
+    first = log_rows(3)
+    assert first["curve_points_logged"] == 6
+    tracker = client(settings["tracking_uri"])
+    tracker.delete_tag(first["run_id"], mlflow_backend.CURVES_TAG)  # stopped before the tag
+    assert log_rows(3)["curve_points_logged"] == 0
+    assert log_rows(5)["curve_points_logged"] == 4  # the two new steps only
+    for name, field in (("train_loss", "loss"), ("learning_rate", "learning_rate")):
+        history = tracker.get_metric_history(first["run_id"], name)
+        assert sorted((m.step, m.value) for m in history) == [(r["step"], r[field]) for r in rows]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from workflow_scripts.common.credentials import without_userinfo
-from workflow_scripts.tracking.run_record import TAG_PREFIX, RunRecord
+from workflow_scripts.tracking.run_record import CURVES, TAG_PREFIX, RunRecord
 
 RUN_KEY_TAG = TAG_PREFIX + "run_key"
 CURVES_TAG = TAG_PREFIX + "curves_sha256"
@@ -129,20 +129,29 @@ def log_in_batches(client, run_id: str, metrics=(), params=(), tags=()) -> None:
 
 
 def log_curves(client, run, record: RunRecord, curves_sha: str) -> int:
-    """Step metrics, unless this very trainer log was logged to the run before."""
+    """Step metrics, unless this very trainer log was logged to the run before; then only the
+    points the run's series do not hold yet, so that a changed trainer log (a longer run under
+    the same run key) or a job that stopped before setting the tag adds no point twice.
+    MLflow deletes no single point: a changed value at a step already logged is added beside
+    the old one."""
     from mlflow.entities import Metric
 
     if run.data.tags.get(CURVES_TAG) == curves_sha:
         return 0
+    run_id = run.info.run_id
+    logged = {name: {(m.step, m.value) for m in client.get_metric_history(run_id, name)}
+              for name in set(CURVES.values()) & set(run.data.metrics)}
     now = int(time.time() * 1000)
     batch, count = [], 0
     for name, step, value in record.curve_points():
+        if (step, value) in logged.get(name, ()):
+            continue
         batch.append(Metric(name, value, now, step))
         if len(batch) == BATCH:
-            log_in_batches(client, run.info.run_id, metrics=batch)
+            log_in_batches(client, run_id, metrics=batch)
             count, batch = count + len(batch), []
-    log_in_batches(client, run.info.run_id, metrics=batch)
-    client.set_tag(run.info.run_id, CURVES_TAG, curves_sha)
+    log_in_batches(client, run_id, metrics=batch)
+    client.set_tag(run_id, CURVES_TAG, curves_sha)
     return count + len(batch)
 
 
