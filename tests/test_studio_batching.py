@@ -327,3 +327,39 @@ def test_an_answer_abandoned_unread_stops_generating(tmp_path, stream):
         while not engine.outcomes and time.monotonic() < deadline:
             time.sleep(0.05)
         assert engine.outcomes == {"cancelled": 1}
+
+
+def test_a_retrained_adapter_is_served_in_place_of_the_old_one(tmp_path):
+    """Adapters are loaded once per set of files: a retrained one (new files) is loaded
+    again; a row running on the old one finishes on it, then the old one is deleted."""
+    studio_workdir(tmp_path, adapters=2)
+    asked = request(1, model="a0")
+    with serve(tmp_path) as server:
+        before = asyncio.run(ask_all(server.url, [asked, request(2, model="a1")]))[0]
+        base = server.app.state.pool.loaded[("rand", False)]
+        old = base.adapters["a0"]
+        paused, resume = pause_after_first_step(server.app.state.pool.engines[("rand", False)])
+        answers = {}
+
+        def ask(name: str) -> None:
+            answers[name] = asyncio.run(ask_all(server.url, [asked]))[0]
+
+        running = threading.Thread(target=ask, args=("old",))
+        running.start()
+        assert paused.wait(30)  # a row on the old adapter is running
+        random_adapter(tmp_path / "rand", tmp_path / "results/adapters/a0", seed=999)  # retrained
+        retrained = threading.Thread(target=ask, args=("new",))
+        retrained.start()
+        time.sleep(0.5)
+        resume.set()
+        running.join(60)
+        retrained.join(60)
+        assert answers["old"].choices[0].message.content == before.choices[0].message.content
+        after = asyncio.run(ask_all(server.url, [asked, request(2, model="a1")]))[0]
+        assert base.adapters["a0"] != old and old not in base.model.peft_config
+        assert sorted(base.model.peft_config) == sorted(base.adapters.values())
+    with serve(tmp_path, batching=False) as fresh:
+        expected = asyncio.run(ask_all(fresh.url, [asked]))[0]
+    assert after.choices[0].message.content == expected.choices[0].message.content
+    assert answers["new"].choices[0].message.content == expected.choices[0].message.content
+    assert after.choices[0].message.content != before.choices[0].message.content

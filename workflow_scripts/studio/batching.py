@@ -197,6 +197,12 @@ class BatchEngine:
     def running(self) -> int:
         return len(self.batch.rows) if self.batch else 0
 
+    def adapters_in_use(self) -> set[str]:
+        """The adapters of the rows running, taken for a step, or waiting."""
+        with self.condition:
+            rows = [*(self.batch.rows if self.batch else []), *self.in_hand, *self.waiting]
+            return {row.adapter for row in rows}
+
     def load(self) -> dict:
         with self.condition:
             return {"running": self.running, "waiting": len(self.waiting),
@@ -290,7 +296,7 @@ class BatchEngine:
     def _mixer(self) -> MixedAdapters | None:
         """The fast mixed forward of the loaded adapters (None: PEFT's own is needed);
         rebuilt when an adapter is attached. Call it holding the base's lock."""
-        key = tuple(self.base.adapters.values())
+        key = tuple(self.base.loaded_names())
         if self._mixer_for != key:
             self._mixed = MixedAdapters.build(self.base.model, list(key)) if key else None
             self._mixer_for = key
@@ -298,7 +304,7 @@ class BatchEngine:
 
     def _adapter_layers(self) -> list:
         """The modules that take `adapter_names` (LoRA layers, trainable-token wrappers)."""
-        key = tuple(self.base.adapters.values())
+        key = tuple(self.base.loaded_names())
         if self._layers_for != key:
             from peft.tuners.lora import LoraLayer
             from peft.utils.other import AuxiliaryTrainingWrapper

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from workflow_scripts.evaluation.generation import (generation_config, only_configured_decoding,
@@ -74,6 +75,30 @@ class LoadedBase:
     lock: threading.Lock = field(default_factory=threading.Lock)
     adapters: dict[str, str] = field(default_factory=dict)  # experiment -> PEFT adapter name
     mix_keys: dict[str, frozenset] = field(default_factory=dict)  # PEFT adapter name -> mix key
+    files: dict[str, tuple] = field(default_factory=dict)  # experiment -> its adapter files' identity
+    retired: list[str] = field(default_factory=list)  # adapters replaced by a retrained one
+    loads: int = 0  # adapters loaded so far (names are never reused)
+
+    def loaded_names(self) -> list[str]:
+        """Every adapter in the model: the experiments' own, and replaced ones that rows
+        still use."""
+        return [*self.adapters.values(), *self.retired]
+
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def adapter_identity(adapter_dir: Path) -> tuple:
+    """The adapter files' names, sizes and modification times: a retrained adapter has
+    another identity, so it is loaded again."""
+    found = []
+    for name in ADAPTER_FILES:
+        try:
+            stat = (adapter_dir / name).stat()
+        except FileNotFoundError:
+            continue
+        found.append((name, stat.st_size, stat.st_mtime_ns))
+    return tuple(found)
 
 
 class TokenStreamer:
@@ -372,28 +397,47 @@ class ModelPool:
                 tokenizer = load_tokenizer(model_dir, trust)
                 self.loaded[key] = LoadedBase(model, tokenizer, stop_token_ids(model, tokenizer))
             base = self.loaded[key]
-        if target.experiment and target.experiment not in base.adapters:
-            with base.lock:
-                self._attach(base, target.experiment)
+        if target.experiment:
+            identity = adapter_identity(self.catalog.paths(target.experiment).adapter)
+            if base.files.get(target.experiment) != identity or base.retired:
+                with base.lock:
+                    self._attach(base, target.experiment, identity, self.engines.get(key))
         return base
 
-    def _attach(self, base: LoadedBase, experiment: str) -> None:
-        """Load an experiment's adapter into the base (under the base's lock)."""
+    def _attach(self, base: LoadedBase, experiment: str, identity: tuple,
+                engine: BatchEngine | None) -> None:
+        """Load an experiment's adapter into the base, or its retrained adapter in place of
+        the one loaded (which leaves once no row uses it). Under the base's lock."""
         from peft import PeftModel
 
-        if experiment in base.adapters:
+        if base.files.get(experiment) == identity:
+            self._drop_retired(base, engine)
             return
         # PEFT adapter names become module keys, which may not contain dots.
-        name = f"adapter_{len(base.adapters)}"
+        name = f"adapter_{base.loads}"
         adapter_dir = str(self.catalog.paths(experiment).adapter)
-        if not base.adapters:
+        if not base.loaded_names():
             base.model = PeftModel.from_pretrained(base.model, adapter_dir, adapter_name=name)
         else:
             with loading_beside_trained_tokens(base.model, adapter_dir, name):
                 base.model.load_adapter(adapter_dir, adapter_name=name)
         base.model.eval()
+        base.loads += 1
         base.mix_keys[name] = mix_key(base.model, name)
-        base.adapters[experiment] = name
+        if experiment in base.adapters:
+            base.retired.append(base.adapters[experiment])
+        base.adapters[experiment], base.files[experiment] = name, identity
+        self._drop_retired(base, engine)
+
+    @staticmethod
+    def _drop_retired(base: LoadedBase, engine: BatchEngine | None) -> None:
+        """Delete replaced adapters that no running or waiting row uses (under the base's lock,
+        so no step is under way)."""
+        used = engine.adapters_in_use() if engine is not None else set()
+        for name in [n for n in base.retired if n not in used]:
+            base.model.delete_adapter(name)
+            base.retired.remove(name)
+            del base.mix_keys[name]
 
     @staticmethod
     def _adapter_active(base: LoadedBase, target: Target):
