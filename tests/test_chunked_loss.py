@@ -262,3 +262,21 @@ def test_training_with_and_without_chunked_loss_logs_the_same_losses(base, reque
         runs[chunked], _ = run_training(job, model_dir, data, tmp_path / str(chunked))
     assert runs[True]["final_loss"] == pytest.approx(runs[False]["final_loss"], rel=1e-5)
     assert runs[True]["eval_loss"] == pytest.approx(runs[False]["eval_loss"], rel=1e-5)
+
+
+def test_trained_rows_are_put_in_on_the_device_of_the_embedding_output():
+    """A forward hook sees the ids as the caller passed them (on the CPU) while the layer's
+    output lives on the layer's device (under a device map): the lookup follows the output.
+    Here that device is `meta`, which any CPU tensor meeting it would make fail."""
+    from types import SimpleNamespace
+
+    from workflow_scripts.training.lean_tokens import _embed_trained_rows
+
+    layer = SimpleNamespace(active_adapters=["default"], base_layer=torch.nn.Embedding(10, 4),
+                            trainable_tokens_delta={"default": torch.ones(2, 4)},
+                            token_indices={"default": [1, 3]})
+    ids = torch.tensor([[0, 1, 2, 3, 4]])
+    out = _embed_trained_rows(layer, (ids,), torch.zeros(1, 5, 4, device="meta"))
+    assert out.device.type == "meta" and out.shape == (1, 5, 4)
+    on_cpu = _embed_trained_rows(layer, (ids,), torch.zeros(1, 5, 4))  # and the values
+    assert on_cpu[0, :, 0].tolist() == [0, 1, 0, 1, 0]

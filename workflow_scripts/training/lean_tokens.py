@@ -63,12 +63,14 @@ def _embed_trained_rows(layer, args, output):
     """Forward hook: the base lookup `output` with trained tokens' rows put in."""
     import torch
 
-    ids = args[0]
+    # on the output's device: a hook sees the ids as the caller passed them, before a
+    # dispatch hook (accelerate's device map) moved them to the layer's device
+    ids = args[0].to(output.device)
     for name in layer.active_adapters:
         index, rows = _trained(layer, name, output)
         lookup = torch.full((layer.base_layer.num_embeddings,), -1, dtype=torch.long,
-                            device=ids.device)
-        lookup[index] = torch.arange(index.numel(), device=ids.device)
+                            device=output.device)
+        lookup[index] = torch.arange(index.numel(), device=output.device)
         slot = lookup[ids]
         output = torch.where((slot >= 0).unsqueeze(-1), rows[slot.clamp(min=0)], output)
     return output
