@@ -135,3 +135,21 @@ def test_exports_tsv_has_a_row_per_check(export, tmp_path):
     assert [(r["experiment"], r["target"], r["verdict"], r["agreement"]) for r in rows] == [
         ("e1", "f16", "pass", "1.0")]
     assert int(rows[0]["size_bytes"]) == (export / "m-f16.gguf").stat().st_size
+
+
+def test_an_rslora_adapter_keeps_its_scale_in_the_lora_gguf(export, tmp_path):
+    """The same adapter written as rsLoRA (alpha/sqrt(r) giving the same scale): its LoRA GGUF
+    must answer like the merged model too (the converter itself ignores use_rslora)."""
+    import shutil
+
+    rslora = tmp_path / "rslora"
+    shutil.copytree(export / "adapter", rslora)
+    config = json.loads((rslora / "adapter_config.json").read_text())
+    config.update(use_rslora=True, lora_alpha=config["lora_alpha"] / config["r"] ** 0.5)
+    (rslora / "adapter_config.json").write_text(json.dumps(config))
+    converted("lora", "--model-dir", str(export / "base"), "--adapter-dir", str(rslora),
+              "--outfile", str(tmp_path / "rslora.gguf"))
+    proc, out = run_check(export, "lora", "base-f16.gguf", "--lora", str(tmp_path / "rslora.gguf"),
+                          out_name="rslora")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(out.read_text())["agreement"] == 1.0
