@@ -122,11 +122,13 @@ def build_peft_model(model_dir: str, experiment: dict, trust_remote_code: bool):
     """Base model (4-bit for QLoRA) wrapped with the experiment's adapter, on this rank's device."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
-    from workflow_scripts.models.loading import load_model
+    from workflow_scripts.models.loading import compute_dtype, load_model
 
     quantization = "4bit" if experiment["method"] == "qlora" else None
+    # the compute dtype, not the checkpoint's: bf16 where the GPU has it (the Trainer's bf16
+    # autocast), else fp32 (an fp16 checkpoint would train without a loss scaler)
     model = load_model(model_dir, trust_remote_code=trust_remote_code, quantization=quantization,
-                       device=rank_device())
+                       dtype=compute_dtype(), device=rank_device())
     if quantization:
         model = prepare_model_for_kbit_training(
             model,
