@@ -233,12 +233,14 @@ def test_final_loss_covers_the_last_step_of_a_short_run(qwen2_dir, data_dir, tmp
 
 def test_the_base_is_loaded_in_the_compute_dtype_not_the_checkpoints(qwen2_dir, monkeypatch):
     """On a GPU the checkpoint's own dtype could be fp16 (trained without a loss scaler) or
-    bf16 on a card without it: training loads the base in the compute dtype. Here a bf16
-    GPU's compute dtype stands in for the GPU; the checkpoint is fp32."""
+    bf16 on a card without it: training, and evaluation with it, load the base in the compute
+    dtype. Here a bf16 GPU's compute dtype stands in for the GPU; the checkpoint is fp32."""
+    from workflow_scripts.evaluation.generation import load_for_eval
     from workflow_scripts.models import loading
 
     monkeypatch.setattr(loading, "compute_dtype", lambda: torch.bfloat16)
     experiment = make_job(qwen2_dir)["experiment"]
     model = train_adapter.build_peft_model(str(qwen2_dir), experiment, False)
-    base = {p.dtype for n, p in model.named_parameters() if not p.requires_grad}
-    assert base == {torch.bfloat16}
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.bfloat16}
+    model, _ = load_for_eval(str(qwen2_dir), None, False, None)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}

@@ -158,10 +158,12 @@ def generate(model, tokenizer, prompts: list[list[dict]], settings: dict, seed: 
 
 def load_for_eval(model_dir: str, adapter_dir: str | None, trust_remote_code: bool,
                   quantization: str | None):
-    from workflow_scripts.models.loading import load_model, load_tokenizer
+    from workflow_scripts.models.loading import compute_dtype, load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
-    model = load_model(model_dir, trust_remote_code=trust_remote_code, quantization=quantization)
+    # the dtype training computes in (train_adapter.build_peft_model), not the checkpoint's
+    model = load_model(model_dir, trust_remote_code=trust_remote_code, quantization=quantization,
+                       dtype=compute_dtype())
     if adapter_dir:
         from peft import PeftModel
 
