@@ -68,3 +68,25 @@ def test_vllm_and_lora_gguf_exports_that_cannot_work_are_refused_before_training
                         {"targets": ["gguf", "merged"], "lora_gguf": False}) == []
     assert refusals_for({"base_model": "tiny", "dataset": "lccc", "lora": {"r": 16}},
                         {"targets": ["vllm", "gguf"]}) == []
+
+
+def test_the_dag_runs_each_export_once_per_target(tmp_path):
+    """A dry run of the smoke config with exports: the jobs each target needs, once."""
+    import re
+    import subprocess
+    import sys
+
+    from workflow_runner import REPO
+
+    config = with_export({"lccc-qlora": {"targets": ["merged", "gguf", "vllm"]},
+                          "rank-r2": {"targets": ["gguf"], "gguf_types": ["bf16"],
+                                      "lora_gguf": False}})
+    path = tmp_path / "export.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(path),
+                           "--quiet", "rules"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    counts = dict(re.findall(r"^(export_\w+)\s+(\d+)$", proc.stdout + proc.stderr, re.M))
+    assert counts == {"export_merged": "2", "export_gguf": "3", "export_base_gguf": "1",
+                      "export_lora_gguf": "1", "export_modelfile": "2", "export_check": "4",
+                      "export_vllm": "1", "export_table": "1"}

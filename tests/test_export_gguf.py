@@ -52,7 +52,8 @@ def test_the_scratch_tokenizer_is_qwen2s_pre_tokenizer(base):
 
 
 @needs_tools
-@pytest.mark.parametrize("outtype, tensor_type", [("f16", "F16"), ("q8_0", "Q8_0")])
+@pytest.mark.parametrize("outtype, tensor_type", [("f16", "F16"), ("bf16", "BF16"),
+                                                    ("q8_0", "Q8_0")])
 def test_the_scratch_model_converts_with_its_pre_tokenizer_declared(base, tmp_path, outtype,
                                                                     tensor_type):
     out = tmp_path / f"m-{outtype}.gguf"
