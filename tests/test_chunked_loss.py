@@ -176,27 +176,40 @@ def test_trainable_tokens_never_build_a_merged_copy_of_the_embedding(tied_dir, m
     assert merged == []  # neither the input embedding nor the head's calls built one
 
 
-@pytest.fixture(scope="module")
-def granite_dir(tmp_path_factory) -> Path:
-    """A tiny Granite: its forward divides the output layer's logits by `logits_scaling`."""
-    from transformers import AutoModelForCausalLM, GraniteConfig
+# Models whose forward rescales the output layer's logits, and the setting that does it.
+RESCALING = {"granite": {"logits_scaling": 8.0}, "hyperclovax": {"logits_scaling": 0.125},
+             "falcon_h1": {"lm_head_multiplier": 0.125, "mamba_d_ssm": 32, "mamba_n_heads": 4,
+                           "mamba_d_head": 8, "mamba_d_state": 8, "mamba_chunk_size": 16}}
 
-    path = tmp_path_factory.mktemp("granite")
+
+def save_rescaling_model(kind: str, path: Path) -> Path:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
     tokenizer = train_tokenizer(conversations(), vocab_size=300)
-    config = GraniteConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                           max_position_embeddings=128, logits_scaling=8.0)
+    config = AutoConfig.for_model(kind, vocab_size=len(tokenizer), hidden_size=32,
+                                  intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, max_position_embeddings=128,
+                                  **RESCALING[kind])
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
 
 
-@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
-def test_a_model_that_rescales_its_logits_takes_the_full_logits_path(granite_dir, packed, caplog):
+@pytest.fixture(scope="module")
+def granite_dir(tmp_path_factory) -> Path:
+    """A tiny Granite: its forward divides the output layer's logits by `logits_scaling`."""
+    return save_rescaling_model("granite", tmp_path_factory.mktemp("granite"))
+
+
+@pytest.mark.parametrize("kind,packed", [("granite", False), ("granite", True),
+                                         ("hyperclovax", False), ("falcon_h1", False)])
+def test_a_model_that_rescales_its_logits_takes_the_full_logits_path(kind, packed, granite_dir,
+                                                                     tmp_path, caplog):
     """Found by the probe on the first batch, not by the config's names: every loss is then
     the model's own, and the log says why."""
-    model, tokenizer = peft_model(granite_dir, "lora", [])
+    model_dir = granite_dir if kind == "granite" else save_rescaling_model(kind, tmp_path / kind)
+    model, tokenizer = peft_model(model_dir, "lora", [])
     inputs = batch(tokenizer, model, packed)
     labels = inputs.pop("labels")
     with caplog.at_level(logging.WARNING, logger=token_loss.__name__):
