@@ -146,6 +146,9 @@ rule render_report:
             "report/tracking_status",
             "report/family",
             "report/judge_section",
+            "report/search_section",
+            "search/study",
+            "search/pruning",
             "report/exports_section",
         ),
         tracking=lambda w: TRACKING_RECEIPTS,  # empty unless tracking is configured

@@ -13,7 +13,7 @@ from workflow_scripts.common.config import ConfigError, resolve_experiments, val
 from workflow_scripts.search.plan import plan_searches
 from workflow_scripts.search.pruning import stop_rules
 from workflow_scripts.search.study import ask_round, open_study, tell_round
-from workflow_runner import SMOKE_CONFIG
+from workflow_runner import REPO, SMOKE_CONFIG
 
 SEARCH = {"base": {"base_model": "tiny", "dataset": "alpaca_zh"},
           "space": {"training.learning_rate": {"low": 1.0e-4, "high": 1.0e-1, "log": True},
@@ -185,3 +185,55 @@ def test_a_trial_stops_when_its_loss_is_not_finite_or_above_the_threshold():
     last.on_evaluate(None, TrainerState(global_step=4, max_steps=4), control,
                      metrics={"eval_loss": 9.0})  # its last step: complete, not pruned
     assert not control.should_training_stop and last.stopped is None
+
+
+def test_the_report_section_shows_history_importance_and_the_best_against_base(tmp_path):
+    import pandas as pd
+
+    from workflow_scripts.common.io_utils import write_json
+    from workflow_scripts.report.search_section import search_sections
+
+    space = plans()["lr"].spec["space"]
+    trials = [{"name": f"lr-t{k}", "state": state, "value": value, "reason": reason,
+               "params": {"training.learning_rate": lr, "lora.r": r}, "curve": []}
+              for k, (state, value, reason, lr, r) in enumerate([
+                  ("failed", None, "validation loss is nan at step 2", 0.09, 2),
+                  ("complete", 3.0, None, 1e-3, 4), ("complete", 2.0, None, 1e-2, 8),
+                  ("pruned", 3.5, "above the median", 1e-4, 4), ("complete", 2.5, None, 3e-3, 2)])]
+    write_json(tmp_path / "results/search/lr/k/told-0.json", {"trials": trials[:3]})
+    write_json(tmp_path / "results/search/lr/k/told-1.json", {"trials": trials[3:]})
+    run = {"seed": 7, "searches": {"lr": {
+        "rounds": 2, "directory": "results/search/lr/k", "space": space, "pruner": "median",
+        "objective": {"metric": "eval_loss", "direction": "minimize"}}}}
+    comparison = pd.DataFrame([{"experiment": "lr-t2", "metric": "loss", "base": 4.0,
+                                "finetuned": 3.0, "difference": -1.0, "difference_low": -1.2,
+                                "difference_high": -0.8, "p_holm": 0.001, "verdict": "better"}])
+    [section] = search_sections(run, tmp_path / "results", comparison, tmp_path / "plots")
+    history, importance, best = section["tables"]
+    assert [row[1] for row in history.rows] == ["failed", "complete", "complete", "pruned", "complete"]
+    assert [row[3] for row in history.rows] == ["n/a", "3", "2", "2", "2"]  # best so far
+    assert history.rows[0][-1] == "validation loss is nan at step 2"
+    assert {row[0] for row in importance.rows} == {"training.learning_rate", "lora.r"}
+    assert best.title == "Best trial (lr-t2) against its base model"
+    assert best.rows == [["loss", "4", "3", "-1 [-1.2, -0.8]", "0.001", "better"]]
+    assert "1 pruned, 1 failed" in section["summary"]
+    assert (tmp_path / "plots/search-lr.png").stat().st_size > 1000
+
+
+def test_the_studio_lists_a_searchs_trials_together_with_their_settings(tmp_path):
+    from workflow_scripts.common.io_utils import write_json
+    from workflow_scripts.studio.catalog import Catalog
+
+    config = tmp_path / "config.yaml"
+    config.write_text((REPO / "tests/configs/search.yaml").read_text(encoding="utf-8"))
+    catalog = Catalog(config, tmp_path)
+    plan = catalog.experiments.plan_of("lr-rank-t0")
+    asked = {"name": "lr-rank-t1", "params": {"training.learning_rate": 0.02, "lora.r": 6}}
+    write_json(tmp_path / plan.round_file(0), {"trials": [asked | {"name": "lr-rank-t0"}, asked]})
+    write_json(tmp_path / "results/adapters/lr-rank-t1/train_metrics.json",
+               {"steps": 2, "stop": {"state": "pruned", "step": 2, "reason": "median"}})
+    rows = [r for r in catalog.rows() if r.get("search") == "lr-rank"]
+    assert [r["experiment"] for r in rows] == [f"lr-rank-t{k}" for k in range(6)]
+    t1 = rows[1]
+    assert (t1["learning_rate"], t1["r"], t1["trial_stop"]) == (0.02, 6, "pruned")
+    assert rows[2]["learning_rate"] == 1.0e-3  # not asked yet: the search's starting point

@@ -49,6 +49,9 @@ def test_a_search_runs_in_rounds_and_grows_by_exactly_the_new_trials(tmp_path):
         assert float(rows[trial["name"]]["learning_rate"]) == trial["params"]["training.learning_rate"]
         assert int(rows[trial["name"]]["r"]) == trial["params"]["lora.r"]
     assert wf.planned_jobs() == {}
+    report = (wf.workdir / "results/report/training_report.md").read_text(encoding="utf-8")
+    assert "### Search lr-rank" in report and "importance (fANOVA)" in report
+    assert (wf.workdir / "results/report/plots/search-lr-rank.png").is_file()
 
     wf.config.write_text(wf.config.read_text().replace("trials: 6", "trials: 8"))
     planned = wf.planned_jobs()

@@ -26,6 +26,7 @@ from workflow_scripts.report.formatting import Table, fmt
 from workflow_scripts.report.exports_section import exports_table
 from workflow_scripts.report.judge_section import judge_context, judge_frame
 from workflow_scripts.report.plots import draw_all
+from workflow_scripts.report.search_section import search_sections
 from workflow_scripts.report.studies import HYPERPARAMETERS, METHOD, RANK
 from workflow_scripts.report.summary import summary
 from workflow_scripts.report.tracking_status import tracking_rows
@@ -172,6 +173,8 @@ def render(run: dict, metrics_dir: Path, results: Path, templates: Path, out_dir
     draw_all(metrics_dir, out_dir / "plots")
     context = build_context(run, metrics_dir, results, plots(out_dir / "plots", captions),
                             tracking_receipts)
+    context["searches"] = search_sections(run, results, read_tsv(metrics_dir / "comparison.tsv"),
+                                          out_dir / "plots")
     write_json(out_dir / "summary.json", context["summary"])
     outputs = []
     for template, html in (("report.md.j2", False), ("report.html.j2", True)):

@@ -205,14 +205,16 @@ class TrialExperiments(Mapping):
     that waits for the round: rules/search.smk makes the jobs that read a trial's settings
     wait for its round)."""
 
-    def __init__(self, experiments: dict[str, dict], plans: dict[str, SearchPlan]):
+    def __init__(self, experiments: dict[str, dict], plans: dict[str, SearchPlan],
+                 root: Path = Path(".")):
         self._experiments = experiments
         self._plan_of = {t: plan for plan in plans.values() for t in plan.trials}
+        self._root = root  # the working directory the round files are under
 
     def __getitem__(self, name: str) -> dict:
         experiment = self._experiments[name]
         plan = self._plan_of.get(name)
-        entry = trial_params(plan, name) if plan else None
+        entry = trial_params(plan, name, self._root) if plan else None
         return apply_params(experiment, entry["params"]) if entry else experiment
 
     def __iter__(self):

@@ -16,6 +16,7 @@ import yaml
 
 from workflow_scripts.common.config import resolve_experiments, validate
 from workflow_scripts.models.loading import resolve_model_dir
+from workflow_scripts.search.plan import TrialExperiments, plan_searches
 from workflow_scripts.studio.errors import UnknownName
 from workflow_scripts.studio.files import modified_ago, read_json_cached, read_tail, read_tsv_cached
 from workflow_scripts.studio.progress import Progress, curves_from_trainer_log, read_progress
@@ -110,7 +111,10 @@ class Catalog:
             raw = yaml.safe_load(fh) or {}
         config = validate(raw, str(self.config_path))
         self.config = config
-        self.experiments: dict[str, dict] = resolve_experiments(config, str(self.config_path))
+        experiments = resolve_experiments(config, str(self.config_path))
+        # search trials with the settings their rounds gave them, listed together
+        self.experiments = TrialExperiments(experiments, plan_searches(config, experiments),
+                                            self.workdir)
         self.base_models: dict[str, dict] = dict(config["base_models"])
         self.datasets: dict[str, dict] = dict(config["datasets"])
         self._paths: dict[str, ExperimentPaths] = {}
@@ -196,7 +200,7 @@ class Catalog:
         status = self.status(name, progress, now, trained=bool(train), evaluated=bool(metrics))
         live = progress.summary(now, with_curve=False) if progress else {}
         return {
-            "experiment": name, "status": status,
+            "experiment": name, "status": status, **self._search_fields(name, train),
             "base_model": exp["base_model"], "dataset": exp["dataset"], "method": exp["method"],
             "r": exp["lora"].get("r"), "alpha": exp["lora"].get("alpha"),
             "learning_rate": training.get("learning_rate"),
@@ -214,6 +218,13 @@ class Catalog:
             "metrics": {m: metric_value(metrics, m) for m in TEXT_METRICS},
             "intervals": self._intervals(name, metrics),
         }
+
+    def _search_fields(self, name: str, train: dict) -> dict:
+        """A search trial's search, and whether it was pruned or diverged (else None)."""
+        plan = self.experiments.plan_of(name)
+        if plan is None:
+            return {}
+        return {"search": plan.name, "trial_stop": (train.get("stop") or {}).get("state")}
 
     def _intervals(self, name: str, metrics: dict) -> dict[str, list[float]]:
         """95% intervals of the test loss and text metrics: from metrics.json if it has
