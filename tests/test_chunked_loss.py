@@ -25,14 +25,15 @@ from workflow_scripts.training.train_adapter import build_peft_model, padding_co
 TOKENS = ["<|im_start|>", "<|im_end|>"]
 
 
-def save_tied_model(path: Path) -> Path:
-    """A tiny Qwen2 whose output layer is its input embedding (as Qwen2-0.5B's)."""
-    from transformers import AutoModelForCausalLM, Qwen2Config
+def save_tiny_model(kind: str, path: Path, **settings) -> Path:
+    """A tiny random model of `kind` (a transformers model type) with `settings`, and its
+    tokenizer, saved to `path`."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     tokenizer = train_tokenizer(conversations(), vocab_size=300)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=128, tie_word_embeddings=True)
+    config = AutoConfig.for_model(kind, vocab_size=len(tokenizer), hidden_size=32,
+                                  intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                  num_key_value_heads=2, max_position_embeddings=128, **settings)
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -41,7 +42,8 @@ def save_tied_model(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tied_dir(tmp_path_factory) -> Path:
-    return save_tied_model(tmp_path_factory.mktemp("tied"))
+    """A tiny Qwen2 whose output layer is its input embedding (as Qwen2-0.5B's)."""
+    return save_tiny_model("qwen2", tmp_path_factory.mktemp("tied"), tie_word_embeddings=True)
 
 
 @pytest.fixture(autouse=True)
@@ -182,24 +184,10 @@ RESCALING = {"granite": {"logits_scaling": 8.0}, "hyperclovax": {"logits_scaling
                            "mamba_d_head": 8, "mamba_d_state": 8, "mamba_chunk_size": 16}}
 
 
-def save_rescaling_model(kind: str, path: Path) -> Path:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    tokenizer = train_tokenizer(conversations(), vocab_size=300)
-    config = AutoConfig.for_model(kind, vocab_size=len(tokenizer), hidden_size=32,
-                                  intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                  num_key_value_heads=2, max_position_embeddings=128,
-                                  **RESCALING[kind])
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def granite_dir(tmp_path_factory) -> Path:
     """A tiny Granite: its forward divides the output layer's logits by `logits_scaling`."""
-    return save_rescaling_model("granite", tmp_path_factory.mktemp("granite"))
+    return save_tiny_model("granite", tmp_path_factory.mktemp("granite"), **RESCALING["granite"])
 
 
 @pytest.mark.parametrize("kind,packed", [("granite", False), ("granite", True),
@@ -208,7 +196,8 @@ def test_a_model_that_rescales_its_logits_takes_the_full_logits_path(kind, packe
                                                                      tmp_path, caplog):
     """Found by the probe on the first batch, not by the config's names: every loss is then
     the model's own, and the log says why."""
-    model_dir = granite_dir if kind == "granite" else save_rescaling_model(kind, tmp_path / kind)
+    model_dir = (granite_dir if kind == "granite"
+                 else save_tiny_model(kind, tmp_path / kind, **RESCALING[kind]))
     model, tokenizer = peft_model(model_dir, "lora", [])
     inputs = batch(tokenizer, model, packed)
     labels = inputs.pop("labels")
