@@ -242,6 +242,18 @@ def test_the_probe_passes_a_cast_and_fails_a_small_rescaling(tied_dir):
     assert not token_loss.probe_agrees(AfterHead(model, lambda out: out[..., 1:]), inputs)
 
 
+def test_the_probe_takes_the_first_real_tokens_of_the_first_row():
+    ids = torch.tensor([[0, 0, 5, 6, 7], [1, 2, 3, 4, 5]])  # left padding
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    probe = token_loss.probe_inputs({"input_ids": ids, "attention_mask": mask}, 2)
+    assert probe["input_ids"].tolist() == [[5, 6]] and probe["attention_mask"].tolist() == [[1, 1]]
+    packed = {"input_ids": ids, "position_ids": torch.tensor([[0, 1, 0, 1, 2]] * 2),
+              "attention_mask": torch.ones(2, 1, 5, 5, dtype=torch.bool).tril()}
+    probe = token_loss.probe_inputs(packed, 3)
+    assert probe["input_ids"].tolist() == [[0, 0, 5]] and probe["position_ids"].tolist() == [[0, 1, 0]]
+    assert probe["attention_mask"].shape == (1, 1, 3, 3)
+
+
 def test_sequence_loss_sums_is_the_reference():
     logits = torch.randn(2, 5, 11)
     labels = torch.tensor([[IGNORE_INDEX, 3, 4, IGNORE_INDEX, 1], [IGNORE_INDEX] * 4 + [2]])

@@ -164,13 +164,12 @@ def probe_agrees(model, inputs: dict) -> bool:
         logger.warning("chunked loss off: the model turns its output layer's %s into logits of "
                        "%s; the loss uses full logits", tuple(chunked.shape), tuple(logits.shape))
         return False
-    chunked, logits = chunked[0].float(), logits[0].float().to(chunked.device)
-    mask = probe.get("attention_mask")
-    if mask is not None and mask.dim() == 2:  # padded positions take no loss
-        keep = mask[0].bool().to(chunked.device)
-        chunked, logits = chunked[keep], logits[keep]
-    gap = (logits - chunked).abs().max().item() if chunked.numel() else 0.0
-    scale = chunked.abs().max().item() if chunked.numel() else 0.0
+    if not chunked.numel():
+        logger.warning("chunked loss off: the first batch's first row has no token to probe; "
+                       "the loss uses full logits")
+        return False
+    gap = (logits.float().to(chunked.device) - chunked.float()).abs().max().item()
+    scale = chunked.float().abs().max().item()
     if not gap <= PROBE_TOLERANCE * max(scale, 1e-6):  # NaN counts as a difference
         logger.warning("chunked loss off: the model's logits differ from its output layer's "
                        "(largest difference %.3g, largest output %.3g: it rescales or caps them "
@@ -180,17 +179,26 @@ def probe_agrees(model, inputs: dict) -> bool:
 
 
 def probe_inputs(inputs: dict, positions: int) -> dict:
-    """`inputs` cut to their first row and first `positions` positions (every dimension after
-    the batch that is as long as the sequence: ids, masks, 4D packed masks, position ids)."""
+    """`inputs` cut to their first row and its first `positions` positions (every dimension
+    after the batch that is as long as the sequence: ids, masks, 4D packed masks, position
+    ids); with a padding mask, its first real tokens, wherever the padding side put them."""
+    import torch
+
     length = inputs["input_ids"].shape[1]
-    keep = min(positions, length)
+    mask = inputs.get("attention_mask")
+    if mask is not None and mask.dim() == 2:
+        where = mask[0].nonzero()[:positions, 0]
+    else:
+        where = torch.arange(min(positions, length), device=inputs["input_ids"].device)
 
     def cut(value):
         if not hasattr(value, "dim") or value.dim() == 0:
             return value
-        index = (slice(0, 1), *(slice(0, keep) if size == length else slice(None)
-                                for size in value.shape[1:]))
-        return value[index]
+        value = value[:1]
+        for dim, size in enumerate(value.shape[1:], start=1):
+            if size == length:
+                value = value.index_select(dim, where.to(value.device))
+        return value
 
     return {key: cut(value) for key, value in inputs.items()}
 
