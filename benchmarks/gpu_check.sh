@@ -11,15 +11,23 @@
 #   4. benchmarks/bench_scale.py --section memory key: the loss's peak memory with a 151,936-row
 #      vocabulary, full logits against the chunked loss, in CUDA bytes (max_memory_allocated
 #      and max_memory_reserved; evaluation 16 x 1024, training 4 x 1024), and the checkpoint
-#      key's first and second start on a 2 GB model directory.
-# Without a GPU, parts 1 and 3 are skipped (the tests report "skipped") and it still ends with
+#      key's first and second start on a 2 GB model directory;
+#   5. benchmarks/studio_gpu_check.py: the studio started on the GPU (its own command line,
+#      a real uvicorn on a free localhost port; a random bf16 Qwen2 with two fp32 LoRA
+#      adapters) and 24 concurrent greedy and sampled, plain and streamed chats to both
+#      adapters and the base through the `openai` client: every request must get an answer;
+#      studio.json also says how many greedy answers equal the request asked alone.
+#      Without a GPU it is skipped; `python benchmarks/studio_gpu_check.py --device cpu`
+#      runs the same check on the CPU (tests/test_studio_engine.py runs it so).
+# Without a GPU, parts 1, 3, 4 and 5 are skipped (the tests report "skipped") and it still ends with
 # status 0 (tests/test_benchmarks.py checks that). Target: under 8 minutes on one H100.
 # Put bench.log's tables, the GPU's name and the date in docs/benchmarks.md.
 #
-#   bash benchmarks/gpu_check.sh [tests|slots|bench|scale|all]     # default: all
+#   bash benchmarks/gpu_check.sh [tests|slots|bench|scale|studio|all]     # default: all
 #
 # Logs go to $OUT if set (the device machine's folder that comes back), else to
-# benchmarks/out/gpu_check/: environment.txt, tests.log, slots.log, bench.log, scale.log.
+# benchmarks/out/gpu_check/: environment.txt, tests.log, slots.log, bench.log, scale.log,
+# studio.log, studio.json.
 #
 # Carrying what the machine lacks. Its python3 (3.12) has torch, transformers, peft,
 # accelerate, pandas, jinja2, matplotlib, sacrebleu, tensorboard, pyyaml, but not
@@ -33,6 +41,14 @@
 #     bitsandbytes==0.50.2 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 \
 #     jsonschema==4.26.0 jsonschema-specifications==2025.9.1 referencing==0.37.0 \
 #     rpds-py==2026.9.1 trl==1.16.0
+#
+# and, for part 5 (the studio and the `openai` client, if its python3 lacks them), the same
+# command with: fastapi==0.163.2 starlette==1.10.0 uvicorn==0.54.0 h11==0.16.0 click==8.5.1
+#     annotated-doc==0.0.7 opentelemetry-api==1.45.2 importlib_metadata==9.1.0 zipp==4.1.2
+#     pydantic==2.14.3 pydantic_core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5
+#     typing_extensions==4.16.0 anyio==4.16.0 sniffio==1.3.1 idna==3.20 openai==3.51.0
+#     jiter==0.19.0 httpx2==2.16.2 httpcore2==2.16.2 truststore==0.10.5 certifi==2026.10.18
+#     tqdm==4.70.1   (part 5 says which module is missing otherwise, and fails)
 #
 # Measured 2026-11-27: 43.4 MiB of wheels (bitsandbytes alone 41.1 MiB) plus a 1.9 MiB
 # working tree, so one call carries everything (limit 64 MiB): run with `carry: [".whl"]`
@@ -113,6 +129,14 @@ if [[ $PARTS == all || $PARTS == scale ]]; then
     echo "== scale: skipped (no CUDA GPU; on a CPU run benchmarks/bench_scale.py itself)"
   else
     run_part scale "$PY" benchmarks/bench_scale.py --section memory key --json "$LOGS/scale.json"
+  fi
+fi
+
+if [[ $PARTS == all || $PARTS == studio ]]; then
+  if [ "$HAS_CUDA" != 1 ]; then
+    echo "== studio: skipped (no CUDA GPU; on a CPU run benchmarks/studio_gpu_check.py --device cpu)"
+  else
+    run_part studio "$PY" benchmarks/studio_gpu_check.py --device cuda --json "$LOGS/studio.json"
   fi
 fi
 

@@ -241,7 +241,7 @@ def test_a_disconnect_mid_stream_frees_its_batch_row(tmp_path):
         while http.get("/api/chat/load").json()["bases"]["rand"]["running"] and time.monotonic() < deadline:
             time.sleep(0.05)
         assert http.get("/api/chat/load").json()["bases"]["rand"] == {
-            "running": 0, "waiting": 0, "max_rows": 16, "queue_depth": 32}
+            "running": 0, "waiting": 0, "max_rows": 16, "queue_depth": 32, "device": "cpu"}
         assert engine.outcomes == {"length": 1, "cancelled": 1} and len(row.tokens) == 4
 
 

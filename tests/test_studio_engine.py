@@ -211,3 +211,20 @@ def test_sampling_follows_temperature_and_top_p():
     assert counts[2] == 0 and torch.allclose(counts[:2], torch.tensor([2 / 3, 1 / 3]), atol=0.025)
     greedy_rows = [sampling_row(), sampling_row(1e-4, None, seed=0)]  # a tiny temperature: argmax
     assert next_tokens(logits.expand(2, 3), greedy_rows).tolist() == [0, 0]
+
+
+def test_the_gpu_check_of_the_studio_runs_on_the_cpu(tmp_path):
+    """benchmarks/studio_gpu_check.py, which gpu_check.sh runs on a GPU, in its CPU mode:
+    the studio's own command line, concurrent greedy and sampled chats to two adapters."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "benchmarks/studio_gpu_check.py", "--device", "cpu",
+                           "--requests", "8", "--max-tokens", "8", "--json", str(tmp_path / "s.json")],
+                          cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["answered"] == 8 and summary["errors"] == [] and summary["model_device"] == "cpu"
+    assert summary["greedy_equal_alone"] == "4/4" and summary["seed_equal_alone"]

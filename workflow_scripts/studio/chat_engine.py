@@ -325,13 +325,15 @@ class ModelPool:
         threading.Thread(target=work, name=f"generate-{chat.target.model_id}", daemon=True).start()
 
     def load(self) -> dict[str, dict]:
-        """Per loaded base: rows running in its batch and requests waiting."""
+        """Per loaded base: rows running in its batch, requests waiting, and its device."""
         out = {}
+        for key, base in list(self.loaded.items()):
+            out[f"{key[0]} (4-bit)" if key[1] else key[0]] = {"device": str(base.model.device)}
         for (name, quantized), engine in list(self.engines.items()):
-            out[f"{name} (4-bit)" if quantized else name] = engine.load()
+            out.setdefault(f"{name} (4-bit)" if quantized else name, {}).update(engine.load())
         for (name, quantized), count in list(self._serial_count.items()):
-            out.setdefault(f"{name} (4-bit)" if quantized else name, {"running": min(count, 1),
-                                                                      "waiting": max(count - 1, 0)})
+            out.setdefault(f"{name} (4-bit)" if quantized else name, {}).update(
+                {"running": min(count, 1), "waiting": max(count - 1, 0)})
         return out
 
     def generate(self, chat: PreparedChat, cancel: threading.Event,

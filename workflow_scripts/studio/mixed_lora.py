@@ -80,12 +80,13 @@ class _Plan:
         for site in mixer.token_sites:
             if site.lookup is None and site.columns is None:
                 continue
+            rows = self.rows.to(site.weight.device)  # a model spread over devices
             if site.embedding:
-                self.tokens[id(site)] = (site.lookup.index_select(0, self.rows).unsqueeze(1),)
+                self.tokens[id(site)] = (site.lookup.index_select(0, rows).unsqueeze(1),)
             else:
-                self.tokens[id(site)] = (site.columns.index_select(0, self.rows),
-                                         site.rows_t.index_select(0, self.rows),
-                                         site.valid.index_select(0, self.rows))
+                self.tokens[id(site)] = (site.columns.index_select(0, rows),
+                                         site.rows_t.index_select(0, rows),
+                                         site.valid.index_select(0, rows))
 
 
 class MixedAdapters:
