@@ -111,3 +111,27 @@ def test_two_gpus_train_through_local_launch_with_nccl(qwen2_dir, data_dir, tmp_
     metrics = json.loads((tmp_path / "adapter" / "train_metrics.json").read_text())
     assert metrics["device"] == "cuda" and metrics["steps"] == 2
     assert changed_lora_b(adapter_weights(tmp_path / "adapter"))
+
+
+def test_the_chunked_loss_stays_on_and_exact_in_bf16_on_the_gpu(tmp_path):
+    """The probe passes a bf16 model with LoRA and trainable tokens on a tied head (nothing
+    rescales its logits: the loss stays chunked), and the chunked loss and gradients equal
+    the full-logits ones to bf16 precision, under the Trainer's bf16 autocast."""
+    from test_chunked_loss import TOKENS, batch, peft_model, save_tiny_model
+
+    from workflow_scripts.training import token_loss
+
+    model_dir = save_tiny_model("qwen2", tmp_path / "tied", tie_word_embeddings=True)
+    model, tokenizer = peft_model(model_dir, "lora", TOKENS)
+    assert model.device.type == "cuda"
+    inputs = {k: v.to("cuda") for k, v in batch(tokenizer, model, packed=False).items()}
+    labels = inputs.pop("labels")
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        assert token_loss.chunked_loss_applies(model, inputs)
+        chunked = token_loss.training_loss(model, inputs, labels)
+        full = model(**inputs, labels=labels).loss
+    assert chunked.item() == pytest.approx(full.item(), rel=1e-2)
+    for a, b in zip(torch.autograd.grad(chunked, trainable), torch.autograd.grad(full, trainable)):
+        assert (a.float() - b.float()).norm() <= 5e-2 * b.float().norm() + 1e-6
