@@ -43,7 +43,7 @@ rule search_tell:
         key="[0-9a-f]{10}",
         round=r"\d+",
     params:
-        cfg=lambda w: canonical_json(SEARCHES[w.search].ask_job(int(w.round))),
+        cfg=lambda w: canonical_json(SEARCHES[w.search].tell_job(int(w.round))),
     localrule: True
     conda:
         "../envs/workflow.yaml"

@@ -43,11 +43,18 @@ def result(trial: dict, state: str = "complete", value: float | None = None) -> 
             "reason": None, "curve": [[2, value + 1], [4, value]]}
 
 
+def told_job(tmp_path, round_: int, search: dict = SEARCH) -> dict:
+    return plans(search)["lr"].tell_job(round_) | {"storage": f"sqlite:///{tmp_path}/study.db"}
+
+
 def run_search(tmp_path, search: dict = SEARCH) -> list[dict]:
+    """Every round asked and told; the trials trained (those up to `trials`) back."""
     asked = []
     for round_ in range(plans(search)["lr"].rounds):
         trials = ask_round(job(tmp_path, round_, search))
-        tell_round(job(tmp_path, round_, search), [result(t) for t in trials])
+        tell = told_job(tmp_path, round_, search)
+        trials = [t for t in trials if t["name"] in tell["trials"]]
+        tell_round(tell, [result(t) for t in trials])
         asked += trials
     return asked
 
@@ -113,6 +120,27 @@ def test_a_round_told_twice_counts_each_trial_once_and_the_next_round_follows(tm
     nxt = ask_round(job(tmp_path, 1))
     assert [t["number"] for t in nxt] == [2, 3]
     assert len(open_study(job(tmp_path, 1)).trials) == 4
+
+
+def test_raising_trials_into_a_partly_filled_round_asks_and_trains_only_the_new_trial(tmp_path):
+    seven, eight = SEARCH | {"trials": 7}, SEARCH | {"trials": 8}
+    first = run_search(tmp_path / "a", seven)
+    assert [t["name"] for t in first] == [f"lr-t{k}" for k in range(7)]
+    # the last round's ask job, and so its round file, is the same for 7 and 8 trials:
+    # Snakemake asks nothing again and trains nothing again for lr-t6
+    assert plans(seven)["lr"].ask_job(3) == plans(eight)["lr"].ask_job(3)
+    asked_before = ask_round(job(tmp_path / "a", 3, seven))
+    assert [t["name"] for t in asked_before] == ["lr-t6", "lr-t7"]
+    assert ask_round(job(tmp_path / "a", 3, eight)) == asked_before
+    # only the new trial is told; lr-t6's result stays as it was
+    assert plans(seven)["lr"].tell_job(3)["trials"] == ["lr-t6"]
+    assert plans(eight)["lr"].tell_job(3)["trials"] == ["lr-t6", "lr-t7"]
+    t6_before = tell_round(told_job(tmp_path / "a", 3, seven), [result(asked_before[0])])
+    told = tell_round(told_job(tmp_path / "a", 3, eight), [result(t) for t in asked_before])
+    assert told[0] == t6_before[0] and told[1]["state"] == "complete"
+    # and the 8 trials have the settings a search of 8 from the start gives them
+    assert [t["params"] for t in run_search(tmp_path / "b", eight)] == \
+        [t["params"] for t in first + asked_before[1:]]
 
 
 def test_a_round_before_the_last_is_told_first(tmp_path):

@@ -72,8 +72,16 @@ class SearchPlan:
         return self.trials.index(trial) // self.spec["parallel"]
 
     def round_trials(self, round_: int) -> list[str]:
+        """The round's trials that train: its members up to `trials`."""
+        trained = set(self.trials)
+        return [name for name in self.round_members(round_) if name in trained]
+
+    def round_members(self, round_: int) -> list[str]:
+        """Every trial the round asks for: `parallel` of them, even where `trials` ends
+        inside the round, so that raising `trials` leaves the round file as it is and trains
+        only the new trials, with the settings a run with the higher count would give them."""
         size = self.spec["parallel"]
-        return self.trials[round_ * size:(round_ + 1) * size]
+        return [f"{self.name}-t{k}" for k in range(round_ * size, (round_ + 1) * size)]
 
     def round_file(self, round_: int) -> str:
         return f"{self.directory}/round-{round_}.json"
@@ -82,13 +90,18 @@ class SearchPlan:
         return f"{self.directory}/told-{round_}.json"
 
     def ask_job(self, round_: int) -> dict:
-        """Everything `search.ask` and `search.tell` need for one round (the job's params)."""
+        """Everything `search.ask` needs for one round (the job's params): independent of
+        `trials`, so raising it does not ask a round again."""
         return {"search": self.name, "key": self.key, "study": f"{self.name}-{self.key}",
                 "storage": self.storage, "round": round_, "seed": self.seed,
-                "trials": self.round_trials(round_),
+                "trials": self.round_members(round_),
                 "first_trial": round_ * self.spec["parallel"],
                 **{k: self.spec[k] for k in ("space", "objective", "sampler", "pruner",
                                              "enqueue")}}
+
+    def tell_job(self, round_: int) -> dict:
+        """What `search.tell` needs for one round: the ask job, with the trials that train."""
+        return self.ask_job(round_) | {"trials": self.round_trials(round_)}
 
 
 def with_defaults(spec: dict) -> dict:
