@@ -39,8 +39,12 @@ rule collect_metrics:
         ],
         stats=expand("results/data/{d}/stats.json", d=CFG["datasets"]),
         judgments=JUDGMENTS,  # empty unless a judge is configured
+        searches=SEARCH_TARGETS,  # each search's told rounds: its best trial (search.smk)
         code=code(
             "report/collect_metrics",
+            "report/search_grid",
+            "report/search_section",
+            "search/tell",
             "report/general_tables",
             "evaluation/bootstrap",
             "evaluation/text_metrics",
@@ -103,6 +107,7 @@ rule collect_metrics:
             caption="../reports/captions/benchmarks.rst",
             category="Tables",
         ),
+        search_vs_grid="results/metrics/search_vs_grid.tsv",
         manifest="results/metrics/experiments.json",
     localrule: True
     conda:

@@ -265,3 +265,62 @@ def test_the_studio_lists_a_searchs_trials_together_with_their_settings(tmp_path
     t1 = rows[1]
     assert (t1["learning_rate"], t1["r"], t1["trial_stop"]) == (0.02, 6, "pruned")
     assert rows[2]["learning_rate"] == 1.0e-3  # not asked yet: the search's starting point
+
+
+def write_experiment(results, name: str, eval_loss: float, record_losses: list[float]) -> None:
+    """A trained and evaluated experiment: its validation loss and per-record test losses."""
+    from workflow_scripts.common.io_utils import write_json, write_jsonl
+
+    write_json(results / "adapters" / name / "train_metrics.json", {"eval_loss": eval_loss})
+    write_jsonl(results / "adapters" / name / "trainer_log.jsonl", [{"step": 4, "eval_loss": eval_loss}])
+    write_json(results / "eval" / name / "metrics.json",
+               {"loss": sum(record_losses) / (10 * len(record_losses))})
+    write_jsonl(results / "eval" / name / "record_losses.jsonl",
+                [{"id": str(i), "loss_sum": x, "n_tokens": 10} for i, x in enumerate(record_losses)])
+
+
+def test_the_best_trial_is_paired_with_each_sweeps_best_point_on_its_dataset(tmp_path):
+    import pandas as pd
+
+    from workflow_scripts.common.io_utils import write_json
+    from workflow_scripts.report import family
+    from workflow_scripts.report.collect_metrics import (SEARCH_GRID_COLUMNS, Evaluations,
+                                                         search_grid_rows)
+    from workflow_scripts.report.search_section import search_sections
+
+    results = tmp_path / "results"
+    alpaca, lccc = ({"dataset": d, "base_model": "tiny"} for d in ("alpaca_zh", "lccc"))
+    run = {"seed": 7, "experiments": {"lr-t0": alpaca, "lr-t1": alpaca, "rank-r4": alpaca,
+                                      "rank-r8": alpaca, "chat-r4": lccc},
+           "sweeps": {"rank": {"grid": {"lora.r": [4, 8]}}, "chat": {"grid": {"lora.r": [4]}}},
+           "searches": {"lr": {"rounds": 1, "directory": "results/search/lr/k",
+                               "objective": {"metric": "eval_loss", "direction": "minimize"},
+                               "space": plans()["lr"].spec["space"], "pruner": "median"}}}
+    write_json(results / "search/lr/k/told-0.json", {"trials": [
+        {"name": f"lr-t{k}", "state": "complete", "value": v, "reason": None, "curve": [],
+         "params": {"training.learning_rate": lr, "lora.r": 4}}
+        for k, (v, lr) in enumerate([(2.0, 1e-3), (1.5, 1e-2)])]})
+    ids = range(60)
+    write_experiment(results, "lr-t0", 2.0, [30.0 + i % 7 for i in ids])
+    write_experiment(results, "lr-t1", 1.5, [20.0 + i % 5 for i in ids])
+    # the sweep's best point by validation loss is r8, though r4 scores better on the test
+    write_experiment(results, "rank-r4", 1.8, [21.0 + i % 5 for i in ids])
+    write_experiment(results, "rank-r8", 1.6, [25.0 + i % 3 for i in ids])
+    write_experiment(results, "chat-r4", 0.1, [1.0 for i in ids])  # another dataset
+
+    rows = search_grid_rows(run, results, Evaluations(tmp_path, 7, 200))
+    assert [(r["search"], r["experiment"], r["sweep"], r["grid_experiment"], r["metric"])
+            for r in rows] == [("lr", "lr-t1", "rank", "rank-r8", "loss")]
+    assert rows[0]["trial"] < rows[0]["grid"] and rows[0]["difference_high"] < 0
+    assert rows[0]["verdict"] == "better" and rows[0]["n_paired"] == 60
+    # one family with the other comparisons: Holm adjusts over both tables
+    other = pd.DataFrame([{"p_value": 0.01, "verdict": "better"}] * 3)
+    tested = family.control({"comparison": other,
+                             "search_vs_grid": pd.DataFrame(rows, columns=SEARCH_GRID_COLUMNS)})
+    assert tested["search_vs_grid"]["p_holm"][0] == pytest.approx(
+        min(1.0, 4 * rows[0]["p_value"]))
+    [section] = search_sections(run, results, pd.DataFrame(), tmp_path / "plots",
+                                tested["search_vs_grid"])
+    grid = section["tables"][-1]
+    assert grid.title == "Best trial (lr-t1) against the best point of each sweep on its dataset"
+    assert [row[:3] for row in grid.rows] == [["rank", "rank-r8", "loss"]]

@@ -23,6 +23,7 @@ from workflow_scripts.evaluation.metric_intervals import (EvalRun, change_pct, i
 from workflow_scripts.report import family
 from workflow_scripts.report.judge_table import judge_tables
 from workflow_scripts.report.general_tables import general_tables
+from workflow_scripts.report.search_grid import search_grid_pairs
 from workflow_scripts.report.studies import study_rows
 
 EVAL_METRICS = ("loss", "perplexity", "bleu4", "rouge1", "rouge2", "rougeL", "sacrebleu",
@@ -47,6 +48,10 @@ PAIRED_COLUMNS = ["experiment", "base_model", "dataset", "base_eval", "metric", 
 # quantization.tsv: the same comparison, the unquantized base against its 4-bit self
 QUANTIZATION_COLUMNS = [{"base_eval": "unquantized_eval", "base": "unquantized",
                          "finetuned": "quantized"}.get(c, c) for c in PAIRED_COLUMNS]
+# search_vs_grid.tsv: a search's best trial ("trial") against a sweep's best point ("grid")
+SEARCH_GRID_COLUMNS = ["search", "sweep", "grid_experiment", *[
+    {"base": "grid", "finetuned": "trial"}.get(c, c) for c in PAIRED_COLUMNS
+    if c != "base_eval"]]
 RANKING_COLUMNS = ["dataset", "base_model", "position", "experiment", "test_loss",
                    "test_loss_low", "test_loss_high", "difference", "difference_low",
                    "difference_high", "n_paired", "verdict", "p_value", "p_holm"]
@@ -195,6 +200,20 @@ def ranking_rows(experiments: pd.DataFrame, results: Path, evals: Evaluations) -
     return rows
 
 
+def search_grid_rows(run: dict, results: Path, evals: Evaluations) -> list[dict]:
+    """Each search's best trial against the best point of each sweep on its dataset and base
+    model (report/search_grid.py), metric by metric, paired over the same test items."""
+    rows = []
+    for pair in search_grid_pairs(run, results):
+        trial, point = (evals.get(Path(results.name) / "eval" / pair[k])
+                        for k in ("experiment", "grid_experiment"))
+        config = run["experiments"][pair["experiment"]]
+        for metric in (m for m in EVAL_METRICS if reported(m, point, trial)):
+            row = paired_row(pair["experiment"], config, metric, point, trial, evals)
+            rows.append({**pair, "grid": row.pop("base"), "trial": row.pop("finetuned"), **row})
+    return rows
+
+
 def training_log(experiments: dict[str, dict], results: Path) -> pd.DataFrame:
     frames = []
     for name in experiments:
@@ -275,6 +294,8 @@ def collect(run: dict, results: Path, out_dir: Path,
                                      columns=QUANTIZATION_COLUMNS),
         "ranking": pd.DataFrame(ranking_rows(experiments, results, evals),
                                 columns=RANKING_COLUMNS),
+        "search_vs_grid": pd.DataFrame(search_grid_rows(run, results, evals),
+                                       columns=SEARCH_GRID_COLUMNS),
         **general_tables(configs, results, evals.seed, resamples),  # forgetting, benchmarks
         **judge_tables(run, results, evals.seed, resamples)})  # judge.tsv, when judging
     for name, table in tested.items():

@@ -112,10 +112,11 @@ def tables(metrics_dir: Path) -> dict[str, pd.DataFrame]:
 
 def family_others(metrics_dir: Path) -> dict[str, pd.DataFrame]:
     """The tables of the run's one family of comparisons beyond comparison, ranking and
-    quantization: general text and benchmarks, and the judge's when there is one."""
+    quantization: general text, benchmarks, searches against sweeps, and the judge's when
+    there is one."""
     judge = judge_frame(metrics_dir)
     return {name: read_tsv(metrics_dir / f"{name}.tsv")
-            for name in ("general_text", "benchmarks")} | (
+            for name in ("general_text", "benchmarks", "search_vs_grid")} | (
         {"judge": judge} if judge is not None else {})
 
 
@@ -174,7 +175,8 @@ def render(run: dict, metrics_dir: Path, results: Path, templates: Path, out_dir
     context = build_context(run, metrics_dir, results, plots(out_dir / "plots", captions),
                             tracking_receipts)
     context["searches"] = search_sections(run, results, read_tsv(metrics_dir / "comparison.tsv"),
-                                          out_dir / "plots")
+                                          out_dir / "plots",
+                                          read_tsv(metrics_dir / "search_vs_grid.tsv"))
     write_json(out_dir / "summary.json", context["summary"])
     outputs = []
     for template, html in (("report.md.j2", False), ("report.html.j2", True)):

@@ -1,7 +1,8 @@
 """The report's search section: for each search, its trials in order with the best so far,
 each parameter's importance (Optuna's fANOVA over the complete trials), the objective
-against each parameter, and the best trial against its base model (the paired differences
-of comparison.tsv, in the run's Holm family)."""
+against each parameter, and the best trial against its base model and against the best point
+of each sweep on its dataset (the paired differences of comparison.tsv and search_vs_grid.tsv,
+in the run's Holm family)."""
 from __future__ import annotations
 
 import base64
@@ -79,6 +80,22 @@ def best_against_base(trials: list[dict], comparison: pd.DataFrame) -> Table:
                   "verdict"], rows, f"Best trial ({best}) against its base model")
 
 
+def best_against_grid(name: str, grid: pd.DataFrame) -> list[Table]:
+    """The best trial against the best point of each sweep on its dataset and base model
+    (search_vs_grid.tsv); no table where there is none."""
+    rows = grid[grid["search"] == name].to_dict("records") if "search" in grid else []
+    if not rows:
+        return []
+    best = rows[0]["experiment"]
+    return [Table(["sweep", "its best point", "metric", "point", best,
+                   "difference [95% paired interval]", "p (Holm)", "verdict"],
+                  [[r["sweep"], r["grid_experiment"], r["metric"], fmt(r["grid"]),
+                    fmt(r["trial"]), f"{fmt(r['difference'])} [{fmt(r['difference_low'])}, "
+                                     f"{fmt(r['difference_high'])}]",
+                    fmt(r.get("p_holm")), r["verdict"]] for r in rows],
+                  f"Best trial ({best}) against the best point of each sweep on its dataset")]
+
+
 def draw(trials: list[dict], search: dict, path: Path) -> None:
     """One figure: the history with the best so far, then the objective against each
     parameter (log axes for log-scale ranges)."""
@@ -117,9 +134,11 @@ def draw(trials: list[dict], search: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def search_sections(run: dict, results: Path, comparison: pd.DataFrame, plot_dir: Path
-                    ) -> list[dict]:
-    """One section per search of the config snapshot (results/metrics/config.json)."""
+def search_sections(run: dict, results: Path, comparison: pd.DataFrame, plot_dir: Path,
+                    grid: pd.DataFrame | None = None) -> list[dict]:
+    """One section per search of the config snapshot (results/metrics/config.json);
+    `grid`: search_vs_grid.tsv."""
+    grid = pd.DataFrame() if grid is None else grid
     out = []
     for name, search in run.get("searches", {}).items():
         trials = with_best_so_far(told_trials(search, results), search["objective"]["direction"])
@@ -134,7 +153,8 @@ def search_sections(run: dict, results: Path, comparison: pd.DataFrame, plot_dir
                         f"{search['pruner']}, objective {search['objective']['metric']} "
                         f"({search['objective']['direction']})."),
             "tables": [history_table(trials, search["objective"]), importance_table(scores),
-                       best_against_base(trials, comparison)],
+                       best_against_base(trials, comparison),
+                       *best_against_grid(name, grid)],
             "plot": {"path": f"plots/{path.name}",
                      "caption": "Each trial's objective (pruned: x, at its last validation "
                                 "loss; failed trials have none) with the best so far, then the "

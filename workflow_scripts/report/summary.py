@@ -24,6 +24,7 @@ FAMILY_PARTS = {"comparison": "each fine-tuned model against its base per metric
                 "quantization": "4-bit against unquantized bases",
                 "general_text": "general-text losses against the base's",
                 "benchmarks": "benchmark accuracies against the base's",
+                "search_vs_grid": "searches' best trials against the sweeps' best points",
                 "judge": "the judge's win rates and scores"}
 
 
