@@ -1,6 +1,7 @@
 """A search run end to end through Snakemake (tests/configs/search.yaml): six trials in
-rounds of two on the smoke model, the first diverging, one pruned; raising the trials to eight trains
-exactly two more; a finished search has nothing to do."""
+rounds of two on the smoke model, the first diverging, one pruned; raising the trials to seven
+trains one more, and then to eight one more again (the partly filled round is not asked again);
+a finished search has nothing to do."""
 from __future__ import annotations
 
 import csv
@@ -23,6 +24,11 @@ def told(work: Path) -> list[dict]:
     for r in range(search["rounds"]):
         trials += json.loads((work / search["directory"] / f"told-{r}.json").read_text())["trials"]
     return trials
+
+
+def told_dir(work: Path) -> str:
+    snapshot = json.loads((work / "results/metrics/config.json").read_text(encoding="utf-8"))
+    return snapshot["searches"]["lr-rank"]["directory"]
 
 
 def table_rows(work: Path) -> dict[str, dict]:
@@ -53,10 +59,20 @@ def test_a_search_runs_in_rounds_and_grows_by_exactly_the_new_trials(tmp_path):
     assert "### Search lr-rank" in report and "importance (fANOVA)" in report
     assert (wf.workdir / "results/report/plots/search-lr-rank.png").is_file()
 
-    wf.config.write_text(wf.config.read_text().replace("trials: 6", "trials: 8"))
+    # 7 trials: the new round asks for two and trains one
+    wf.config.write_text(wf.config.read_text().replace("trials: 6", "trials: 7"))
     planned = wf.planned_jobs()
-    assert planned["train_adapter"] == 2 and planned["search_ask"] == 1
+    assert planned["train_adapter"] == 1 and planned["search_ask"] == 1
+    wf.run("--cores", "2")
+    round_file = wf.workdir / told_dir(wf.workdir) / "round-3.json"
+    asked = round_file.read_bytes()
+    # 8 trials: the partly filled round is not asked again, lr-rank-t6 does not retrain
+    wf.config.write_text(wf.config.read_text().replace("trials: 7", "trials: 8"))
+    planned = wf.planned_jobs()
+    assert planned["train_adapter"] == 1 and "search_ask" not in planned
+    assert planned["search_tell"] == 1
     wf.run("--cores", "2")
     grown = told(wf.workdir)
     assert grown[:6] == trials and len(grown) == 8
+    assert round_file.read_bytes() == asked
     assert wf.planned_jobs() == {}
