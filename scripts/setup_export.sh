@@ -25,11 +25,27 @@ if [ ! -f "$DEST/llama.cpp/VERSION" ] || [ "$(cat "$DEST/llama.cpp/VERSION")" !=
   rm -rf "$DEST/unpack"
   echo "$VERSION" > "$DEST/llama.cpp/VERSION"
 fi
-if [ "${1:-}" = "--build" ] && ! PYTHONPATH="$DEST/site" .venv/bin/python -c \
-    "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$VERSION')" 2>/dev/null; then
+built() {
+  PYTHONPATH="$DEST/site" .venv/bin/python -c \
+    "import llama_cpp, sys; sys.exit(llama_cpp.__version__ != '$VERSION')" 2>/dev/null
+}
+if [ "${1:-}" = "--build" ] && ! built; then
+  # llama.cpp is compiled for this CPU (-march=native), so a build is kept per version and
+  # per CPU feature set, outside the checkout: a fresh clone on the same machine copies it
+  # (seconds) instead of compiling again; another CPU gets a build of its own
+  cpu=$( (grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || uname -m) | sha256sum | cut -c1-16)
+  cache="${XDG_CACHE_HOME:-$HOME/.cache}/lora-zh-workflow/llama-cpp-python-$VERSION-$cpu"
   rm -rf "$DEST/site"
-  # one build at a time on a shared machine; CMAKE_BUILD_PARALLEL_LEVEL uses every core
-  CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) flock /tmp/cpu.lock .venv/bin/python -m pip install -q \
-    --no-deps --target "$DEST/site" "$DEST/dist/$SDIST"
-  .venv/bin/python -m pip install -q --no-deps --target "$DEST/site" diskcache==5.6.3
+  if [ -d "$cache/llama_cpp" ]; then
+    cp -a "$cache" "$DEST/site"
+  fi
+  if ! built; then
+    rm -rf "$DEST/site"
+    # one build at a time on a shared machine; CMAKE_BUILD_PARALLEL_LEVEL uses every core
+    CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) flock /tmp/cpu.lock .venv/bin/python -m pip install -q \
+      --no-deps --target "$DEST/site" "$DEST/dist/$SDIST"
+    .venv/bin/python -m pip install -q --no-deps --target "$DEST/site" diskcache==5.6.3
+    mkdir -p "$(dirname "$cache")"
+    rm -rf "$cache.tmp" && cp -a "$DEST/site" "$cache.tmp" && rm -rf "$cache" && mv "$cache.tmp" "$cache"
+  fi
 fi
