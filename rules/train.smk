@@ -3,6 +3,7 @@
 # training with training.devices > 1 runs under local_launch, with training.nodes > 1 under
 # srun and torchrun on Slurm. See docs/gpus.md and docs/slurm.md.
 from workflow_scripts.launch.gpu_slots import multi_node_resources, stage_resources, train_launcher
+from workflow_scripts.training.preference_plan import is_preference
 
 TRAIN_CODE = ("training/train_adapter", "training/chat_tokenize", "training/packing",
               "training/token_loss", "training/lean_tokens", "training/length_sampler", "training/progress",
@@ -24,6 +25,8 @@ rule train_adapter:
         log="results/adapters/{experiment}/trainer_log.jsonl",
         metrics="results/adapters/{experiment}/train_metrics.json",
         run_info="results/adapters/{experiment}/run_info.json",
+    wildcard_constraints:  # preference experiments train in rules/preference.smk
+        experiment=alternatives_regex(n for n, e in EXPERIMENTS.items() if not is_preference(e)),
     params:
         cfg=training_job,
         data_dir=experiment_data_dir,

@@ -19,7 +19,7 @@ PACKAGE = REPO / "workflow_scripts"
 LAYERS = {"common": 0, "launch": 1, "data": 2, "models": 3, "training": 4, "evaluation": 5,
           "export": 6, "search": 6, "report": 7, "compare": 8, "studio": 8, "tracking": 8}
 # What each rule file may start with `python -m` besides its own stage: GPU slots.
-RULE_STAGES = {"data": "data", "models": "models", "train": "training",
+RULE_STAGES = {"data": "data", "models": "models", "train": "training", "preference": "training",
                "evaluate": "evaluation", "export": "export", "report": "report", "track": "tracking",
                "search": "search"}
 

@@ -236,12 +236,45 @@ def resolve_experiments(config: dict, source: str = "config",
             filler.validate(merged)
         except jsonschema.ValidationError as err:
             raise ConfigError(f"invalid config in {source}: experiment {name}: {_describe(err)}")
-        for key in ("base_model", "dataset"):
+        required = ("dataset",) if "init_from" in merged else ("base_model", "dataset")
+        for key in required:
             if key not in merged:
                 raise ConfigError(f"invalid config in {source}: experiments.{name}.{key} is missing")
         resolved[name] = merged
+    try:
+        _inherit_starting_adapters(experiments, resolved)
+    except ConfigError as err:
+        raise ConfigError(f"invalid config in {source}: {err}") from None
     _check_experiment_references(config, resolved, source)
     return resolved
+
+
+INHERITED = ("base_model", "method", "lora")  # what a continued adapter keeps from its start
+
+
+def _inherit_starting_adapters(raw: dict[str, dict], resolved: dict[str, dict]) -> None:
+    """A preference experiment with `init_from` continues that SFT experiment's adapter: it
+    takes its base model, method and LoRA settings (setting them differently is refused)."""
+    for name, exp in resolved.items():
+        stage = exp.get("stage", "sft")
+        for key in ("init_from", "preference"):
+            if key in exp and stage != "preference":
+                raise ConfigError(f"experiments.{name}.{key}: only for `stage: preference`")
+        if stage != "preference":
+            continue
+        exp.setdefault("preference", {}).setdefault("loss", "dpo")
+        start = exp.get("init_from")
+        if start is None:
+            continue
+        if start not in resolved or resolved[start].get("stage", "sft") != "sft":
+            known = sorted(n for n, e in resolved.items() if e.get("stage", "sft") == "sft")
+            raise ConfigError(f"experiments.{name}.init_from: {start!r} is not an SFT experiment "
+                              f"(known: {', '.join(known) or 'none'})")
+        for key in INHERITED:
+            if key in raw[name] and raw[name][key] != resolved[start][key]:
+                raise ConfigError(f"experiments.{name}.{key}: continues {start}'s adapter, whose "
+                                  f"{key} is {resolved[start][key]!r}; leave it out")
+            exp[key] = copy.deepcopy(resolved[start][key])
 
 
 def _check_references(config: dict, source: str) -> None:

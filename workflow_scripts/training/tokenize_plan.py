@@ -20,6 +20,8 @@ class TokenizePlan:
         self.experiments, self.base_models = experiments, base_models
         self.jobs: dict[tuple[str, str], tuple[dict, list[str], list[dict]]] = {}
         for name, exp in experiments.items():
+            if exp.get("stage", "sft") == "preference":
+                continue  # its pairs are tokenized by preference_tokenize (preference_plan.py)
             settings = self.settings(name)
             entry = self.jobs.setdefault((exp["dataset"], settings_key(settings)), (settings, [], []))
             entry[1].append(exp["base_model"])
