@@ -37,6 +37,14 @@ case "${1:-}" in
   --test|--export) scripts/setup_export.sh --build ;;
   *) scripts/setup_export.sh ;;
 esac
+# --test: TRL, which tests/test_preference_losses.py checks the preference losses against, goes
+# beside the lock in .venv/trl without its dependencies (the lock's transformers, accelerate and
+# datasets serve it), so no locked package changes; the test puts .venv/trl on sys.path
+TRL_VERSION=1.16.0
+if [ "${1:-}" = "--test" ] && [ ! -d ".venv/trl/trl-$TRL_VERSION.dist-info" ]; then
+  rm -rf .venv/trl
+  .venv/bin/python -m pip install -q --no-deps --target .venv/trl "trl==$TRL_VERSION"
+fi
 if [ "${1:-}" = "--test" ] && [ -s envs/apt-test-packages.txt ]; then
   pkgs=$(grep -v '^#' envs/apt-test-packages.txt | xargs)
   missing=""
