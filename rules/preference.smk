@@ -4,9 +4,7 @@
 # reference (a beta or loss sweep scores it once); training writes its adapter where SFT
 # adapters go, so evaluation, the report, tracking, export and the studio take it as any other.
 # The plan: workflow_scripts/training/preference_plan.py; docs/training.md, "Preference tuning".
-from workflow_scripts.training.preference_plan import PreferencePlan
-
-PREFERENCE = PreferencePlan(EXPERIMENTS, CFG, CONFIG_SOURCE)
+# PREFERENCE = PreferencePlan(...) is made in rules/common.smk, where a bad config is refused.
 PAIR_SPLITS = ("train", "valid", "test")
 PREFERENCE_CODE = ("training/preference_tokenize", "training/preference_logps",
                    "training/token_loss", "training/lean_tokens", "training/chat_tokenize",
