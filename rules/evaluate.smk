@@ -131,3 +131,56 @@ rule judge:
         "python -m workflow_scripts.evaluation.judge --config {params.cfg:q} "
         "--base-eval {params.base_dir:q} --eval {params.tuned_dir:q} "
         "--cache-dir results/judge_cache --out {output:q} > {log:q} 2>&1"
+
+
+# Preference experiments (stage: preference) on their held-out pairs, against their starting
+# point's scores (the reference job's): evaluation/preference_eval.py. Their test.jsonl also
+# goes through `evaluate` above, as any adapter's.
+def preference_eval_job(wildcards):
+    name = wildcards.experiment
+    reference = PREFERENCE.reference_settings(name)
+    return canonical_json({
+        "experiment": name, "start": EXPERIMENTS[name].get("init_from") or "base",
+        "preference": EXPERIMENTS[name]["preference"], "seed": CFG["seed"],
+        "quantization": reference["quantization"], "batch_size": reference["batch_size"],
+        "trust_remote_code": reference["model"].get("trust_remote_code", False)})
+
+
+rule evaluate_preference:
+    input:
+        model=get_experiment_model_dir,
+        adapter="results/adapters/{experiment}/adapter_model.safetensors",
+        tokenized=lambda w: f"{PREFERENCE.token_dir(w.experiment)}/manifest.json",
+        start=lambda w: f"{PREFERENCE.start_scores_dir(w.experiment)}/manifest.json",
+        code=code("evaluation/preference_eval", "evaluation/bootstrap", *PREFERENCE_CODE,
+                  "training/reference_logps"),
+    output:
+        pairs="results/eval/{experiment}/preference_pairs.jsonl",
+        summary="results/eval/{experiment}/preference.json",
+    wildcard_constraints:
+        experiment=alternatives_regex(PREFERENCE.names),
+    params:
+        cfg=preference_eval_job,
+        adapter_dir=lambda w, input: os.path.dirname(input.adapter),
+        tokenized_dir=lambda w, input: os.path.dirname(input.tokenized),
+        start_dir=lambda w, input: os.path.dirname(input.start),
+        out_dir=lambda w, output: os.path.dirname(output.summary),
+    threads: lambda w: stage_resources(EXPERIMENTS[w.experiment], "evaluate")["threads"]
+    resources:
+        mem_mb=lambda w: stage_resources(EXPERIMENTS[w.experiment], "evaluate")["mem_mb"] or 8000,
+        runtime=lambda w: stage_resources(EXPERIMENTS[w.experiment], "evaluate")["runtime"] or 60,
+        gpu=lambda w: stage_resources(EXPERIMENTS[w.experiment], "evaluate")["gpu"],
+        machine_gpus=machine_gpus,
+    conda:
+        "../envs/workflow.yaml"
+    log:
+        "logs/evaluate_preference/{experiment}.log",
+    benchmark:
+        "results/benchmarks/evaluate_preference/{experiment}.tsv"
+    shell:
+        "python -m workflow_scripts.launch.gpu_slots --gpus {resources.gpu} "
+        "--total {resources.machine_gpus} -- "
+        "python -m workflow_scripts.evaluation.preference_eval --config {params.cfg:q} "
+        "--model-dir {input.model:q} --adapter-dir {params.adapter_dir:q} "
+        "--tokenized-dir {params.tokenized_dir:q} --start-dir {params.start_dir:q} "
+        "--out-dir {params.out_dir:q} --threads {threads} > {log:q} 2>&1"
