@@ -100,7 +100,7 @@ def digest_view(messages: list[dict[str, Any]], tools: list[dict] | None
     return view + [{"role": m["role"], "content": message_text(m)} for m in messages]
 
 
-def _empty_turn(messages: list[dict[str, str]]) -> Rejection | None:
+def empty_turn(messages: list[dict[str, str]]) -> Rejection | None:
     for number, message in enumerate(messages):
         if not message["content"] and not message.get("tool_calls"):
             reason = {"user": "empty_prompt", "assistant": "empty_response"}.get(message["role"])
@@ -116,20 +116,22 @@ def check_record(messages: list[dict[str, Any]], rules: CleaningRules,
     The prompt is the last user message, the response the last assistant message; in a
     `tool_calling` record calls count as text (see `message_text`).
     """
-    empty = _empty_turn(messages)
+    empty = empty_turn(messages)
     if empty:
         return empty
     if tool_calling:
-        return _check_texts(
+        return check_texts(
             next(m["content"] for m in reversed(messages) if m["role"] == "user"),
             message_text(messages[-1]), sum([len(message_text(m)) for m in messages]),
             messages, rules)
-    return _check_texts(messages[-2]["content"], messages[-1]["content"],
-                          sum([len(m["content"]) for m in messages]), messages, rules)
+    return check_texts(messages[-2]["content"], messages[-1]["content"],
+                       sum([len(m["content"]) for m in messages]), messages, rules)
 
 
-def _check_texts(prompt: str, response: str, total: int, messages: list[dict[str, Any]],
-                   rules: CleaningRules) -> Rejection | None:
+def check_texts(prompt: str, response: str, total: int, messages: list[dict[str, Any]],
+                rules: CleaningRules) -> Rejection | None:
+    """The length, repetition and language rules on the last prompt and the response;
+    `total` is the length `max_chars` bounds."""
     if len(prompt) < rules.min_prompt_chars:
         return "too_short_prompt", f"prompt has {len(prompt)} < {rules.min_prompt_chars} chars"
     if len(response) < rules.min_response_chars:

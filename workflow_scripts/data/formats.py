@@ -307,11 +307,13 @@ def _lines_span(text: str, pos: int, stop: int) -> Span:
 # ---------------------------------------------------------------- shared helpers
 
 
-def resolve_columns(fmt: str, columns: dict[str, str] | None) -> dict[str, str]:
-    """Default keys of `fmt` overridden by the config's `columns`; unknown names are refused."""
-    if fmt not in DEFAULT_COLUMNS:
-        raise DataError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
-    keys = dict(DEFAULT_COLUMNS[fmt])
+def resolve_columns(fmt: str, columns: dict[str, str] | None,
+                    defaults: dict[str, dict[str, str]] = DEFAULT_COLUMNS) -> dict[str, str]:
+    """Default keys of `fmt` (from `defaults`, a table like DEFAULT_COLUMNS) overridden by
+    the config's `columns`; unknown names are refused."""
+    if fmt not in defaults:
+        raise DataError(f"unknown format {fmt!r}; known: {', '.join(defaults)}")
+    keys = dict(defaults[fmt])
     unknown = sorted(set(columns or {}) - set(keys))
     if unknown:
         raise DataError(f"columns: {', '.join(unknown)} not used by format {fmt!r}; "

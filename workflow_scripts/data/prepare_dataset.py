@@ -27,18 +27,24 @@ from array import array
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 from workflow_scripts.common.cli import parser as cli_parser
 from workflow_scripts.common.io_utils import write_json
 from workflow_scripts.common.run_info import write_run_info
-from workflow_scripts.data import formats
+from workflow_scripts.data import formats, preference_formats
 from workflow_scripts.data.cleaning import (FORMAT_REASONS, REASONS, CleaningRules, Deduplicator,
                                             check_record, content_digests, digest_view)
 from workflow_scripts.data.formats import Conversation, DataError, RecordError
+from workflow_scripts.data.pairs_from import PairsReader
+from workflow_scripts.data.preference_cleaning import (PREFERENCE_REASONS, check_preference,
+                                                       preference_digests, sft_messages)
+from workflow_scripts.data.preference_formats import Preference, is_preference_format
 from workflow_scripts.data.split import SPLITS, HashSplitter, file_plan, record_id
 
 OUTPUT_FILES = {split: f"{split}.jsonl" for split in SPLITS} | {"rejects": "rejects.jsonl"}
+# A preference dataset also writes its records, one per pair (or KTO example), per split.
+PAIR_FILES = {f"{split}.pairs": f"{split}.pairs.jsonl" for split in SPLITS}
 _encode = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
 _encode_str = json.encoder.encode_basestring  # the C string encoder that keeps non-ASCII
 MEASURES = ("prompt_chars", "response_chars", "turns", "has_input", "trimmed")
@@ -48,13 +54,15 @@ TAIL_CHARS = 1 << 20  # characters kept back at a block's end for a record that 
 
 
 class OutputFiles:
-    """The four JSON Lines outputs, written to temporary files until `commit`."""
+    """The JSON Lines outputs (`names`: key -> file name), written to temporary files until
+    `commit`."""
 
-    def __init__(self, out_dir: Path):
+    def __init__(self, out_dir: Path, names: dict[str, str] = OUTPUT_FILES):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.names = names
         self._handles = {key: open(self._tmp(name), "w", encoding="utf-8")
-                         for key, name in OUTPUT_FILES.items()}
+                         for key, name in names.items()}
 
     def _tmp(self, name: str) -> Path:
         return self.out_dir / f".{name}.tmp"
@@ -64,13 +72,13 @@ class OutputFiles:
 
     def commit(self, stats: dict) -> None:
         self._close()
-        for name in OUTPUT_FILES.values():
+        for name in self.names.values():
             os.replace(self._tmp(name), self.out_dir / name)
         write_json(self.out_dir / "stats.json", stats)
 
     def abort(self) -> None:
         self._close()
-        for name in OUTPUT_FILES.values():
+        for name in self.names.values():
             self._tmp(name).unlink(missing_ok=True)
 
     def _close(self) -> None:
@@ -113,6 +121,39 @@ def summarize(values: Lengths) -> dict[str, float]:
 
 
 @dataclass
+class PreferenceTally:
+    """What stats.json says of a preference dataset's kept records, besides the chat
+    measures (whose response is the chosen answer or the completion)."""
+
+    unpaired: bool  # KTO examples rather than pairs
+    sft_records: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
+    rejected_chars: Lengths = field(default_factory=Lengths)
+    labels: Counter = field(default_factory=Counter)  # KTO: desirable / undesirable
+    weighted: int = 0  # pairs with a loss_weight
+
+    def keep(self, facts: list[PairFacts]) -> None:
+        self.rejected_chars.extend(f.rejected_chars for f in facts if f.label is None)
+        self.labels.update("desirable" if f.label else "undesirable" for f in facts
+                           if f.label is not None)
+        self.weighted += sum(f.weighted for f in facts)
+
+    def result(self) -> dict[str, Any]:
+        out = {"kind": "unpaired" if self.unpaired else "pairs", "sft_records": self.sft_records}
+        if self.unpaired:
+            return out | {"labels": {k: self.labels[k] for k in ("desirable", "undesirable")}}
+        return out | {"rejected_chars": summarize(self.rejected_chars),
+                      "with_loss_weight": self.weighted}
+
+
+class PairFacts(NamedTuple):
+    """What the stats keep of one passed preference record."""
+
+    rejected_chars: int  # 0 for a KTO example
+    label: bool | None
+    weighted: bool
+
+
+@dataclass
 class DatasetStats:
     """Counts gathered while records stream by; `result` is the stats.json content."""
 
@@ -130,6 +171,7 @@ class DatasetStats:
     tool_records: int = 0  # records with a `tools` list
     calls: Lengths = field(default_factory=Lengths)  # calls, per record with any
     functions: Counter = field(default_factory=Counter)  # calls per function name
+    preference: PreferenceTally | None = None  # set for a preference dataset
 
     def add_file(self, path: str, sha256: str, raw: int, split: str | None) -> None:
         self.files[path] = sha256
@@ -184,7 +226,7 @@ class DatasetStats:
                            "calls": self.calls.total_length(),
                            "calls_per_record": summarize(self.calls),
                            "functions": dict(sorted(self.functions.items()))},
-        }
+        } | ({} if self.preference is None else {"preference": self.preference.result()})
 
 
 @dataclass
@@ -195,9 +237,10 @@ class FileJob:
     layout: str
     path: str
     split: str | None  # a pre-split file's split, or None to split by hash
-    normalize: Callable[[Any], Conversation]
+    normalize: Callable[[Any], Conversation | Preference]  # Preference when `pairs`
     rules: CleaningRules
     splitter: HashSplitter
+    pairs: bool = False  # a preference dataset's file
     # `text` is one block of the file: whether it starts and ends the file, and how array
     # spans are cut (`formats.array_cut` of the file's start; None: one span per block)
     first: bool = True
@@ -228,6 +271,11 @@ class SpanResult:
     measures: dict[str, array] = field(
         default_factory=lambda: {key: array("L") for key in MEASURES})
     calls: dict[int, tuple[str, ...]] = field(default_factory=dict)  # tool records' calls
+    # preference records: the chat view's line (None for an undesirable completion) and
+    # digests, and what the stats keep, by position in `passed`
+    sft_lines: list[str | None] = field(default_factory=list)
+    sft_digests: list[tuple[int, bytes]] = field(default_factory=list)
+    pair_facts: list[PairFacts] = field(default_factory=list)
 
     def adder(self) -> Callable[[int, Conversation, int, bytes, str, str, tuple[int, int]],
                                 None]:
@@ -277,6 +325,12 @@ def process_span(bounds: tuple[int, int]) -> SpanResult:
     except formats.SpanError:
         return SpanResult(start, error=True)
     result = SpanResult(start, span.end, count=len(span.records))
+    (_add_pairs if job.pairs else _add_records)(job, span, result)
+    return result
+
+
+def _add_records(job: FileJob, span: formats.Span, result: SpanResult) -> None:
+    """Normalize, check and hash a span's chat records into `result`."""
     add, reject, places = result.adder(), result.reject, span.places
     normalize, rules, split, splitter = job.normalize, job.rules, job.split, job.splitter
     source = _encode(job.path)
@@ -299,7 +353,48 @@ def process_span(bounds: tuple[int, int]) -> SpanResult:
             exact, digest = content_digests(digest_view(messages, tools))
             line = tool_kept_line(record_id(digest), messages, tools, source)
         add(i, conversation, exact, digest, split or splitter(digest), line, places[i])
-    return result
+
+
+def _add_pairs(job: FileJob, span: formats.Span, result: SpanResult) -> None:
+    """`_add_records` for preference records: split by the prompt's digest, so every pair of
+    one prompt lands in the same split; each passed record also gets its chat view."""
+    add, reject, places = result.adder(), result.reject, span.places
+    source = _encode(job.path)
+    for i, raw in enumerate(span.records):
+        try:
+            record = job.normalize(raw)
+        except RecordError as err:
+            reject(i, err.reason, err.detail, raw)
+            continue
+        rejection = check_preference(record, job.rules)
+        if rejection is not None:
+            reject(i, *rejection, raw)
+            continue
+        digests = preference_digests(record)
+        view = sft_messages(record)
+        measured = view or record.prompt + [{"role": "assistant", "content": record.chosen}]
+        add(i, Conversation(measured, record.has_input), digests.exact, digests.record,
+            job.split or job.splitter(digests.prompt), preference_line(
+                record_id(digests.record), record, source), places[i])
+        sft_exact, sft_digest = content_digests(view) if view else (0, b"")
+        result.sft_digests.append((sft_exact, sft_digest))
+        weighted = view and any("loss_weight" in m for m in view)
+        result.sft_lines.append(view and (weighted_kept_line if weighted else kept_line)(
+            record_id(sft_digest), view, source))
+        result.pair_facts.append(PairFacts(len(record.rejected or ""), record.label,
+                                           record.loss_weight is not None))
+
+
+def preference_line(record_id: str, record: Preference, source: str) -> str:
+    """A kept preference record's line in {split}.pairs.jsonl, up to its index."""
+    row = {"id": record_id, "messages": record.prompt}
+    if record.rejected is None:
+        row |= {"completion": record.chosen, "label": record.label}
+    else:
+        row |= {"chosen": record.chosen, "rejected": record.rejected}
+        if record.loss_weight is not None:
+            row["loss_weight"] = record.loss_weight
+    return _encode(row)[:-1] + f', "source": {{"file": {source}, "index": '
 
 
 def reject_tail(reason: str, detail: str, raw: Any) -> str:
@@ -392,6 +487,7 @@ class Pipeline:
     dedupe: Deduplicator | None
     out: OutputFiles
     stats: DatasetStats
+    chat_dedupe: Deduplicator | None = None  # a preference dataset's chat views
 
     def process_file(self, spans: Iterator[tuple[FileJob, SpanResult]]) -> int:
         """Write every record of one file's spans (from `file_spans`); returns the number
@@ -414,13 +510,19 @@ class Pipeline:
         passed, lines = result.passed, result.lines
         duplicates = {} if self.dedupe is None else self.dedupe.check_all(
             result.exact, result.digests, job.path, [base + i for i in passed])
+        if job.pairs:
+            duplicates = {k: ("duplicate_pair", detail.replace("same content", "same prompt and "
+                                                               "answers")) for k, (_, detail)
+                          in duplicates.items()}
         for split, positions in result.by_split.items():
             rows = [f"{lines[k]}{base + passed[k]}}}}}\n" for k in positions
                     if k not in duplicates]
-            self.out.write_lines(split, rows)
+            self.out.write_lines(f"{split}.pairs" if job.pairs else split, rows)
             self.stats.splits[split] += len(rows)
         kept = [k for k in range(len(passed)) if k not in duplicates]
         self.stats.keep(job.path, result.measures, kept if duplicates else None, result.calls)
+        if job.pairs:
+            self._write_chat_views(job, base, result, kept)
         rejects = [(i, reason, tail) for i, reason, _, tail, _ in result.rejects]
         for k, (reason, detail) in duplicates.items():
             raw = json.loads(job.text[result.places[2 * k]:result.places[2 * k + 1]])
@@ -432,6 +534,24 @@ class Pipeline:
         for _, reason, _ in rejects:
             self.stats.reject(job.path, reason)
 
+    def _write_chat_views(self, job: FileJob, base: int, result: SpanResult,
+                          kept: list[int]) -> None:
+        """A preference dataset's {split}.jsonl: the chat views of its kept records, each
+        distinct prompt and answer once (several pairs may share them)."""
+        views = [k for k in kept if result.sft_lines[k] is not None]
+        again = {} if self.chat_dedupe is None else self.chat_dedupe.check_all(
+            [result.sft_digests[k][0] for k in views], [result.sft_digests[k][1] for k in views],
+            job.path, [base + result.passed[k] for k in views])
+        split_of = {k: split for split, positions in result.by_split.items() for k in positions}
+        rows: dict[str, list[str]] = {split: [] for split in SPLITS}
+        for n, k in enumerate(views):
+            if n not in again:
+                rows[split_of[k]].append(f"{result.sft_lines[k]}{base + result.passed[k]}}}}}\n")
+        for split, lines in rows.items():
+            self.out.write_lines(split, lines)
+            self.stats.preference.sft_records[split] += len(lines)
+        self.stats.preference.keep([result.pair_facts[k] for k in kept])
+
     def _refuse_format(self, path: str, first: tuple[int, Any, str], errors: int,
                        total: int) -> None:
         """Most records failed to parse: when they look like another format, or none
@@ -439,11 +559,12 @@ class Pipeline:
         is the first bad record: (index, raw record, which field failed and why)."""
         declared = self.stats.fmt
         index, raw, detail = first
-        guess = formats.guess_format(raw)
+        guess = preference_formats.guess_format(raw)
         if guess in (None, declared) and errors < total:
             return  # a messy file of the right format: its bad records are in rejects
-        looks = (f"this looks like {formats.DISPLAY_NAMES[guess]}, not "
-                 f"{formats.DISPLAY_NAMES[declared]}" if guess and guess != declared
+        names = preference_formats.DISPLAY_NAMES
+        looks = (f"this looks like {names[guess]}, not {names[declared]}"
+                 if guess and guess != declared
                  else f"records do not match format {declared!r}")
         raise DataError(f"{path}: {errors} of {total} records are not valid {declared} records: "
                         f"{looks}; first bad record (index {index}): {detail} "
@@ -472,18 +593,27 @@ def prepare(name: str, spec: dict, cleaning: dict, split: dict, seed: int,
     """
     fmt = spec.get("format")
     rules = CleaningRules.from_config(cleaning, spec.get("language", "zh"))
-    stats = DatasetStats(name, fmt)
     plan = file_plan(spec.get("files"))
-    normalize = formats.get_normalizer(fmt, spec.get("columns"))
+    pairs = is_preference_format(fmt)
     splitter = HashSplitter(split.get("valid", 0.05), split.get("test", 0.05), seed)
-    pipeline = Pipeline(rules, Deduplicator() if rules.dedupe else None, OutputFiles(out_dir),
-                        stats)
+    if pairs:
+        normalize = preference_formats.get_normalizer(fmt, spec.get("columns"))
+        stats = DatasetStats(name, fmt, rejected=dict.fromkeys(PREFERENCE_REASONS, 0),
+                             preference=PreferenceTally(unpaired=fmt == "kto"))
+    else:
+        normalize = formats.get_normalizer(fmt, spec.get("columns"))
+        stats = DatasetStats(name, fmt)
+    pipeline = Pipeline(rules, Deduplicator() if rules.dedupe else None,
+                        OutputFiles(out_dir, OUTPUT_FILES | PAIR_FILES if pairs else OUTPUT_FILES),
+                        stats, Deduplicator() if pairs and rules.dedupe else None)
     try:
         for path, fixed_split in plan:
             stats.add_file(path, "", 0, fixed_split)
-            job = FileJob("", "", path, fixed_split, normalize, rules, splitter)
+            job = FileJob("", "", path, fixed_split, normalize, rules, splitter, pairs)
+            # pairs_from reads the source's prepared split as pairs (pairs_from.py)
+            reader = PairsReader(path, seed) if fmt == "pairs_from" else None
             stats.files[path], stats.per_file[path]["raw"] = process_stream(
-                pipeline, job, workers or default_workers())
+                pipeline, job, workers or default_workers(), reader)
         if stats.kept == 0:
             raise DataError(f"dataset {name}: no usable records ({_reasons(stats.rejected)})")
         result = stats.result(rules)
@@ -556,10 +686,15 @@ def file_spans(reader: TextReader, job: FileJob, workers: int
         job = replace(job, first=job.first and done == 0)
 
 
-def process_stream(pipeline: Pipeline, job: FileJob, workers: int) -> tuple[str, int]:
-    """Process one file (`job` without its text); returns its SHA-256 and its number of
-    records."""
-    reader = TextReader(job.path)
+def process_stream(pipeline: Pipeline, job: FileJob, workers: int,
+                   reader: TextReader | PairsReader | None = None) -> tuple[str, int]:
+    """Process one file (`job` without its text), read by `reader` (default: a TextReader
+    of the file); returns its SHA-256 and its number of records. A prepared split that
+    pairs_from reads may be empty."""
+    reader = reader or TextReader(job.path)
+    if isinstance(reader, PairsReader) and not len(reader):
+        reader.close()
+        return reader.sha256.hexdigest(), 0
     try:
         text = reader.read(BLOCK_BYTES)
         layout = formats.text_layout(text, job.path)
