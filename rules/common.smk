@@ -44,6 +44,7 @@ shell.prefix(_prefix.replace("{", "{{").replace("}", "}}"))  # Snakemake formats
 from workflow_scripts.common.config import (ConfigError, alternatives_regex, check_paths,
                                             resolve_experiments, validate)
 from workflow_scripts.common.io_utils import canonical_json, evaluation_key
+from workflow_scripts.data.preference_formats import is_preference_format
 from workflow_scripts.evaluation.general_spec import (exam_files, general_inputs, general_job,
                                                       local_benchmarks)
 from workflow_scripts.launch.gpu_slots import stage_resources
@@ -102,11 +103,31 @@ def workflow_files(folder, names):
     return [workflow.source_path(f"../{folder}/{name}") for name in names]
 
 
+PREFERENCE_DATASETS = [n for n, s in CFG["datasets"].items() if is_preference_format(s["format"])]
+
+
+def pairs_from_files(name):
+    """The prepared splits a `format: pairs_from` dataset builds its pairs from."""
+    source = CFG["datasets"][name]["source"]
+    return {split: f"results/data/{source}/{split}.jsonl" for split in ("train", "valid", "test")}
+
+
 def dataset_files(name):
+    """What a dataset's prepare job reads: its raw files, or pairs_from's prepared splits."""
+    if CFG["datasets"][name]["format"] == "pairs_from":
+        return list(pairs_from_files(name).values())
     files = CFG["datasets"][name]["files"]
     if isinstance(files, dict):
         files = [f for v in files.values() for f in ([v] if isinstance(v, str) else v)]
     return files
+
+
+def dataset_job(name):
+    """The datasets entry a prepare job reads; pairs_from's files are its source's splits."""
+    spec = CFG["datasets"][name]
+    if spec["format"] == "pairs_from":
+        return {**spec, "files": pairs_from_files(name)}
+    return spec
 
 
 def model_spec(name):

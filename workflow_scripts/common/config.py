@@ -38,6 +38,9 @@ SWEEP_ABBREVIATIONS = {
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 NAME_RULE = "use letters, digits, '.', '_' and '-', starting with a letter or digit"
 COMMIT_HASH = re.compile(r"[0-9a-f]{40}")
+# Dataset formats of chat records (workflow_scripts/data/formats.py); the others in the
+# schema are preference formats.
+CHAT_FORMATS = ("alpaca", "sharegpt", "openai", "lccc")
 
 
 class ConfigError(ValueError):
@@ -279,6 +282,7 @@ def _inherit_starting_adapters(raw: dict[str, dict], resolved: dict[str, dict]) 
 
 def _check_references(config: dict, source: str) -> None:
     datasets = set(config["datasets"])
+    _check_pair_sources(config["datasets"], source)
     for name, model in config["base_models"].items():
         _check_revision(name, model, source)
         for ds in model.get("pretrain", {}).get("datasets", []):
@@ -287,6 +291,21 @@ def _check_references(config: dict, source: str) -> None:
                     f"invalid config in {source}: base_models.{name}.pretrain.datasets: "
                     f"unknown dataset {ds!r} (known: {', '.join(sorted(datasets))})"
                 )
+
+
+def _check_pair_sources(datasets: dict, source: str) -> None:
+    """A `format: pairs_from` dataset names a chat dataset (its answers make the pairs)."""
+    for name, spec in datasets.items():
+        if spec["format"] != "pairs_from":
+            continue
+        origin = datasets.get(spec["source"])
+        if origin is None or origin["format"] not in CHAT_FORMATS:
+            what = "unknown dataset" if origin is None else f"{origin['format']} dataset"
+            chat = sorted(n for n, s in datasets.items() if s["format"] in CHAT_FORMATS)
+            raise ConfigError(
+                f"invalid config in {source}: datasets.{name}.source: {what} "
+                f"{spec['source']!r}; pairs are built from a chat dataset "
+                f"({', '.join(chat) or 'none configured'})")
 
 
 def _check_revision(name: str, model: dict, source: str) -> None:
@@ -358,7 +377,7 @@ def check_paths(config: dict, source: str = "config", root: Path | None = None) 
     root = Path.cwd() if root is None else Path(root)
     missing = []
     for name, spec in config["datasets"].items():
-        for key, path in dataset_file_keys(name, spec["files"]):
+        for key, path in dataset_file_keys(name, spec.get("files", [])):  # pairs_from: none
             if not (root / path).is_file():
                 state = "is a directory, not a file" if (root / path).is_dir() else "no such file"
                 missing.append(f"{key}: {state}: {path}")
