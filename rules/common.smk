@@ -49,6 +49,7 @@ from workflow_scripts.evaluation.general_spec import (exam_files, general_inputs
                                                       local_benchmarks)
 from workflow_scripts.launch.gpu_slots import stage_resources
 from workflow_scripts.search.plan import TrialExperiments, plan_searches, trial_params
+from workflow_scripts.training.preference_plan import PreferencePlan
 from workflow_scripts.models.loading import resolve_model_dir
 
 if not WORKFLOW_ON_DISK:
@@ -70,6 +71,7 @@ try:
     EXPERIMENTS = resolve_experiments(CFG, CONFIG_SOURCE, SCHEMA)
     SEARCHES = plan_searches(CFG, EXPERIMENTS, CONFIG_SOURCE)
     EXPERIMENTS = TrialExperiments(EXPERIMENTS, SEARCHES)  # trials' settings: search.smk
+    PREFERENCE = PreferencePlan(EXPERIMENTS, CFG, CONFIG_SOURCE)  # preference.smk's jobs
     check_paths(CFG, CONFIG_SOURCE)  # missing data or model paths, even after a finished run
 except ConfigError as err:  # the message names the key: no Python traceback around it
     print(err, file=sys.stderr)

@@ -29,6 +29,8 @@ SWEEP_ABBREVIATIONS = {
     "training.batch_size": "bs",
     "training.grad_accum": "ga",
     "training.warmup_ratio": "wu",
+    "preference.loss": "",  # lccc-pref-dpo, lccc-pref-simpo
+    "preference.beta": "beta",
     "training.max_length": "len",
     "method": "",
 }

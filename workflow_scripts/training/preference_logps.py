@@ -84,25 +84,35 @@ def model_device(model):
     return unwrap(model).get_input_embeddings().weight.device
 
 
+SORT_WINDOW_BATCHES = 64  # rows sorted by length this many batches at a time: little padding
+
+
 def score_rows(model, dataset, roles: tuple[str, str], pad_token_id: int, batch_size: int,
                chunked: bool = True):
     """Yield, for every row in order, {id, <role>_logp, <role>_tokens for both roles}, without
-    gradients, in eval mode, `batch_size` rows at a time (the dataset is read batch by batch)."""
+    gradients, in eval mode. Rows are read a window at a time and batched by length within
+    it (padding costs what the longest row of a batch costs), then yielded in order."""
     import torch
 
     collate = PreferenceCollator(pad_token_id, roles)
+    window = batch_size * SORT_WINDOW_BATCHES
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, len(dataset), batch_size):
-            rows = dataset.select(range(start, min(start + batch_size, len(dataset)))).to_list()
-            with torch.no_grad():
-                answers = batch_logps(model, collate(rows), chunked)
-            for i, row in enumerate(rows):
-                out = {"id": row["id"]}
-                for role, (logps, counts) in zip(roles, answers):
-                    out[f"{role}_logp"] = float(logps[i])
-                    out[f"{role}_tokens"] = int(counts[i])
-                yield out
+        for begin in range(0, len(dataset), window):
+            rows = dataset.select(range(begin, min(begin + window, len(dataset)))).to_list()
+            order = sorted(range(len(rows)), key=lambda i: rows[i]["length"])
+            scored: dict[int, dict] = {}
+            for start in range(0, len(order), batch_size):
+                members = order[start:start + batch_size]
+                with torch.no_grad():
+                    answers = batch_logps(model, collate([rows[i] for i in members]), chunked)
+                for j, i in enumerate(members):
+                    out = {"id": rows[i]["id"]}
+                    for role, (logps, counts) in zip(roles, answers):
+                        out[f"{role}_logp"] = float(logps[j])
+                        out[f"{role}_tokens"] = int(counts[j])
+                    scored[i] = out
+            yield from (scored[i] for i in range(len(rows)))
     finally:
         model.train(was_training)
