@@ -39,6 +39,9 @@ rule collect_metrics:
         ],
         stats=expand("results/data/{d}/stats.json", d=CFG["datasets"]),
         judgments=JUDGMENTS,  # empty unless a judge is configured
+        # every preference experiment against its starting point (evaluate_preference)
+        preference=expand("results/eval/{e}/{f}", e=PREFERENCE.names,
+                          f=("preference.json", "preference_pairs.jsonl")),
         searches=SEARCH_TARGETS,  # each search's told rounds: its best trial (search.smk)
         code=code(
             "report/collect_metrics",
@@ -54,6 +57,8 @@ rule collect_metrics:
             "report/family",
             "report/judge_table",
             "evaluation/judge",
+            "report/preference_table",
+            "evaluation/preference_eval",
         ),
     output:
         **({"judge": "results/metrics/judge.tsv"} if JUDGE else {}),
@@ -107,6 +112,11 @@ rule collect_metrics:
             caption="../reports/captions/benchmarks.rst",
             category="Tables",
         ),
+        preference=report(
+            "results/metrics/preference.tsv",
+            caption="../reports/captions/preference.rst",
+            category="Tables",
+        ),
         search_vs_grid="results/metrics/search_vs_grid.tsv",
         manifest="results/metrics/experiments.json",
     localrule: True
@@ -155,6 +165,9 @@ rule render_report:
             "search/study",
             "search/pruning",
             "report/exports_section",
+            "report/preference_section",
+            "report/preference_table",
+            "evaluation/preference_eval",
         ),
         tracking=lambda w: TRACKING_RECEIPTS,  # empty unless tracking is configured
         exports=lambda w: ["results/metrics/exports.tsv"] if CFG["export"] else [],  # export.smk

@@ -23,6 +23,7 @@ from workflow_scripts.evaluation.metric_intervals import (EvalRun, change_pct, i
 from workflow_scripts.report import family
 from workflow_scripts.report.judge_table import judge_tables
 from workflow_scripts.report.general_tables import general_tables
+from workflow_scripts.report.preference_table import preference_tables
 from workflow_scripts.report.search_grid import search_grid_pairs
 from workflow_scripts.report.studies import study_rows
 
@@ -297,7 +298,8 @@ def collect(run: dict, results: Path, out_dir: Path,
         "search_vs_grid": pd.DataFrame(search_grid_rows(run, results, evals),
                                        columns=SEARCH_GRID_COLUMNS),
         **general_tables(configs, results, evals.seed, resamples),  # forgetting, benchmarks
-        **judge_tables(run, results, evals.seed, resamples)})  # judge.tsv, when judging
+        **judge_tables(run, results, evals.seed, resamples),  # judge.tsv, when judging
+        **preference_tables(run, results, evals.seed, resamples)})  # policy vs its start
     for name, table in tested.items():
         write_tsv(table, out_dir / f"{name}.tsv")
     write_tsv(pd.DataFrame(study_rows(run), columns=["study", "kind", "varies", "experiment"]),

@@ -26,6 +26,7 @@ from workflow_scripts.report.formatting import Table, fmt
 from workflow_scripts.report.exports_section import exports_table
 from workflow_scripts.report.judge_section import judge_context, judge_frame
 from workflow_scripts.report.plots import draw_all
+from workflow_scripts.report.preference_section import preference_section
 from workflow_scripts.report.search_section import search_sections
 from workflow_scripts.report.studies import HYPERPARAMETERS, METHOD, RANK
 from workflow_scripts.report.summary import summary
@@ -112,11 +113,11 @@ def tables(metrics_dir: Path) -> dict[str, pd.DataFrame]:
 
 def family_others(metrics_dir: Path) -> dict[str, pd.DataFrame]:
     """The tables of the run's one family of comparisons beyond comparison, ranking and
-    quantization: general text, benchmarks, searches against sweeps, and the judge's when
-    there is one."""
+    quantization: general text, benchmarks, searches against sweeps, preference experiments
+    against their starting points, and the judge's when there is one."""
     judge = judge_frame(metrics_dir)
     return {name: read_tsv(metrics_dir / f"{name}.tsv")
-            for name in ("general_text", "benchmarks", "search_vs_grid")} | (
+            for name in ("general_text", "benchmarks", "search_vs_grid", "preference")} | (
         {"judge": judge} if judge is not None else {})
 
 
@@ -177,6 +178,7 @@ def render(run: dict, metrics_dir: Path, results: Path, templates: Path, out_dir
     context["searches"] = search_sections(run, results, read_tsv(metrics_dir / "comparison.tsv"),
                                           out_dir / "plots",
                                           read_tsv(metrics_dir / "search_vs_grid.tsv"))
+    context["preference"] = preference_section(run, metrics_dir, out_dir / "plots")
     write_json(out_dir / "summary.json", context["summary"])
     outputs = []
     for template, html in (("report.md.j2", False), ("report.html.j2", True)):

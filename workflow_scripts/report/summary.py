@@ -3,8 +3,8 @@
 Claims follow docs/metrics.md: "best" only where the paired loss interval against every
 runner-up excludes zero; a difference from the base only where its paired interval excludes
 zero; and either only where it survives Holm's correction over every comparison of the run
-(report/family.py: the comparison, ranking, quantization, general-text, benchmark and judge
-tables); everything else is called "no clear difference", or "too few items" below
+(report/family.py: the comparison, ranking, quantization, general-text, benchmark, preference
+and judge tables); everything else is called "no clear difference", or "too few items" below
 MIN_ITEMS paired items.
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ FAMILY_PARTS = {"comparison": "each fine-tuned model against its base per metric
                 "general_text": "general-text losses against the base's",
                 "benchmarks": "benchmark accuracies against the base's",
                 "search_vs_grid": "searches' best trials against the sweeps' best points",
+                "preference": "preference experiments against their starting points",
                 "judge": "the judge's win rates and scores"}
 
 
