@@ -114,10 +114,20 @@ def pairs_from_files(name):
     return {split: f"results/data/{source}/{split}.jsonl" for split in ("train", "valid", "test")}
 
 
+def model_answer_files(name):
+    """With `rejected: model_answer`, the SFT experiment's own answers to the source's prompts
+    (rules/evaluate.smk, answer_prompts); {} otherwise."""
+    spec = CFG["datasets"][name]
+    if spec["format"] != "pairs_from" or spec.get("rejected") != "model_answer":
+        return {}
+    return {split: f"results/answers/{spec['model']}/{spec['source']}/{split}.jsonl"
+            for split in ("train", "valid", "test")}
+
+
 def dataset_files(name):
     """What a dataset's prepare job reads: its raw files, or pairs_from's prepared splits."""
     if CFG["datasets"][name]["format"] == "pairs_from":
-        return list(pairs_from_files(name).values())
+        return [*pairs_from_files(name).values(), *model_answer_files(name).values()]
     files = CFG["datasets"][name]["files"]
     if isinstance(files, dict):
         files = [f for v in files.values() for f in ([v] if isinstance(v, str) else v)]
@@ -128,7 +138,8 @@ def dataset_job(name):
     """The datasets entry a prepare job reads; pairs_from's files are its source's splits."""
     spec = CFG["datasets"][name]
     if spec["format"] == "pairs_from":
-        return {**spec, "files": pairs_from_files(name)}
+        answers = model_answer_files(name)
+        return {**spec, "files": pairs_from_files(name)} | ({"answers": answers} if answers else {})
     return spec
 
 

@@ -184,3 +184,43 @@ rule evaluate_preference:
         "--model-dir {input.model:q} --adapter-dir {params.adapter_dir:q} "
         "--tokenized-dir {params.tokenized_dir:q} --start-dir {params.start_dir:q} "
         "--out-dir {params.out_dir:q} --threads {threads} > {log:q} 2>&1"
+
+
+# A model's own answers to a dataset's prompts: the rejected answers of a `pairs_from`
+# dataset with `rejected: model_answer` (the SFT experiment's evaluation settings decode).
+rule answer_prompts:
+    input:
+        model=get_experiment_model_dir,
+        adapter="results/adapters/{experiment}/adapter_model.safetensors",
+        data=expand("results/data/{{dataset}}/{split}.jsonl", split=("train", "valid", "test")),
+        code=code("evaluation/answer_prompts", "evaluation/generation", "models/loading",
+                  "models/chat_templates"),
+    output:
+        expand("results/answers/{{experiment}}/{{dataset}}/{split}.jsonl",
+               split=("train", "valid", "test")),
+    params:
+        cfg=lambda w: canonical_json({
+            "evaluation": EXPERIMENTS[w.experiment]["evaluation"], "seed": CFG["seed"],
+            "quantization": "4bit" if EXPERIMENTS[w.experiment]["method"] == "qlora" else None,
+            "trust_remote_code": model_spec(EXPERIMENTS[w.experiment]["base_model"]).get(
+                "trust_remote_code", False)}),
+    threads: lambda w: stage_resources(EXPERIMENTS[w.experiment], "evaluate")["threads"]
+    resources:
+        mem_mb=lambda w: stage_resources(EXPERIMENTS[w.experiment], "evaluate")["mem_mb"] or 8000,
+        runtime=lambda w: stage_resources(EXPERIMENTS[w.experiment], "evaluate")["runtime"] or 60,
+        gpu=lambda w: stage_resources(EXPERIMENTS[w.experiment], "evaluate")["gpu"],
+        machine_gpus=machine_gpus,
+    conda:
+        "../envs/workflow.yaml"
+    log:
+        "logs/answer_prompts/{experiment}/{dataset}.log",
+    benchmark:
+        "results/benchmarks/answer_prompts/{experiment}/{dataset}.tsv"
+    shell:
+        "python -m workflow_scripts.launch.gpu_slots --gpus {resources.gpu} "
+        "--total {resources.machine_gpus} -- "
+        "python -m workflow_scripts.evaluation.answer_prompts --config {params.cfg:q} "
+        "--model-dir {input.model:q} --adapter-dir results/adapters/{wildcards.experiment} "
+        "--data-dir results/data/{wildcards.dataset} "
+        "--out-dir results/answers/{wildcards.experiment}/{wildcards.dataset} "
+        "--threads {threads} > {log:q} 2>&1"

@@ -68,6 +68,10 @@ BAD = {
     "a chat dataset for a preference experiment": (
         lambda e, c: e.update(dataset="alpaca_zh"),
         "experiments.rank-dpo.dataset: 'alpaca_zh' has format 'alpaca', not a preference format"),
+    "model answers from a model that is not an SFT experiment": (
+        lambda e, c: c["datasets"].update(mine={"format": "pairs_from", "source": "lccc",
+                                                "rejected": "model_answer", "model": "rank-dpo"}),
+        "datasets.mine.model: 'rank-dpo' is not an SFT experiment"),
     "beta out of range": (
         lambda e, c: e["preference"].update(beta=0),
         "experiments.rank-dpo"),

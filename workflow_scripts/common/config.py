@@ -338,6 +338,22 @@ def _check_experiment_references(config: dict, experiments: dict, source: str) -
             raise ConfigError(f"invalid config in {source}: export.{name}: unknown experiment "
                               f"{name!r} (experiments and sweep points can be exported)")
     _check_benchmarks(config, experiments, source)
+    _check_answering_models(config, experiments, source)
+
+
+def _check_answering_models(config: dict, experiments: dict, source: str) -> None:
+    """`rejected: model_answer` names the SFT experiment whose answers are rejected."""
+    sft = sorted(n for n, e in experiments.items() if e.get("stage", "sft") == "sft")
+    for name, spec in config["datasets"].items():
+        if spec.get("rejected") != "model_answer":
+            if "model" in spec:
+                raise ConfigError(f"invalid config in {source}: datasets.{name}.model: only "
+                                  "with rejected: model_answer")
+            continue
+        if spec.get("model") not in sft:
+            raise ConfigError(f"invalid config in {source}: datasets.{name}.model: "
+                              f"{spec.get('model')!r} is not an SFT experiment (rejected: "
+                              f"model_answer takes its answers; known: {', '.join(sft) or 'none'})")
 
 
 def _check_benchmarks(config: dict, experiments: dict, source: str) -> None:

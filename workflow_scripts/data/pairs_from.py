@@ -29,23 +29,21 @@ class PairsReader:
     """A prepared split read as pair records, with TextReader's interface (read, eof,
     sha256 of the split file's bytes, close)."""
 
-    def __init__(self, path: str, seed: int):
+    def __init__(self, path: str, seed: int, answers: str | None = None):
+        """`answers`: a model's answers to this split's prompts (answer_prompts' file, one
+        {"id", "answer"} per record in the split's order), the rejected answers instead of
+        other records' (`rejected: model_answer`)."""
         self.path = path
         self.sha256 = hashlib.sha256()
         self._seed = hashlib.blake2b(seed.to_bytes(8, "big", signed=True), digest_size=8)
-        self._offsets = array("q")
-        try:
-            self._file = open(path, "rb")
-            self._lookup = open(path, "rb")
-        except OSError as err:
-            raise DataError(f"{path}: cannot read ({err.strerror})") from None
-        position = 0
-        for line in self._file:
-            self.sha256.update(line)
-            if line.strip():
-                self._offsets.append(position)
-            position += len(line)
-        self._file.seek(0)
+        self._file, self._offsets = _open_lines(path, self.sha256)
+        self._lookup = open(path, "rb")
+        self._answers = None
+        if answers is not None:
+            self._answers, answer_offsets = _open_lines(answers, self.sha256)
+            if len(answer_offsets) != len(self._offsets):
+                raise DataError(f"{answers}: {len(answer_offsets)} answers for the "
+                                f"{len(self._offsets)} records of {path}; answer them again")
         self._next = 0
         self.eof = not self._offsets
 
@@ -70,8 +68,11 @@ class PairsReader:
         record = self._record(index)
         messages = record["messages"]
         chosen = messages[-1]["content"]
-        other = self._other(index, record["id"], chosen)
-        rejected = chosen if other is None else self._record(other)["messages"][-1]["content"]
+        if self._answers is not None:
+            other, rejected = None, self._model_answer(index, record["id"])
+        else:
+            other = self._other(index, record["id"], chosen)
+            rejected = chosen if other is None else self._record(other)["messages"][-1]["content"]
         prompt = [{"role": m["role"], "content": m["content"]} for m in messages[:-1]]
         return {"prompt": prompt, "chosen": chosen, "rejected": rejected,
                 "rejected_from": other, "id": record["id"]}
@@ -105,6 +106,37 @@ class PairsReader:
                 return other
         return None
 
+    def _model_answer(self, index: int, record_id: str) -> str:
+        """The model's answer to record `index`, read in step with the records."""
+        line = self._answers.readline()
+        try:
+            row = json.loads(line)
+            if row["id"] == record_id and isinstance(row["answer"], str):
+                return row["answer"]
+        except (ValueError, KeyError, TypeError):
+            pass
+        raise DataError(f"{self._answers.name}: line {index + 1} is not the answer to record "
+                        f"{record_id!r} of {self.path}; answer its prompts again")
+
     def close(self) -> None:
         self._file.close()
         self._lookup.close()
+        if self._answers is not None:
+            self._answers.close()
+
+
+def _open_lines(path: str, sha256) -> tuple[Any, array]:
+    """An open file, rewound, and the byte offset of each non-blank line; its bytes hashed."""
+    offsets = array("q")
+    try:
+        handle = open(path, "rb")
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror})") from None
+    position = 0
+    for line in handle:
+        sha256.update(line)
+        if line.strip():
+            offsets.append(position)
+        position += len(line)
+    handle.seek(0)
+    return handle, offsets

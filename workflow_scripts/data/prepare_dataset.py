@@ -611,7 +611,8 @@ def prepare(name: str, spec: dict, cleaning: dict, split: dict, seed: int,
             stats.add_file(path, "", 0, fixed_split)
             job = FileJob("", "", path, fixed_split, normalize, rules, splitter, pairs)
             # pairs_from reads the source's prepared split as pairs (pairs_from.py)
-            reader = PairsReader(path, seed) if fmt == "pairs_from" else None
+            reader = PairsReader(path, seed, spec.get("answers", {}).get(fixed_split)) \
+                if fmt == "pairs_from" else None
             stats.files[path], stats.per_file[path]["raw"] = process_stream(
                 pipeline, job, workers or default_workers(), reader)
         if stats.kept == 0:
