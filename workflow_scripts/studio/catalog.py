@@ -250,8 +250,9 @@ class Catalog:
         now = time.time()
         return [self.row(name, now) for name in self.experiments]
 
-    def curves(self, name: str) -> dict[str, list[list[float]]]:
-        """Loss curves: the finished trainer log, else what the progress file has so far."""
+    def curves(self, name: str) -> dict:
+        """Loss curves (and a preference experiment's reward curves): the finished trainer
+        log, else what the progress file has so far."""
         paths = self.paths(name)
         finished = curves_from_trainer_log(paths.adapter / "trainer_log.jsonl")
         if finished["train"] or finished["eval"]:

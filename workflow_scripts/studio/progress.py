@@ -96,9 +96,16 @@ def read_progress(path: Path) -> Progress | None:
     return progress
 
 
-def curves_from_trainer_log(path: Path) -> dict[str, list[list[float]]]:
-    """Training and validation loss points of a finished `trainer_log.jsonl`."""
+# a preference experiment's curves besides its loss (TRL's names, in trainer_log.jsonl)
+REWARD_CURVES = ("rewards/margins", "rewards/accuracies")
+
+
+def curves_from_trainer_log(path: Path) -> dict:
+    """Training and validation loss points of a finished `trainer_log.jsonl`; for a
+    preference experiment also `rewards`: {name: {"train": points, "eval": points}} for each
+    of REWARD_CURVES it logged."""
     train, evals = [], []
+    rewards: dict[str, dict[str, list]] = {}
     for row in read_jsonl_cached(path):
         step = row.get("step")
         if step is None:
@@ -107,4 +114,8 @@ def curves_from_trainer_log(path: Path) -> dict[str, list[list[float]]]:
             train.append([step, row["loss"]])
         if row.get("eval_loss") is not None:
             evals.append([step, row["eval_loss"]])
-    return {"train": train, "eval": evals}
+        for name in REWARD_CURVES:
+            for kind, key in (("train", name), ("eval", f"eval_{name}")):
+                if row.get(key) is not None:
+                    rewards.setdefault(name, {"train": [], "eval": []})[kind].append([step, row[key]])
+    return {"train": train, "eval": evals} | ({"rewards": rewards} if rewards else {})

@@ -40,8 +40,9 @@ function duration(seconds) {
 
 const PALETTE = ["#2f6feb", "#d1242f", "#1a7f37", "#9a6700", "#8250df", "#bf3989", "#0a7ea4", "#57606a"];
 
-// A loss chart: `groups` maps a label to {train: [[step, loss]], eval: [[step, loss]]}.
-function lossChart(container, groups, smoothing = 0) {
+// A loss chart: `groups` maps a label to {train: [[step, loss]], eval: [[step, loss]]};
+// `ylabel` names another logged figure drawn the same way (a preference reward curve).
+function lossChart(container, groups, smoothing = 0, ylabel = "loss") {
   const sets = [], series = [{ label: "step" }];
   Object.entries(groups).forEach(([label, curves], i) => {
     const color = PALETTE[i % PALETTE.length];
@@ -55,11 +56,11 @@ function lossChart(container, groups, smoothing = 0) {
     }
   });
   container.innerHTML = "";
-  if (!sets.length) { container.append(el("p", { class: "muted" }, "no loss rows yet")); return null; }
+  if (!sets.length) { container.append(el("p", { class: "muted" }, `no ${ylabel} rows yet`)); return null; }
   const data = sets.length === 1 ? sets[0] : uPlot.join(sets);
   const width = Math.max(320, container.clientWidth - 20);
   return new uPlot({ width, height: 300, series, scales: { x: { time: false } },
-                     axes: [{ label: "step" }, { label: "loss" }], cursor: { drag: { x: true, y: false } } },
+                     axes: [{ label: "step" }, { label: ylabel }], cursor: { drag: { x: true, y: false } } },
                    data, container);
 }
 
@@ -202,6 +203,7 @@ async function comparePage() {
     const alpha = Number($("#smoothing").value);
     $("#smoothing-value").textContent = alpha;
     lossChart($("#loss-chart"), data.curves, alpha);
+    rewardCharts(data.curves, alpha);
   };
   $("#smoothing").addEventListener("input", drawChart);
   drawChart();
@@ -233,6 +235,19 @@ async function comparePage() {
   $("#predictions").replaceChildren(el("thead", {}, el("tr", {}, el("th", {}, "prompt"), el("th", {}, "reference"),
     names.map((n) => el("th", {}, n)))), el("tbody", {}, data.predictions.map((p) => el("tr", {},
       el("td", {}, p.prompt), el("td", {}, p.reference), names.map((n) => el("td", {}, p.predictions[n] ?? ""))))));
+}
+
+// Preference experiments' reward curves (rewards/margins, rewards/accuracies), one chart each.
+function rewardCharts(curves, alpha) {
+  const names = [...new Set(Object.values(curves).flatMap((c) => Object.keys(c.rewards || {})))];
+  $("#rewards").hidden = names.length === 0;
+  $("#reward-charts").replaceChildren(...names.map((name) => {
+    const box = el("div", { class: "chart reward-chart", "data-curve": name });
+    const groups = Object.fromEntries(Object.entries(curves)
+      .filter(([, c]) => c.rewards && c.rewards[name]).map(([label, c]) => [label, c.rewards[name]]));
+    setTimeout(() => lossChart(box, groups, alpha, name));  // once the box has its width
+    return box;
+  }));
 }
 
 // ---------------------------------------------------------------- Live
