@@ -8,8 +8,11 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from report_fixtures import (SAMPLES, SMALL_EXPERIMENT, build_small, quality_of, run_pipeline,
                              summary_lines, write_eval, write_experiment)
+
+from workflow_runner import SMOKE_CONFIG, make_workflow
 
 from workflow_scripts.common.io_utils import read_json, write_json, write_jsonl
 from workflow_scripts.evaluation.bootstrap import BETTER, FAMILY_ALPHA, UNCLEAR, WORSE
@@ -177,3 +180,21 @@ def test_an_experiment_not_evaluated_yet_has_no_rows(tmp_path):
     pref = pd.read_csv(results / "metrics" / "preference.tsv", sep="\t")
     assert "ipo-b01" not in set(pref["experiment"]) and "dpo-b01" in set(pref["experiment"])
     assert read_json(results / "metrics" / "experiments.json").keys() == run["experiments"].keys()
+
+
+def test_the_report_waits_for_every_preference_evaluation(tmp_path):
+    """A beta point and a reference-free loss beside the smoke config's DPO experiment: each
+    is evaluated against the same starting-point scores (one reference job), and the tables
+    wait for all of them."""
+    config = yaml.safe_load(SMOKE_CONFIG.read_text(encoding="utf-8"))
+    dpo = config["experiments"]["rank-dpo"]
+    config["experiments"]["rank-dpo-b05"] = {**dpo, "preference": {"loss": "dpo", "beta": 0.5}}
+    config["experiments"]["rank-simpo"] = {**dpo, "preference": {"loss": "simpo"}}
+    workflow = make_workflow(tmp_path)
+    workflow.config.write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
+    jobs = workflow.planned_jobs()  # the default target: the report
+    assert (jobs["evaluate_preference"], jobs["reference_logps"]) == (3, 1)
+    printed = workflow.run("-n", "-p", "results/metrics/preference.tsv").stdout
+    starts = {line.split("--start-dir ")[1].split()[0] for line in printed.splitlines()
+              if "workflow_scripts.evaluation.preference_eval" in line}
+    assert len(starts) == 1 and starts.pop().startswith("results/preference/reference/")
