@@ -336,3 +336,29 @@ def test_curves_hold_each_point_once_after_a_crash_or_a_longer_trainer_log(tmp_p
     for name, field in (("train_loss", "loss"), ("learning_rate", "learning_rate")):
         history = tracker.get_metric_history(first["run_id"], name)
         assert sorted((m.step, m.value) for m in history) == [(r["step"], r[field]) for r in rows]
+
+
+def test_preference_curves_are_logged_under_trl_names(tmp_path):
+    """A preference experiment's rewards and log-probs (train and eval_) become curves of
+    their own on a real SQLite store, beside the loss."""
+    from workflow_scripts.common.io_utils import file_sha256
+    from workflow_scripts.tracking import mlflow_backend
+    from workflow_scripts.tracking.run_record import TAG_PREFIX, RunRecord
+
+    log = tmp_path / "trainer_log.jsonl"
+    rows = [{"step": 1, "loss": 0.69, "rewards/margins": 0.0, "rewards/accuracies": 0.0},
+            {"step": 2, "loss": 0.5, "rewards/margins": 0.8, "rewards/accuracies": 1.0},
+            {"step": 2, "eval_loss": 0.55, "eval_rewards/margins": 0.6, "eval_logps/chosen": -9.5}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    record = RunRecord("pref", {}, {}, {TAG_PREFIX + k: v for k, v in (
+        ("run_key", "pref@abc"), ("config_hash", "abc"), ("experiment", "pref"))}, {}, log)
+    settings = {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "pref"}
+    logged = mlflow_backend.log_record(settings, record, file_sha256(log))
+    tracker = client(settings["tracking_uri"])
+    history = {name: sorted((m.step, m.value) for m in tracker.get_metric_history(logged["run_id"], name))
+               for name in ("rewards/margins", "rewards/accuracies", "eval_rewards/margins",
+                            "eval_logps/chosen", "train_loss")}
+    assert history == {"rewards/margins": [(1, 0.0), (2, 0.8)],
+                       "rewards/accuracies": [(1, 0.0), (2, 1.0)],
+                       "eval_rewards/margins": [(2, 0.6)], "eval_logps/chosen": [(2, -9.5)],
+                       "train_loss": [(1, 0.69), (2, 0.5)]}

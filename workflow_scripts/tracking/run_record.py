@@ -22,6 +22,9 @@ from workflow_scripts.common.io_utils import canonical_json, read_json, read_jso
 # trainer_log.jsonl field -> step metric name
 CURVES = {"loss": "train_loss", "eval_loss": "eval_loss", "learning_rate": "learning_rate",
           "grad_norm": "grad_norm"}
+# preference training's TRL metrics (rewards/margins, eval_rewards/accuracies, ...), logged
+# under their own names
+PREFERENCE_CURVES = ("rewards/", "logps/", "eval_rewards/", "eval_logps/")
 # collect_metrics names the test loss `loss` in comparison.tsv and `test_loss` elsewhere
 COMPARISON_NAMES = {"loss": "test_loss"}
 TRAINING_SUMMARY = ("final_loss", "trainable_params", "total_params", "steps",
@@ -87,7 +90,9 @@ class RunRecord:
         """(metric, step, value) for every curve point, streamed from trainer_log.jsonl."""
         for row in read_jsonl(self.trainer_log):
             step = row.get("step")
-            for source, name in CURVES.items():
+            named = [(source, name) for source, name in CURVES.items()]
+            named += [(key, key) for key in row if key.startswith(PREFERENCE_CURVES)]
+            for source, name in named:
                 value = row.get(source)
                 if step is not None and isinstance(value, (int, float)) and math.isfinite(value):
                     yield name, int(step), float(value)
@@ -166,6 +171,7 @@ def build_record(job: dict, results: Path, model_hash: str) -> RunRecord:
         "training/train_metrics.json": adapter_dir / "train_metrics.json",
         "training/run_info.json": adapter_dir / "run_info.json",
         "evaluation/metrics.json": eval_dir / "metrics.json",
+        "evaluation/preference.json": eval_dir / "preference.json",  # preference experiments
     }
     if job.get("log_adapter"):
         artifacts["adapter/adapter_model.safetensors"] = adapter_dir / "adapter_model.safetensors"
