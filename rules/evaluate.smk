@@ -136,14 +136,7 @@ rule judge:
 # Preference experiments (stage: preference) on their held-out pairs, against their starting
 # point's scores (the reference job's): evaluation/preference_eval.py. Their test.jsonl also
 # goes through `evaluate` above, as any adapter's.
-def preference_eval_job(wildcards):
-    name = wildcards.experiment
-    reference = PREFERENCE.reference_settings(name)
-    return canonical_json({
-        "experiment": name, "start": EXPERIMENTS[name].get("init_from") or "base",
-        "preference": EXPERIMENTS[name]["preference"], "seed": CFG["seed"],
-        "quantization": reference["quantization"], "batch_size": reference["batch_size"],
-        "trust_remote_code": reference["model"].get("trust_remote_code", False)})
+from workflow_scripts.evaluation.preference_eval import evaluation_job as preference_eval_job
 
 
 rule evaluate_preference:
@@ -160,7 +153,7 @@ rule evaluate_preference:
     wildcard_constraints:
         experiment=alternatives_regex(PREFERENCE.names),
     params:
-        cfg=preference_eval_job,
+        cfg=lambda w: canonical_json(preference_eval_job(PREFERENCE, w.experiment)),
         adapter_dir=lambda w, input: os.path.dirname(input.adapter),
         tokenized_dir=lambda w, input: os.path.dirname(input.tokenized),
         start_dir=lambda w, input: os.path.dirname(input.start),

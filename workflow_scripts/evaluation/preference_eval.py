@@ -161,6 +161,17 @@ def preference_metrics(rows: list[dict], kind: str, beta: float, seed: int,
 
 # The job ----------------------------------------------------------------------------------
 
+def evaluation_job(plan, name: str) -> dict[str, Any]:
+    """The job of experiment `name` of a training.preference_plan.PreferencePlan (the rule's
+    --config): scored as its starting point's reference job scored it (quantization, batch
+    size, seed), with its loss settings."""
+    experiment, reference = plan.experiments[name], plan.reference_settings(name)
+    return {"experiment": name, "start": experiment.get("init_from") or "base",
+            "preference": experiment["preference"], "seed": reference["seed"],
+            "quantization": reference["quantization"], "batch_size": reference["batch_size"],
+            "trust_remote_code": reference["model"].get("trust_remote_code", False)}
+
+
 def pair_rows(policy: list[dict], start: dict[str, list], roles: tuple[str, str],
               labels: list | None, where: Path) -> list[dict]:
     """preference_pairs.jsonl rows: the policy's scores joined with the start's (same rows in
