@@ -11,17 +11,18 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import NamedTuple
 
-from workflow_scripts.data.cleaning import (CONTENT_REASONS, FORMAT_REASONS, CleaningRules,
-                                            Rejection, check_texts, content_digests, empty_turn,
-                                            normalize_text)
+from workflow_scripts.data.cleaning import (CONTENT_REASONS, FORMAT_REASONS, TOOL_REASONS,
+                                            CleaningRules, Rejection, check_texts,
+                                            content_digests, empty_turn, normalize_text)
 from workflow_scripts.data.preference_formats import Preference
 
-# Every reason a preference record can be rejected for, in the order the checks run.
-PAIR_REASONS = ("prompt_mismatch", "empty_answer", "identical_answers", "duplicate_pair")
-PREFERENCE_REASONS = (FORMAT_REASONS + CONTENT_REASONS + (
-    "prompt_mismatch", "empty_prompt", "empty_response", "empty_answer", "identical_answers",
-    "too_short_prompt", "too_short_response", "too_long", "repeated_char", "low_cjk_share",
-    "duplicate_pair"))
+# Every reason a preference record can be rejected for, in the order the checks run (tool
+# calls are not read in preference records, so the tool-calling reasons never arise).
+PREFERENCE_REASONS = (
+    tuple(r for r in FORMAT_REASONS if r not in TOOL_REASONS) + CONTENT_REASONS
+    + ("prompt_mismatch", "empty_prompt", "empty_response", "empty_answer", "identical_answers",
+       "too_short_prompt", "too_short_response", "too_long", "repeated_char", "low_cjk_share",
+       "duplicate_pair"))
 
 
 def check_preference(record: Preference, rules: CleaningRules) -> Rejection | None:
