@@ -340,3 +340,30 @@ def when_rounds_asked(value):
     all_round_files()
     return value
 
+
+# Preference tuning (rules/preference.smk): what a preference job reads.
+def reference_adapter(wildcards):
+    """The SFT adapter a reference job scores, or none (the base)."""
+    adapter = PREFERENCE.reference_job(wildcards.dataset, wildcards.key)["adapter"]
+    return [f"results/adapters/{adapter}/adapter_model.safetensors"] if adapter else []
+
+
+def preference_inputs(wildcards):
+    """A preference training's tokenized pairs, reference scores (losses that read them) and
+    starting adapter (`init_from`)."""
+    name = wildcards.experiment
+    files = {"tokenized": f"{PREFERENCE.token_dir(name)}/manifest.json"}
+    if PREFERENCE.reference_dir(name):
+        files["reference"] = f"{PREFERENCE.reference_dir(name)}/manifest.json"
+    if PREFERENCE.start_dir(name):
+        files["start"] = f"{PREFERENCE.start_dir(name)}/adapter_model.safetensors"
+    return files
+
+
+def preference_args(wildcards, input):
+    args = f"--tokenized-dir {shlex.quote(os.path.dirname(input.tokenized))}"
+    if "reference" in input.keys():
+        args += f" --reference-dir {shlex.quote(os.path.dirname(input.reference))}"
+    if "start" in input.keys():
+        args += f" --init-adapter {shlex.quote(os.path.dirname(input.start))}"
+    return args

@@ -36,10 +36,6 @@ rule tokenize_preference:
         "--out-dir results/tokenized_pairs/{wildcards.dataset}/{wildcards.key} > {log:q} 2>&1"
 
 
-def reference_adapter(wildcards):
-    adapter = PREFERENCE.reference_job(wildcards.dataset, wildcards.key)["adapter"]
-    return [f"results/adapters/{adapter}/adapter_model.safetensors"] if adapter else []
-
 
 rule reference_logps:
     input:
@@ -80,23 +76,6 @@ rule reference_logps:
         "--threads {threads} > {log:q} 2>&1"
 
 
-def preference_inputs(wildcards):
-    name = wildcards.experiment
-    files = {"tokenized": f"{PREFERENCE.token_dir(name)}/manifest.json"}
-    if PREFERENCE.reference_dir(name):
-        files["reference"] = f"{PREFERENCE.reference_dir(name)}/manifest.json"
-    if PREFERENCE.start_dir(name):
-        files["start"] = f"{PREFERENCE.start_dir(name)}/adapter_model.safetensors"
-    return files
-
-
-def preference_args(wildcards, input):
-    args = f"--tokenized-dir {shlex.quote(os.path.dirname(input.tokenized))}"
-    if "reference" in input.keys():
-        args += f" --reference-dir {shlex.quote(os.path.dirname(input.reference))}"
-    if "start" in input.keys():
-        args += f" --init-adapter {shlex.quote(os.path.dirname(input.start))}"
-    return args
 
 
 rule train_preference:

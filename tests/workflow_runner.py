@@ -66,7 +66,7 @@ class Workflow:
 
     def planned_jobs(self, *args: str) -> dict[str, int]:
         """Rule -> job count a dry run would execute ({} when there is nothing to do)."""
-        proc = self.run("-n", "--quiet", "rules", *args)
+        proc = self.run("-n", *args, "--quiet", "rules")  # --quiet takes values: last
         counts: dict[str, int] = {}
         in_table = False
         for line in (proc.stdout + proc.stderr).splitlines():
