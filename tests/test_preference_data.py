@@ -42,7 +42,8 @@ def run(tmp_path: Path, fmt: str, rows: list, split: dict = NO_SPLIT, **spec) ->
 
 
 def outputs(out: Path, suffix: str = ".pairs") -> dict[str, list[dict]]:
-    return {split: read_jsonl(out / f"{split}{suffix}.jsonl") for split in ("train", "valid", "test")}
+    return {split: read_jsonl(out / f"{split}{suffix}.jsonl")
+            for split in ("train", "valid", "test")}
 
 
 def assert_invariant(stats: dict, out: Path) -> None:
@@ -87,7 +88,8 @@ FORMAT_CASES = {
         Preference([SYSTEM, *HISTORY, USER], BLUE, RED)),
     "openai_pairwise": (
         {"chosen_messages": [{"role": "system", "content": parts("你是助手。"), "loss_weight": 0.0},
-                             {"role": "user", "content": parts(USER["content"]), "loss_weight": 0.0},
+                             {"role": "user", "content": parts(USER["content"]),
+                              "loss_weight": 0.0},
                              {"role": "assistant", "content": parts(BLUE), "loss_weight": 1.0}],
          "rejected_messages": [{"role": "system", "content": "你是助手。"}, USER,
                                {"role": "assistant", "content": RED}],
@@ -184,7 +186,8 @@ REJECTED = {  # reason -> a TRL record rejected for it (one reason each)
                   "rejected": RED},
     "non_text_content": {"prompt": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "x.png"}}]}], "chosen": BLUE, "rejected": RED},
-    "prompt_mismatch": {"chosen": conversation(BLUE), "rejected": conversation(RED, "海是什么颜色？")},
+    "prompt_mismatch": {"chosen": conversation(BLUE),
+                        "rejected": conversation(RED, "海是什么颜色？")},
     "empty_prompt": pair(prompt=" "),
     "empty_response": {"prompt": [{"role": "user", "content": "你好"},
                                   {"role": "assistant", "content": ""}, USER],
@@ -431,7 +434,21 @@ def test_pairs_from_rule_reads_the_source_prepared_splits(tmp_path):
     assert stats["splits"] == source["splits"] and stats["kept"] == source["kept"]
     assert set(stats["files"]) == {f"results/data/alpaca_zh/{s}.jsonl"
                                    for s in ("train", "valid", "test")}
+    data = workflow.workdir / "results/data"
     for split in ("train", "valid", "test"):  # the chat view is the source's split again
-        ours = {r["id"] for r in read_jsonl(workflow.workdir / f"results/data/alpaca_pairs/{split}.jsonl")}
-        theirs = {r["id"] for r in read_jsonl(workflow.workdir / f"results/data/alpaca_zh/{split}.jsonl")}
-        assert ours == theirs
+        assert ({r["id"] for r in read_jsonl(data / f"alpaca_pairs/{split}.jsonl")}
+                == {r["id"] for r in read_jsonl(data / f"alpaca_zh/{split}.jsonl")})
+
+
+def test_spans_and_worker_processes_give_the_same_files(tmp_path, monkeypatch):
+    from workflow_scripts.data import prepare_dataset
+    spec = {"format": "sharegpt_pairwise", "files": [str(LF / "dpo_zh_demo.json")]}
+    split = {"valid": 0.1, "test": 0.1}
+    prepare("demo", spec, {}, split, 42, tmp_path / "one", workers=1)
+    monkeypatch.setattr(prepare_dataset, "SPAN_CHARS", 20_000)  # about 40 spans
+    prepare("demo", spec, {}, split, 42, tmp_path / "two", workers=2)
+    names = sorted(p.name for p in (tmp_path / "one").iterdir())
+    assert "train.pairs.jsonl" in names
+    for name in names:
+        if name != "run_info.json":
+            assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
