@@ -165,7 +165,10 @@ def experiment_data_dir(wildcards):
 
 
 def is_dialogue(dataset):
-    return CFG["datasets"][dataset]["format"] == "lccc"
+    """LCCC, or pairs built from it: dialogue replies, scored with dialogue metrics."""
+    spec = CFG["datasets"][dataset]
+    return spec["format"] == "lccc" or (
+        spec["format"] == "pairs_from" and is_dialogue(spec["source"]))
 
 
 def training_job(wildcards):
