@@ -465,19 +465,38 @@ def build_trainer(job: dict, model, tokenizer, tokenized_dir: Path, out_dir: Pat
     return trainer, stats
 
 
-def prepare_checkpoints(job: dict, model_dir: str, tokenized_dir: Path, checkpoint_root: Path
-                        ) -> Path:
+def prepare_checkpoints(job: dict, model_dir: str, tokenized_dir: Path, checkpoint_root: Path,
+                        more_inputs: list[Path] = ()) -> Path:
     """This job's checkpoint directory; the main process removes those of other keys.
 
     The tokenized data's manifest names its settings, tokenizer and the SHA-256 of its
-    sources and Arrow files: other tokens never resume this checkpoint."""
-    data_files = [tokenized_dir / "manifest.json"]
+    sources and Arrow files: other tokens never resume this checkpoint, nor do other
+    `more_inputs` (a preference job's reference scores and starting adapter)."""
+    data_files = [tokenized_dir / "manifest.json", *more_inputs]
     key = checkpoint_key(job, data_files, model_dir, hash_cache_dir(checkpoint_root))
     checkpoint_dir = checkpoint_root / key
     if is_main_process():
         remove_other_checkpoints(checkpoint_root, key)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
     return checkpoint_dir
+
+
+def run_to_end(trainer, clock, checkpoint_dir: Path, checkpoint: Path | None,
+               progress_file: Path | None, callbacks: list = ()):
+    """Train (from `checkpoint` when resuming) and validate at the last step if the schedule
+    did not; (the run's RunRecorder, its ProgressFile), or None off the main process."""
+    from workflow_scripts.training.progress import ProgressFile, RunRecorder
+
+    writes = trainer.is_world_process_zero()
+    progress = ProgressFile(progress_file if writes else None)
+    recorder = RunRecorder(clock, checkpoint_dir / "timings.jsonl", progress, checkpoint is not None)
+    for callback in (recorder, *callbacks):
+        trainer.add_callback(callback)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    evaluated = [e["step"] for e in trainer.state.log_history if "eval_loss" in e]
+    if trainer.eval_features and evaluated[-1:] != [trainer.state.global_step]:
+        trainer.evaluate()
+    return (recorder, progress) if writes else None
 
 
 def train(job: dict, model_dir: str, data_dir: Path, out_dir: Path, checkpoint_root: Path,
@@ -500,7 +519,7 @@ def train_tokenized(job: dict, model_dir: str, tokenized_dir: Path, out_dir: Pat
     from transformers import set_seed
 
     from workflow_scripts.models.loading import load_tokenizer
-    from workflow_scripts.training.progress import ProgressFile, RunClock, RunRecorder, load_clock
+    from workflow_scripts.training.progress import RunClock, load_clock
     from workflow_scripts.training.stop_rules import StopRules
 
     experiment, seed = job["experiment"], job["seed"]
@@ -514,20 +533,12 @@ def train_tokenized(job: dict, model_dir: str, tokenized_dir: Path, out_dir: Pat
     clock = RunClock(load_clock(checkpoint))
     trainer, stats = build_trainer(job, model, tokenizer, tokenized_dir, out_dir, checkpoint_dir,
                                    clock)
-    writes = trainer.is_world_process_zero()
-    progress = ProgressFile(progress_file if writes else None)
-    recorder = RunRecorder(clock, checkpoint_dir / "timings.jsonl", progress, checkpoint is not None)
-    trainer.add_callback(recorder)
     stop_rules = StopRules(job["stop"]) if "stop" in job else None  # search trials only
-    if stop_rules:
-        trainer.add_callback(stop_rules)
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    evaluated = [e["step"] for e in trainer.state.log_history if "eval_loss" in e]
-    if trainer.eval_features and evaluated[-1:] != [trainer.state.global_step]:
-        trainer.evaluate()
-    if not writes:
+    ran = run_to_end(trainer, clock, checkpoint_dir, checkpoint, progress_file,
+                     [stop_rules] if stop_rules else [])
+    if ran is None:
         return None
-
+    recorder, progress = ran
     rows = log_rows(trainer.state.log_history, recorder.rows)
     model.save_pretrained(out_dir)
     write_jsonl(out_dir / "trainer_log.jsonl", rows)

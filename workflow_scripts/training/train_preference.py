@@ -29,11 +29,10 @@ from workflow_scripts.training.preference_logps import PreferenceCollator, batch
 from workflow_scripts.training.preference_tokenize import load_split, roles_of
 from workflow_scripts.training.reference_logps import read_scores
 from workflow_scripts.training.train_adapter import (CHECKPOINTING_KWARGS, TIMING_KEYS,
-                                                     build_peft_model, checkpoint_key,
-                                                     hash_cache_dir, is_main_process,
-                                                     last_complete_checkpoint, quiet_progress,
-                                                     log_last_step, rank_device,
-                                                     remove_other_checkpoints, train_metrics,
+                                                     build_peft_model, is_main_process,
+                                                     last_complete_checkpoint, log_last_step,
+                                                     prepare_checkpoints, quiet_progress,
+                                                     rank_device, run_to_end, train_metrics,
                                                      training_arguments, workflow_trainer_class,
                                                      world_shape)
 
@@ -211,7 +210,7 @@ def train(job: dict, model_dir: str, tokenized_dir: Path, reference_dir: Path | 
     from transformers import set_seed
 
     from workflow_scripts.models.loading import load_tokenizer
-    from workflow_scripts.training.progress import ProgressFile, RunClock, RunRecorder, load_clock
+    from workflow_scripts.training.progress import RunClock, load_clock
 
     experiment, seed = job["experiment"], job["seed"]
     trust = job["base_model"].get("trust_remote_code", False)
@@ -219,28 +218,17 @@ def train(job: dict, model_dir: str, tokenized_dir: Path, reference_dir: Path | 
     tokenizer = load_tokenizer(model_dir, trust_remote_code=trust)
     model = policy_model(model_dir, experiment, init_adapter, trust)
     disable_dropout(model)
-    inputs = [tokenized_dir / "manifest.json"]
-    inputs += [reference_dir / "manifest.json"] if reference_dir else []
-    inputs += [Path(init_adapter) / "adapter_model.safetensors"] if init_adapter else []
-    key = checkpoint_key(job, inputs, model_dir, hash_cache_dir(checkpoint_root))
-    checkpoint_dir = checkpoint_root / key
-    if is_main_process():
-        remove_other_checkpoints(checkpoint_root, key)
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    more = [reference_dir / "manifest.json"] if reference_dir else []
+    more += [Path(init_adapter) / "adapter_model.safetensors"] if init_adapter else []
+    checkpoint_dir = prepare_checkpoints(job, model_dir, tokenized_dir, checkpoint_root, more)
     checkpoint = last_complete_checkpoint(checkpoint_dir)
     clock = RunClock(load_clock(checkpoint))
     trainer, stats = build_trainer(job, model, tokenizer, tokenized_dir, reference_dir, out_dir,
                                    checkpoint_dir, clock)
-    writes = trainer.is_world_process_zero()
-    progress = ProgressFile(progress_file if writes else None)
-    recorder = RunRecorder(clock, checkpoint_dir / "timings.jsonl", progress, checkpoint is not None)
-    trainer.add_callback(recorder)
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    evaluated = [e["step"] for e in trainer.state.log_history if "eval_loss" in e]
-    if trainer.eval_features and evaluated[-1:] != [trainer.state.global_step]:
-        trainer.evaluate()
-    if not writes:
+    ran = run_to_end(trainer, clock, checkpoint_dir, checkpoint, progress_file)
+    if ran is None:
         return None
+    recorder, progress = ran
     rows = log_rows(trainer.state.log_history, recorder.rows)
     model.save_pretrained(out_dir)
     write_jsonl(out_dir / "trainer_log.jsonl", rows)
