@@ -11,6 +11,7 @@ A batch of B rows becomes 2B sequences, every row's first answer then every row'
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 from workflow_scripts.training.token_loss import (IGNORE_INDEX, chunked_loss_applies,
@@ -84,6 +85,19 @@ def model_device(model):
     return unwrap(model).get_input_embeddings().weight.device
 
 
+def training_autocast(model):
+    """The autocast the Trainer trains under (bf16 on a CUDA GPU that has it; none on CPUs),
+    so that scores computed outside training (the reference job, evaluation) are the numbers
+    a training step computes for the same weights: rewards start at 0 on a GPU too."""
+    import torch
+
+    from workflow_scripts.models.loading import compute_dtype
+
+    if model_device(model).type != "cuda" or compute_dtype() != torch.bfloat16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+
+
 SORT_WINDOW_BATCHES = 64  # rows sorted by length this many batches at a time: little padding
 
 
@@ -105,7 +119,7 @@ def score_rows(model, dataset, roles: tuple[str, str], pad_token_id: int, batch_
             scored: dict[int, dict] = {}
             for start in range(0, len(order), batch_size):
                 members = order[start:start + batch_size]
-                with torch.no_grad():
+                with torch.no_grad(), training_autocast(model):
                     answers = batch_logps(model, collate([rows[i] for i in members]), chunked)
                 for j, i in enumerate(members):
                     out = {"id": rows[i]["id"]}
