@@ -178,7 +178,13 @@ def device_name() -> str:
 
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    return f"{cpu_name()} ({torch.get_num_threads()} threads, {os.cpu_count()} cores)"
+    return f"{cpu_name()} ({os.cpu_count()} cores)"
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,6 +324,10 @@ def run_reference(part: Path, out: Path, batch: int) -> dict:
 
 
 def worker(name: str, part: Path, args: argparse.Namespace) -> dict:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if name == "reference":
         return run_reference(part, Path(args.reference), args.batch)
     if name == "ours":
@@ -344,7 +354,7 @@ def in_subprocess(cmd: list[str]) -> dict:
 def run_side(name: str, part: Path, args: argparse.Namespace, reference: Path | None = None) -> dict:
     cmd = [sys.executable, __file__, "--worker", name, "--part", str(part), "--batch",
            str(args.batch), "--max-length", str(args.max_length), "--trl-site", args.trl_site,
-           "--reference", str(reference or "")]
+           "--reference", str(reference or ""), "--threads", str(args.threads or 0)]
     run = in_subprocess(cmd)
     return run.pop("result") | run
 
@@ -428,6 +438,12 @@ def sweep_part(work: Path) -> dict:
 # report
 
 
+def fastest_ratio(repeats: list[dict], clock: str) -> float | None:
+    """TRL's fastest run / ours (training alone): the runs least disturbed by other load."""
+    trl = [r["trl"][clock] for r in repeats if "trl" in r]
+    return min(trl) / min(r["ours"][clock] for r in repeats) if trl else None
+
+
 def spread(values: list[float]) -> str:
     return (f"{statistics.median(values):.2f}x (range {min(values):.2f}-{max(values):.2f}, "
             f"{len(values)} repeat{'s' * (len(values) > 1)})")
@@ -448,7 +464,7 @@ def speed_ratios(repeats: list[dict], clock: str) -> dict[str, list[float]]:
 
 def print_speed(repeats: list[dict], info: dict) -> dict:
     tokens, shape = info["speed"]["tokens"], info["speed"]["shape"]
-    print(f"\nspeed on {info['device']}: one epoch over {info['speed']['pairs']} pairs "
+    print(f"\nspeed on {info['device']}, {info['threads']} torch threads: one epoch over {info['speed']['pairs']} pairs "
           f"({tokens} tokens in both answers' sequences), batch {info['batch']}, max length "
           f"{info['max_length']}, LoRA r=8 all-linear on a random Qwen2 (hidden "
           f"{shape['hidden_size']}, {shape['num_hidden_layers']} layers, vocabulary {info['vocab']})")
@@ -474,12 +490,15 @@ def print_speed(repeats: list[dict], info: dict) -> dict:
               f"{spread(wall['sweep3'])}; per CPU second {spread(cpu['sweep3'])}")
         print(f"  with the whole reference job (one experiment): {spread(wall['single'])}; "
               f"per CPU second {spread(cpu['single'])}")
+        summary["fastest"] = {c: fastest_ratio(repeats, c) for c in ("seconds", "cpu_s")}
+        print(f"  each side's fastest run, training: {summary['fastest']['seconds']:.2f}x wall, "
+              f"{summary['fastest']['cpu_s']:.2f}x CPU")
     return summary
 
 
 def print_memory(runs: dict, info: dict) -> float | None:
     mem = info["memory"]
-    print(f"\nmemory on {info['device']}: one epoch over {mem['pairs']} pairs ({mem['tokens']} "
+    print(f"\nmemory on {info['device']}, {info['threads']} torch threads: one epoch over {mem['pairs']} pairs ({mem['tokens']} "
           f"tokens), batch {info['batch']}, random Qwen2 with a {VOCAB:,}-row tied vocabulary "
           f"(hidden {mem['shape']['hidden_size']}, {mem['shape']['num_hidden_layers']} layer); "
           "peak RSS of each whole process")
@@ -514,6 +533,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=384)
     parser.add_argument("--vocab", type=int, default=8000, help="the trained tokenizer's size")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads of every run (0: torch's default, one per core)")
     parser.add_argument("--trl-site", default=str(ROOT / ".venv" / "trl"))
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -536,8 +557,9 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         parts = args.parts.split(",")
         if {"speed", "memory"} & set(parts):
-            figures["info"] = info = setup(work, args) | {"batch": args.batch,
-                                                          "max_length": args.max_length}
+            figures["info"] = info = setup(work, args) | {
+                "batch": args.batch, "max_length": args.max_length,
+                "threads": args.threads or torch_threads()}
         if "speed" in parts:
             repeats = speed_part(work, args, with_trl)
             figures["speed"] = {"repeats": repeats, "ratios": print_speed(repeats, info)}
