@@ -215,6 +215,37 @@ def test_a_trial_stops_when_its_loss_is_not_finite_or_above_the_threshold():
     assert not control.should_training_stop and last.stopped is None
 
 
+def test_a_stopped_trial_killed_and_resumed_stops_where_it_would_have():
+    from transformers import TrainerControl, TrainerState
+
+    from workflow_scripts.training.stop_rules import StopRules
+
+    rules = {"pruner": "median", "thresholds": [[2, 3.0], [4, 2.2]], "nonfinite": True}
+    # the stop's step keeps no checkpoint (save_steps there): a job killed before it wrote
+    # its adapter trains up to the stop again instead of resuming past it
+    pruned, control = StopRules(rules), TrainerControl(should_save=True)
+    pruned.on_evaluate(None, TrainerState(global_step=2, max_steps=6), control,
+                       metrics={"eval_loss": 3.5})
+    assert control.should_training_stop and not control.should_save
+    diverged, control = StopRules(rules), TrainerControl(should_save=True)
+    diverged.on_log(None, TrainerState(global_step=3, max_steps=6), control,
+                    logs={"loss": float("inf")})
+    assert control.should_training_stop and not control.should_save
+    kept, control = StopRules(rules), TrainerControl(should_save=True)
+    kept.on_evaluate(None, TrainerState(global_step=2, max_steps=6), control,
+                     metrics={"eval_loss": 2.9})
+    assert control.should_save
+
+    # resumed from the checkpoint at step 2: its best so far is the evaluation before it
+    state = TrainerState(global_step=2, max_steps=6,
+                         log_history=[{"step": 2, "loss": 3.1}, {"step": 2, "eval_loss": 2.1}])
+    resumed, control = StopRules(rules), TrainerControl()
+    resumed.on_train_begin(None, state, control)
+    state.global_step = 4
+    resumed.on_evaluate(None, state, control, metrics={"eval_loss": 2.5})  # best 2.1 <= 2.2
+    assert not control.should_training_stop and resumed.stopped is None
+
+
 def test_the_report_section_shows_history_importance_and_the_best_against_base(tmp_path):
     import pandas as pd
 

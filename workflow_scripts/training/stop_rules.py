@@ -2,7 +2,12 @@
 workflow_scripts/search/pruning.py): a loss that is no longer finite stops it as diverged; a
 best validation loss so far above the threshold at an eval step stops it as pruned. The
 adapter and the curve up to the stop are written as for any run; train_metrics.json says
-why it stopped (`stop`: state, step, reason)."""
+why it stopped (`stop`: state, step, reason).
+
+A job killed and started again stops where it would have: no checkpoint is saved at the
+step that stops a run (a resumed run trains up to that step again and reaches the same
+verdict), and a resumed run's best validation loss counts the evaluations before its
+checkpoint."""
 from __future__ import annotations
 
 import math
@@ -22,6 +27,13 @@ class StopRules(TrainerCallback):
         if self.stopped is None:
             self.stopped = {"state": state, "step": step, "reason": reason}
         control.should_training_stop = True
+        control.should_save = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        for entry in state.log_history:  # restored from the checkpoint a run resumes from
+            loss = entry.get("eval_loss")
+            if loss is not None and math.isfinite(loss):
+                self.best = min(self.best, loss)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
