@@ -35,7 +35,7 @@ checkpoint search_ask:
 rule search_tell:
     input:
         unpack(told_inputs),
-        code=code("search/tell", *SEARCH_CODE),
+        code=code("search/tell", "search/archive", *SEARCH_CODE),
     output:
         "results/search/{search}/{key}/told-{round}.json",
     wildcard_constraints:

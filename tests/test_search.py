@@ -355,3 +355,27 @@ def test_the_best_trial_is_paired_with_each_sweeps_best_point_on_its_dataset(tmp
     grid = section["tables"][-1]
     assert grid.title == "Best trial (lr-t1) against the best point of each sweep on its dataset"
     assert [row[:3] for row in grid.rows] == [["rank", "rank-r8", "loss"]]
+
+
+def test_told_trials_stay_with_their_study_when_a_new_study_retrains_the_names(tmp_path):
+    """Telling a round links its trials' files into the study's folder; a trial retrained
+    under the same name by a new study (its outputs removed, new files written, as Snakemake
+    does) leaves the old study's copy as it was."""
+    from workflow_scripts.search.archive import keep_trials
+
+    results = tmp_path / "results"
+    adapter = results / "adapters" / "s-t0"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_model.safetensors").write_bytes(b"old weights")
+    (adapter / "train_metrics.json").write_text('{"eval_loss": 1.5}')
+    (results / "eval" / "s-t0").mkdir(parents=True)
+    (results / "eval" / "s-t0" / "metrics.json").write_text('{"loss": 1.6}')
+    old_study = results / "search" / "s" / "aaaaaaaaaa"
+    assert keep_trials(["s-t0", "s-t1"], results, old_study) == 3  # s-t1 has no files yet
+    for path in list(adapter.iterdir()):  # the new study's training replaces the outputs
+        path.unlink()
+    (adapter / "adapter_model.safetensors").write_bytes(b"new weights")
+    kept = old_study / "trials" / "s-t0"
+    assert (kept / "adapters" / "adapter_model.safetensors").read_bytes() == b"old weights"
+    assert (kept / "adapters" / "train_metrics.json").read_text() == '{"eval_loss": 1.5}'
+    assert (kept / "eval" / "metrics.json").read_text() == '{"loss": 1.6}'

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from workflow_scripts.common.cli import parser as cli_parser
 from workflow_scripts.common.io_utils import read_json, read_jsonl, write_json
+from workflow_scripts.search.archive import keep_trials
 from workflow_scripts.search.study import tell_round
 
 
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     job = json.loads(args.config)
     results = [trial_result(name, job["objective"], args.results) for name in job["trials"]]
     told = tell_round(job, results)
+    keep_trials(job["trials"], args.results, args.out.parent)  # kept if a new study retrains them
     write_json(args.out, {"search": job["search"], "key": job["key"], "round": job["round"],
                           "objective": job["objective"], "trials": told})
     for trial in told:
