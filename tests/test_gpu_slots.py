@@ -114,7 +114,7 @@ def test_the_workflow_starts_each_job_through_its_slots(tmp_path):
     proc = workflow.run("-n", "-p", "--cores", "4", "--resources", "gpu=2")
     commands = [line for line in proc.stdout.splitlines() if "workflow_scripts.launch.gpu_slots" in line]
     trains = {re.search(r"--out-dir results/adapters/(\S+)", c).group(1): c
-              for c in commands if "train_adapter" in c}
+              for c in commands if "training.train_adapter" in c}
     assert set(trains) >= {"rank-r2", "rank-r4", "lccc-qlora"}
     for name in ("rank-r2", "rank-r4"):
         assert "--gpus 2 --total 2 -- python -m workflow_scripts.launch.local_launch --nproc 2 " \
@@ -126,8 +126,10 @@ def test_the_workflow_starts_each_job_through_its_slots(tmp_path):
     assert len(builds) == 1 and "--gpus 1 --total 2 -- python -m" in builds[0]
     merges = [c for c in commands if "merge_adapter" in c]
     assert len(merges) == 1 and "--gpus 0 --total 2 -- python -m" in merges[0]
-    evaluations = [c for c in commands if "evaluation.evaluate" in c]
-    assert len(evaluations) == 10  # five adapters and five base evaluations
+    preference = [c for c in commands if "training.train_preference" in c]  # rank-dpo
+    assert len(preference) == 1 and "--gpus 1 --total 2 -- python -m" in preference[0]
+    evaluations = [c for c in commands if "evaluation.evaluate " in c]
+    assert len(evaluations) == 12  # six adapters and six base evaluations
     assert all("--gpus 1 --total 2 -- python -m workflow_scripts.evaluation.evaluate" in c
                for c in evaluations)
 
