@@ -185,6 +185,7 @@ def test_experiment_overrides_win_over_defaults():
 
 def test_sweep_grid_points_are_named_after_their_values():
     config = smoke_config()
+    del config["experiments"]["rank-dpo"]  # it continues rank-r2, a point of the replaced sweep
     config["sweeps"] = {
         "rank-study": {"base": {"base_model": "tiny", "dataset": "lccc"},
                        "grid": {"lora.r": [4, 8]}},
@@ -202,6 +203,7 @@ def test_sweep_grid_points_are_named_after_their_values():
 
 def test_sweep_points_are_hand_picked_rounds():
     config = smoke_config()
+    del config["experiments"]["rank-dpo"]  # it continues rank-r2, a point of the replaced sweep
     config["sweeps"] = {"hp": {"base": {"base_model": "tiny", "dataset": "alpaca_zh"}, "points": [
         {"training.learning_rate": 1.0e-3},
         {"training.learning_rate": 3.0e-3, "training.warmup_ratio": 0.1},
@@ -216,6 +218,7 @@ def test_sweep_points_are_hand_picked_rounds():
 
 def test_from_sweep_inherits_the_experiment():
     config = smoke_config()
+    del config["experiments"]["rank-dpo"]  # it continues rank-r2, a point of the replaced sweep
     set_in("experiments.lccc-qlora.training", {"learning_rate": 5e-4})(config)
     config["sweeps"] = {"qr": {"from": "lccc-qlora", "grid": {"lora.r": [2, 8]}}}
     experiments = resolved(config)

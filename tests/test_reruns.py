@@ -50,8 +50,9 @@ def test_a_sweep_tokenizes_once_per_setting_and_a_rank_change_not_at_all(clone):
     planned = clone.planned_jobs()
     assert planned["train_adapter"] == 1 and "tokenize_dataset" not in planned
     # six new experiments over two max_length values: 64 is tokenized already, 128 once
-    edit_config(clone, lambda c: c["sweeps"]["rank"]["grid"].update(
-        {"training.max_length": [64, 128]}))
+    # (rank-dpo's start, rank-r2, is renamed by the new grid: it goes)
+    edit_config(clone, lambda c: (c["sweeps"]["rank"]["grid"].update(
+        {"training.max_length": [64, 128]}), c["experiments"].pop("rank-dpo")))
     planned = clone.planned_jobs()
     assert planned["train_adapter"] == 6 and planned["tokenize_dataset"] == 1
 
@@ -96,9 +97,10 @@ def test_evaluation_setting_reruns_evaluations_not_training(clone):
     planned = clone.planned_jobs()
     assert "train_adapter" not in planned and "build_base_model" not in planned
     assert "tokenize_dataset" not in planned
-    # rank-r2, rank-r4 and lccc-qlora; the tool experiments set their own max_new_tokens.
-    # Bases: alpaca_zh, and lccc in 4 bits (lccc-qlora's twin) and unquantized (its cost)
-    assert planned["evaluate"] == 3 and planned["evaluate_base"] == 3
+    # rank-r2, rank-r4, rank-dpo and lccc-qlora; the tool experiments set their own
+    # max_new_tokens. Bases: alpaca_zh, pref_zh, and lccc in 4 bits (lccc-qlora's twin) and
+    # unquantized (its cost)
+    assert planned["evaluate"] == 4 and planned["evaluate_base"] == 4
 
 
 def test_exam_edit_reruns_its_task_and_the_evaluations_only(clone):
@@ -106,7 +108,7 @@ def test_exam_edit_reruns_its_task_and_the_evaluations_only(clone):
     exam.write_text(exam.read_text(encoding="utf-8") + "k3,一年有几个月？,10,11,12,13,C\n",
                     encoding="utf-8")
     # every experiment and base evaluation names the exam (smoke.yaml's defaults)
-    assert clone.planned_jobs() == {"prepare_benchmark": 1, "evaluate": 5, "evaluate_base": 5,
+    assert clone.planned_jobs() == {"prepare_benchmark": 1, "evaluate": 6, "evaluate_base": 6,
                                     "collect_metrics": 1, "render_report": 1, "all": 1}
 
 
@@ -116,10 +118,13 @@ def test_new_records_rerun_that_dataset_downstream_only(clone):
     records.append({"instruction": "新增的问题是什么？", "input": "", "output": "这是新增的回答。"})
     raw.write_text(json.dumps(records, ensure_ascii=False))
     planned = clone.planned_jobs()
-    # alpaca_zh feeds the two rank experiments and one base evaluation; lccc is untouched
+    # alpaca_zh feeds the two rank experiments and one base evaluation, and rank-r2 is
+    # rank-dpo's start (its reference, training and evaluations follow); lccc is untouched
     assert planned["prepare_dataset"] == 1
     assert planned["tokenize_dataset"] == 1  # the two rank experiments share it
-    assert planned["train_adapter"] == 2 and planned["evaluate"] == 2
+    assert planned["train_adapter"] == 2 and planned["evaluate"] == 3
+    assert planned["reference_logps"] == planned["train_preference"] == 1
+    assert "tokenize_preference" not in planned and "prepare_pairs" not in planned
     assert planned["evaluate_base"] == 1
     assert "build_base_model" not in planned
 
@@ -128,7 +133,7 @@ def test_code_change_reruns_the_rules_that_use_it(clone):
     module = clone.code / "workflow_scripts" / "evaluation" / "text_metrics.py"
     module.write_text(module.read_text() + "\n# edited\n")
     planned = clone.planned_jobs()
-    assert planned == {"evaluate": 5, "evaluate_base": 5, "collect_metrics": 1,
+    assert planned == {"evaluate": 6, "evaluate_base": 6, "collect_metrics": 1,
                        "render_report": 1, "all": 1}
 
 

@@ -20,8 +20,8 @@ import yaml
 
 from workflow_runner import Workflow, deps_python
 
-EXPERIMENTS = {"lccc-qlora", "rank-r2", "rank-r4", "tools-openai", "tools-sharegpt"}
-TRACKING_JOBS = {"track_experiment": 5, "render_report": 1, "track_report": 1, "all": 1}
+EXPERIMENTS = {"lccc-qlora", "rank-r2", "rank-r4", "tools-openai", "tools-sharegpt", "rank-dpo"}
+TRACKING_JOBS = {"track_experiment": 6, "render_report": 1, "track_report": 1, "all": 1}
 
 
 def free_port() -> int:
@@ -205,7 +205,7 @@ def test_reruns_add_nothing_and_a_changed_learning_rate_adds_exactly_one_run(tra
     config["experiments"]["tools-openai"]["training"]["learning_rate"] = 2.0e-3
     tracked.config.write_text(yaml.safe_dump(config, sort_keys=False))
     planned = tracked.planned_jobs()
-    assert planned["train_adapter"] == 1 and planned["track_experiment"] == 5
+    assert planned["train_adapter"] == 1 and planned["track_experiment"] == 6
     tracked.run("--cores", "2")
     after = {r.info.run_id: r for r in all_runs(uri)}
     (new_id,) = set(after) - set(before)
