@@ -1,6 +1,7 @@
 """benchmarks/bench_preference.py --quick: our DPO and TRL's train the same pairs (the same
 tokens, every pair once), each run's time and whole-process peak RSS come back with the
-ratios, and a three-point beta sweep plans one reference job that its three trainings read."""
+ratios. (The benchmark's third part, a three-point beta sweep planning one reference job, is
+tests/test_preference_config.py's test_a_beta_sweep_scores_its_reference_once.)"""
 from __future__ import annotations
 
 import json
@@ -20,9 +21,10 @@ def figures(tmp_path_factory):
     if not (TRL_SITE / "trl").is_dir():
         pytest.skip("TRL is not installed in .venv/trl (scripts/setup.sh --test)")
     out = tmp_path_factory.mktemp("bench") / "figures.json"
+    # the sweep part is tests/test_preference_config.py's beta-sweep test, not run twice
     proc = subprocess.run([sys.executable, "benchmarks/bench_preference.py", "--quick",
-                           "--json", str(out)], cwd=REPO, capture_output=True, text=True,
-                          timeout=900)
+                           "--parts", "speed,memory", "--json", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text()) | {"stdout": proc.stdout}
 
@@ -46,11 +48,3 @@ def test_memory_runs_report_whole_process_peaks_and_their_ratio(figures):
     ratio = runs["ours"]["process_peak_rss_mb"] / runs["trl"]["process_peak_rss_mb"]
     assert figures["memory"]["ratio"] == pytest.approx(ratio)
     assert f"ours / TRL peak RSS: {ratio:.2f}" in figures["stdout"]
-
-
-def test_a_three_point_beta_sweep_plans_one_reference_job(figures):
-    sweep = figures["sweep"]
-    assert "preference.beta" in sweep["config"] and "init_from: sft" in sweep["config"]
-    assert sweep["jobs"]["reference_logps"] == 1
-    assert sweep["jobs"]["train_preference"] == 3
-    assert len(sweep["reference_dirs"]) == 1
