@@ -95,6 +95,7 @@ rule train_preference:
     params:
         cfg=training_job,
         args=preference_args,
+        data_dir=experiment_data_dir,
     threads: lambda w: stage_resources(EXPERIMENTS[w.experiment], "train")["threads"]
     resources:
         mem_mb=lambda w: stage_resources(EXPERIMENTS[w.experiment], "train")["mem_mb"] or 8000,
@@ -111,7 +112,7 @@ rule train_preference:
         "python -m workflow_scripts.launch.gpu_slots --gpus {resources.gpu} "
         "--total {resources.machine_gpus} -- "
         "python -m workflow_scripts.training.train_preference --config {params.cfg:q} "
-        "--model-dir {input.model:q} {params.args} "
+        "--model-dir {input.model:q} {params.args} --data-dir {params.data_dir:q} "
         "--out-dir results/adapters/{wildcards.experiment} "
         "--checkpoint-dir results/checkpoints/{wildcards.experiment} "
         "--progress-file logs/train_adapter/{wildcards.experiment}.progress.jsonl "

@@ -255,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", required=True, help="the base model's directory")
     parser.add_argument("--tokenized-dir", required=True, type=Path,
                         help="preference_tokenize's output")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="the prepared dataset, whose pairs files run_info.json records")
     parser.add_argument("--reference-dir", type=Path, default=None,
                         help="reference_logps's output (none for reference-free losses)")
     parser.add_argument("--init-adapter", default=None, help="the SFT adapter to continue")
@@ -274,9 +276,11 @@ def main(argv: list[str] | None = None) -> None:
                     args.out_dir, args.checkpoint_dir, args.progress_file)
     if metrics is None:
         return
-    inputs = [args.tokenized_dir / "manifest.json"]
+    inputs = [args.data_dir / f"{split}.pairs.jsonl" for split in ("train", "valid")] \
+        if args.data_dir else []
+    inputs += [args.tokenized_dir / "manifest.json"]
     inputs += [args.reference_dir / "manifest.json"] if args.reference_dir else []
-    write_run_info(args.out_dir, job, job["seed"], inputs,
+    write_run_info(args.out_dir, job, job["seed"], [p for p in inputs if p.exists()],
                    extra={k: metrics[k] for k in ("processes", "devices")})
     print(json.dumps({k: metrics[k] for k in ("steps", "final_loss", "eval_loss", "wall_time_s")}))
 
