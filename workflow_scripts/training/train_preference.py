@@ -28,6 +28,7 @@ from workflow_scripts.training import preference_objective
 from workflow_scripts.training.preference_logps import PreferenceCollator, batch_logps
 from workflow_scripts.training.preference_tokenize import load_split, roles_of
 from workflow_scripts.training.reference_logps import read_scores
+from workflow_scripts.training.tokenize_dataset import StoredStats
 from workflow_scripts.training.train_adapter import (CHECKPOINTING_KWARGS, TIMING_KEYS,
                                                      build_peft_model, is_main_process,
                                                      last_complete_checkpoint, log_last_step,
@@ -164,16 +165,6 @@ def log_rows(log_history: list[dict], timings: dict[int, dict]) -> list[dict]:
     return rows
 
 
-class PairStats:
-    """The train split's tokenization stats where train_metrics expects a TokenizeStats."""
-
-    def __init__(self, stats: dict):
-        self.stats = stats
-
-    def as_dict(self) -> dict:
-        return dict(self.stats)
-
-
 def build_trainer(job: dict, model, tokenizer, tokenized_dir: Path, reference_dir: Path | None,
                   out_dir: Path, checkpoint_dir: Path, clock):
     from transformers.trainer_callback import ProgressCallback
@@ -200,7 +191,7 @@ def build_trainer(job: dict, model, tokenizer, tokenized_dir: Path, reference_di
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(quiet_progress())
     trainer.add_callback(log_last_step())
-    return trainer, PairStats(read_json(tokenized_dir / "stats.json")["train"])
+    return trainer, StoredStats(read_json(tokenized_dir / "stats.json")["train"])
 
 
 def train(job: dict, model_dir: str, tokenized_dir: Path, reference_dir: Path | None,
